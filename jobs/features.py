@@ -1,0 +1,16 @@
+"""spark-submit entry point: the features stage.
+
+    spark-submit jobs/features.py --config conf/local.yaml [--set key=value ...]
+"""
+
+import sys
+
+from amazon_recs.cli import job_main
+
+
+def main(argv=None) -> int:
+    return job_main(["features"], argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Command line: ``amazon-recs run|show|sample`` and the jobs' shared entry point.
+
+This is the one place exceptions become messages: a RecsError prints its own
+line, anything else prints a one-line summary (``--debug`` shows the trace), and
+the process exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+
+from amazon_recs import io, report
+from amazon_recs.config import Config, load_config
+from amazon_recs.errors import RecsError
+from amazon_recs.schemas import MODELS
+
+DEFAULT_CONFIG = "conf/local.yaml"
+STAGE_ORDER = ("ingest", "features", "train", "recommend", "evaluate", "export")
+SUMMARY_TABLES = (
+    "bronze/reviews", "bronze/products", "bronze/rejects", "silver/interactions",
+    "silver/items", "silver/users", "gold/recommendations", "gold/user_recommendations", "gold/metrics",
+)
+
+log = logging.getLogger("amazon_recs")
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"environment YAML (default {DEFAULT_CONFIG})")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a setting, e.g. --set als.rank=64 (repeatable)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="amazon-recs", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run pipeline stages in order")
+    run.add_argument("stages", nargs="*", default=["all"], help=f"any of {', '.join(STAGE_ORDER)}, or all")
+    _config_args(run)
+    show = sub.add_parser("show", help="print one user's top-10 for a model")
+    show.add_argument("--user", required=True)
+    show.add_argument("--model", default="hybrid", choices=MODELS)
+    _config_args(show)
+    sample = sub.add_parser("sample", help="write the generated sample shop to a folder")
+    sample.add_argument("--out", required=True)
+    sample.add_argument("--config", default=DEFAULT_CONFIG)
+    sample.add_argument("--set", dest="overrides", action="append", default=[])
+    sample.add_argument("--debug", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        stages = list(STAGE_ORDER) if args.stages in (["all"], []) else args.stages
+        return run_job(stages, args)
+    commands: dict[str, Callable] = {"show": _show, "sample": _sample}
+    return _guarded(lambda: commands[args.command](args), args.debug)
+
+
+def job_main(stages: Sequence[str], argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``jobs/<stage>.py``: ``--config`` and ``--set`` only."""
+    parser = argparse.ArgumentParser(description=f"run stage(s): {', '.join(stages)}")
+    _config_args(parser)
+    return run_job(list(stages), parser.parse_args(argv))
+
+
+def run_job(stages: list[str], args: argparse.Namespace) -> int:
+    unknown = [s for s in stages if s not in STAGE_ORDER]
+    if unknown:
+        print(f"error: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGE_ORDER)}", file=sys.stderr)
+        return 2
+    return _guarded(lambda: _run_stages(stages, args), args.debug)
+
+
+def _guarded(action: Callable[[], int | None], debug: bool) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        return action() or 0
+    except RecsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # the one place unexpected failures are summarised
+        if debug:
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: unexpected {type(exc).__name__}: {first}", file=sys.stderr)
+        if not debug:
+            print("       (rerun with --debug for the full traceback)", file=sys.stderr)
+        return 1
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config, args.overrides)
+
+
+def _run_stages(stages: list[str], args: argparse.Namespace) -> int:
+    from amazon_recs.spark import get_spark
+    from amazon_recs.stages import STAGES
+
+    config = _load(args)
+    spark = get_spark(config)
+    summaries = {}
+    for stage in sorted(stages, key=STAGE_ORDER.index):
+        started = time.time()
+        log.info("stage %s: starting", stage)
+        summaries[stage] = STAGES[stage](spark, config)
+        log.info("stage %s: done in %.1fs", stage, time.time() - started)
+    if set(stages) == set(STAGE_ORDER):
+        print(pipeline_summary(spark, config, summaries))
+    return 0
+
+
+def pipeline_summary(spark, config: Config, summaries: dict) -> str:
+    """What ``make run`` prints at the end: table sizes, metrics, where things are."""
+    lines = ["", "== amazon-recs: pipeline finished ==", "", "Rows per table:"]
+    for name in SUMMARY_TABLES:
+        path = io.table_path(config, name)
+        rows = spark.read.format("delta").load(path).count() if io.table_exists(spark, path) else "-"
+        lines.append(f"  {name:<28} {rows:>9}  {path}")
+    for f in summaries.get("ingest", {}).get("files", []):
+        lines.append(
+            f"  ingest {f['kind']:<8} {f['source_file']}: read {f['lines_read']} = accepted {f['accepted']}"
+            f" + rejected {f['rejected']} + blank {f['blank']}"
+        )
+    evaluation = summaries.get("evaluate", {})
+    lines += ["", f"Metrics (model version {evaluation.get('model_version')}):", "",
+              report.metrics_table(evaluation.get("metrics", [])), ""]
+    lines.append(f"Report:  {evaluation.get('report')}")
+    lines.append(f"Models:  {summaries.get('train', {}).get('model_dir')}")
+    sample_user = (
+        spark.read.format("delta").load(io.table_path(config, "gold/recommendations"))
+        .select("user_id").orderBy("user_id").first()[0]
+    )
+    lines.append(
+        f"See one user's top-10:  .venv/bin/amazon-recs show --config {args_config(config)} "
+        f"--user {sample_user} --model hybrid"
+    )
+    return "\n".join(lines)
+
+
+def args_config(config: Config) -> str:
+    return config.source
+
+
+def _show(args: argparse.Namespace) -> int:
+    from pyspark.sql import functions as F
+
+    from amazon_recs.spark import get_spark
+
+    config = _load(args).with_overrides(["spark.master=local[1]", "spark.log_level=ERROR"])
+    spark = get_spark(config)
+    recs = io.read_table(spark, config, "gold/recommendations")
+    items = io.read_table(spark, config, "silver/items").select("item_id", "title")
+    rows = (
+        recs.filter((F.col("user_id") == args.user) & (F.col("model") == args.model))
+        .join(items, "item_id", how="left")
+        .orderBy("rank")
+        .collect()
+    )
+    if not rows:
+        known = recs.select("user_id").distinct().orderBy("user_id").limit(3).collect()
+        raise RecsError(
+            f"no {args.model} recommendations for user '{args.user}'; "
+            f"known users look like: {', '.join(r[0] for r in known)}"
+        )
+    print(f"Top {len(rows)} {args.model} recommendations for {args.user} (model version {rows[0]['model_version']}):")
+    for r in rows:
+        print(f"{r['rank']:>3}. {r['title'] or r['item_id']}  [{r['item_id']}]  score {r['score']:.4f}  ({r['reason']})")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from amazon_recs.sample import generate_sample
+
+    summary = generate_sample(args.out, **_load(args).require("sample"))
+    print(f"wrote {summary.review_lines} review lines ({summary.bad_review_lines} malformed on purpose) "
+          f"to {summary.reviews_path} and {summary.product_lines} products to {summary.products_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

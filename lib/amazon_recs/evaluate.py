@@ -1,0 +1,104 @@
+"""Ranking metrics at k, computed in Spark over every evaluated user.
+
+Definitions (``rel`` = the user's held-out items, ``hit_r`` = 1 when the item at
+rank r is in ``rel``), averaged over users with at least one held-out item; a
+user with no recommendation from a model scores 0 for it:
+
+- precision@k = sum(hit_r) / k
+- recall@k    = sum(hit_r) / |rel|
+- ndcg@k      = sum(hit_r / log2(r + 1)) / sum_{i <= min(|rel|, k)} 1 / log2(i + 1)
+- map@k       = sum(hit_r * precision@r) / min(|rel|, k)
+- hit_rate@k  = 1 if any hit_r else 0
+- mrr@k       = 1 / (first hit rank), 0 without a hit
+- coverage@k  = distinct recommended items / catalogue size (not per user)
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from amazon_recs.schemas import ITEM, MODEL, RANK, USER
+
+PER_USER_METRICS = ("precision", "recall", "ndcg", "map", "hit_rate", "mrr")
+
+
+def per_user_metrics(
+    recs: DataFrame,
+    truth: DataFrame,
+    k: int,
+    col_user: str = USER,
+    col_item: str = ITEM,
+    col_model: str = MODEL,
+) -> DataFrame:
+    """One row per (model, evaluated user) with each metric of PER_USER_METRICS.
+
+    Args:
+        recs: (model, user, item, rank); ranks beyond ``k`` are ignored.
+        truth: (user, item) held-out interactions; duplicates count once.
+    """
+    rel = truth.select(col_user, col_item).distinct()
+    n_rel = rel.groupBy(col_user).agg(F.count(F.lit(1)).alias("_n_rel"))
+    hits = (
+        recs.filter(F.col(RANK) <= k)
+        .select(col_model, col_user, col_item, RANK)
+        .join(rel.withColumn("_hit", F.lit(1)), [col_user, col_item], how="left")
+        .fillna(0, ["_hit"])
+        .withColumn(
+            "_hits_so_far",
+            F.sum("_hit").over(
+                Window.partitionBy(col_model, col_user).orderBy(RANK).rowsBetween(Window.unboundedPreceding, 0)
+            ),
+        )
+    )
+    per_user = hits.groupBy(col_model, col_user).agg(
+        F.sum("_hit").alias("_hits"),
+        F.sum(F.col("_hit") / F.log2(F.col(RANK) + 1)).alias("_dcg"),
+        F.sum(F.col("_hit") * F.col("_hits_so_far") / F.col(RANK)).alias("_ap_sum"),
+        F.min(F.when(F.col("_hit") == 1, F.col(RANK))).alias("_first_hit"),
+    )
+    models = recs.select(col_model).distinct()
+    everyone = models.crossJoin(n_rel)
+    cutoff = F.least(F.col("_n_rel"), F.lit(k))
+    idcg = F.aggregate(
+        F.sequence(F.lit(1), cutoff), F.lit(0.0), lambda acc, i: acc + 1.0 / F.log2(i + 1)
+    )
+    return (
+        everyone.join(per_user, [col_model, col_user], how="left")
+        .fillna(0, ["_hits", "_dcg", "_ap_sum"])
+        .select(
+            col_model,
+            col_user,
+            (F.col("_hits") / k).alias("precision"),
+            (F.col("_hits") / F.col("_n_rel")).alias("recall"),
+            (F.col("_dcg") / idcg).alias("ndcg"),
+            (F.col("_ap_sum") / cutoff).alias("map"),
+            (F.col("_hits") > 0).cast("double").alias("hit_rate"),
+            F.coalesce(1.0 / F.col("_first_hit"), F.lit(0.0)).alias("mrr"),
+        )
+    )
+
+
+def summarise(per_user: DataFrame, k: int, col_model: str = MODEL) -> DataFrame:
+    """Average per-user metrics into long form: (model, metric, k, value, users)."""
+    averaged = per_user.groupBy(col_model).agg(
+        F.count(F.lit(1)).alias("users"), *[F.avg(m).alias(m) for m in PER_USER_METRICS]
+    )
+    stacked = F.stack(
+        F.lit(len(PER_USER_METRICS)),
+        *[part for m in PER_USER_METRICS for part in (F.lit(m), F.col(m))],
+    ).alias("metric", "value")
+    return averaged.select(col_model, stacked, F.lit(k).alias("k"), "users")
+
+
+def coverage(recs: DataFrame, catalogue_size: int, k: int, col_item: str = ITEM, col_model: str = MODEL) -> DataFrame:
+    """Share of the catalogue that appears in anyone's top-k, per model."""
+    return (
+        recs.filter(F.col(RANK) <= k)
+        .groupBy(col_model)
+        .agg(
+            (F.countDistinct(col_item) / F.lit(float(catalogue_size))).alias("value"),
+            F.countDistinct(USER).alias("users"),
+        )
+        .select(col_model, F.lit("coverage").alias("metric"), "value", F.lit(k).alias("k"), "users")
+    )

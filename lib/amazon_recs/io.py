@@ -1,0 +1,193 @@
+"""All reading and writing of files and tables: the only module that touches storage.
+
+Paths are plain strings that Spark's Hadoop file systems understand: local
+paths, ``file://`` or ``s3://`` URIs. Tables are Delta tables addressed by path
+under ``paths.warehouse`` (``bronze/reviews``, ``gold/metrics``, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from amazon_recs.config import Config
+from amazon_recs.errors import InputError, StageOrderError
+
+
+# Hadoop writes local URIs as file:/x, Spark's file metadata sometimes as
+# file:///x; both are folded to the latter so a file has one id everywhere.
+_LOCAL_SCHEME = r"^file:/(?!/)"
+
+
+def canonical_uri(uri: str) -> str:
+    return re.sub(_LOCAL_SCHEME, "file:///", uri)
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input file as the file system lists it.
+
+    ``path`` is what Spark reads; ``uri`` is its escaped form, the same string
+    Spark reports in ``_metadata.file_path``, and so the file's id in tables.
+    """
+
+    path: str
+    uri: str
+    size: int
+    modified_ms: int
+
+
+def list_files(spark: SparkSession, pattern: str) -> list[InputFile]:
+    """Files matching a path or glob (directories are listed one level deep).
+
+    Raises:
+        InputError: nothing matches ``pattern``.
+    """
+    jvm = spark.sparkContext._jvm
+    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
+    path = jvm.org.apache.hadoop.fs.Path(pattern)
+    fs = path.getFileSystem(hadoop_conf)
+    statuses = fs.globStatus(path) or []
+    files: list[InputFile] = []
+    for status in statuses:
+        children = fs.listStatus(status.getPath()) if status.isDirectory() else [status]
+        for child in children:
+            name = child.getPath().getName()
+            if child.isFile() and not name.startswith((".", "_")):
+                files.append(
+                    InputFile(
+                        child.getPath().toString(),
+                        canonical_uri(child.getPath().toUri().toString()),
+                        child.getLen(),
+                        child.getModificationTime(),
+                    )
+                )
+    if not files:
+        raise InputError(f"no input files match '{pattern}'")
+    return sorted(files, key=lambda f: f.path)
+
+
+def fingerprint(files: list[InputFile]) -> str:
+    """A short id that changes when any file is added, removed or rewritten."""
+    digest = hashlib.sha1()
+    for f in files:
+        digest.update(f"{f.uri}|{f.size}|{f.modified_ms}\n".encode())
+    return digest.hexdigest()[:12]
+
+
+def read_lines(spark: SparkSession, files: list[InputFile]) -> DataFrame:
+    """Text lines of ``files`` (gzip decoded by extension) with file and line number.
+
+    Returns:
+        Columns ``source_file``, ``line_number`` (1-based) and ``value``.
+    """
+    lines = (
+        spark.read.text([f.path for f in files])
+        .withColumn("source_file", F.regexp_replace("_metadata.file_path", _LOCAL_SCHEME, "file:///"))
+        .withColumn("_pos", F.monotonically_increasing_id())
+    )
+    # Ids increase with partition index and with position inside a partition, and
+    # a file's splits are planned in offset order, so ordering by id within a
+    # file gives its line order.
+    in_file = Window.partitionBy("source_file").orderBy("_pos")
+    return lines.select(
+        "source_file", F.row_number().over(in_file).alias("line_number"), "value"
+    )
+
+
+def table_path(config: Config, name: str) -> str:
+    """Where table ``layer/name`` lives, e.g. ``table_path(cfg, "gold/metrics")``."""
+    return f"{config.require('paths.warehouse').rstrip('/')}/{name}"
+
+
+def table_exists(spark: SparkSession, path: str) -> bool:
+    return DeltaTable.isDeltaTable(spark, path)
+
+
+def read_table(spark: SparkSession, config: Config, name: str) -> DataFrame:
+    """Read a Delta table; a missing one names the stage that writes it."""
+    path = table_path(config, name)
+    if not table_exists(spark, path):
+        raise StageOrderError(
+            f"table {name} does not exist at {path}: run the stage that writes it first "
+            f"(make run runs them all in order)"
+        )
+    return spark.read.format("delta").load(path)
+
+
+def overwrite_table(df: DataFrame, config: Config, name: str, partition_by: list[str] | None = None) -> str:
+    """Replace a table's contents (schema included) in one Delta commit."""
+    path = table_path(config, name)
+    writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    writer.save(path)
+    return path
+
+
+def merge_table(
+    spark: SparkSession,
+    df: DataFrame,
+    config: Config,
+    name: str,
+    keys: list[str],
+    update_when_changed: str | None = None,
+) -> str:
+    """Upsert ``df`` into a table on its natural key ``keys``.
+
+    Rows whose key exists are left alone, or updated when the column named by
+    ``update_when_changed`` (a content hash) differs. ``df`` must be unique on
+    ``keys``. Re-merging the same rows changes nothing.
+    """
+    path = table_path(config, name)
+    if not table_exists(spark, path):
+        df.write.format("delta").mode("overwrite").save(path)
+        return path
+    condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+    merge = DeltaTable.forPath(spark, path).alias("t").merge(df.alias("s"), condition)
+    if update_when_changed:
+        col = update_when_changed
+        merge = merge.whenMatchedUpdateAll(condition=f"NOT (t.`{col}` <=> s.`{col}`)")
+    merge.whenNotMatchedInsertAll().execute()
+    return path
+
+
+def append_table(df: DataFrame, config: Config, name: str) -> str:
+    path = table_path(config, name)
+    df.write.format("delta").mode("append").save(path)
+    return path
+
+
+def write_text(spark: SparkSession, path: str, text: str) -> None:
+    """Write a small text file (a report, a DDL file) through Hadoop's file system."""
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    out = fs.create(hpath, True)
+    try:
+        out.write(bytearray(text.encode("utf-8")))
+    finally:
+        out.close()
+
+
+def read_text(spark: SparkSession, path: str) -> str | None:
+    """Read a small text file, or None when it does not exist."""
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(hpath):
+        return None
+    stream = fs.open(hpath)
+    try:
+        reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
+        lines = []
+        while (line := reader.readLine()) is not None:
+            lines.append(line)
+        return "\n".join(lines)
+    finally:
+        stream.close()

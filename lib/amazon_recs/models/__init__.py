@@ -1,0 +1,1 @@
+"""The recommenders: implicit ALS, TF-IDF content with LSH neighbours, popularity."""

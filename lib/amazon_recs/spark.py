@@ -1,0 +1,58 @@
+"""The one place a SparkSession is built, from configuration."""
+
+from __future__ import annotations
+
+import os
+
+from pyspark.sql import SparkSession
+
+from amazon_recs.config import Config
+
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+def spark_conf(config: Config) -> dict[str, str]:
+    """The Spark properties a configuration asks for (pure; used by tests and EMR steps)."""
+    conf = {
+        "spark.master": config.require("spark.master"),
+        "spark.app.name": config.require("spark.app_name"),
+        "spark.driver.memory": config.require("spark.driver_memory"),
+        "spark.sql.shuffle.partitions": str(config.require("spark.shuffle_partitions")),
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.session.timeZone": "UTC",
+        # Delta writes stay deterministic and small on a laptop.
+        "spark.databricks.delta.snapshotPartitions": "2",
+        "spark.databricks.delta.properties.defaults.enableChangeDataFeed": "false",
+        **DELTA_CONF,
+    }
+    packages = config.require("spark.packages")
+    if packages:
+        conf["spark.jars.packages"] = ",".join(packages)
+    if config.get("spark.ivy_dir"):
+        conf["spark.jars.ivy"] = os.path.abspath(config.require("spark.ivy_dir"))
+    if config.get("spark.driver_host"):
+        conf["spark.driver.host"] = config.require("spark.driver_host")
+        conf["spark.driver.bindAddress"] = config.require("spark.driver_host")
+    return conf
+
+
+def get_spark(config: Config) -> SparkSession:
+    """Return the active session, or build one from ``config``.
+
+    Under ``spark-submit`` (and on EMR) the JVM already exists and the master,
+    packages and memory given to spark-submit win; the settings here then only
+    fill in what was not given.
+    """
+    builder = SparkSession.builder
+    for key, value in spark_conf(config).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(config.require("spark.log_level"))
+    checkpoint_dir = config.require("spark.checkpoint_dir")
+    if checkpoint_dir:
+        spark.sparkContext.setCheckpointDir(checkpoint_dir)
+    return spark

@@ -1,0 +1,270 @@
+"""The pipeline's stages. Each reads its inputs, transforms them with the pure
+functions of the other modules, and writes its outputs: extract, transform, load.
+
+A stage returns a small summary (counts, paths) for the job's closing report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pyspark.ml import PipelineModel
+from pyspark.ml.recommendation import ALSModel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from amazon_recs import evaluate as ev
+from amazon_recs import features as fe
+from amazon_recs import ingest as ig
+from amazon_recs import io
+from amazon_recs import recommend as rc
+from amazon_recs import report
+from amazon_recs.config import Config
+from amazon_recs.errors import InputError, StageOrderError
+from amazon_recs.models import als as m_als
+from amazon_recs.models import content as m_content
+from amazon_recs.models import popular as m_popular
+from amazon_recs.sample import META_FILE, REVIEWS_FILE, generate_sample
+from amazon_recs.schemas import ITEM, ITEM_IDX, MODEL, SPLIT, TS, USER, USER_IDX, WEIGHT
+from amazon_recs.topk import max_seen_per_user
+
+CURRENT_POINTER = "CURRENT"
+VERSION_SECTIONS = ("split", "als", "content", "popular", "recommend")
+
+
+# --- ingest -----------------------------------------------------------------
+
+
+def input_globs(config: Config) -> tuple[str, str]:
+    """The reviews and products inputs; with none configured, the generated sample.
+
+    The sample is written under ``paths.raw`` only when it is not there yet.
+    """
+    reviews, products = config.require("input.reviews"), config.require("input.products")
+    if reviews:
+        return reviews, products
+    raw = Path(config.require("paths.raw"))
+    if not (raw / REVIEWS_FILE).exists() or not (raw / META_FILE).exists():
+        generate_sample(raw, **config.require("sample"))
+    return str(raw / REVIEWS_FILE), str(raw / META_FILE)
+
+
+def run_ingest(spark: SparkSession, config: Config) -> dict:
+    reviews_glob, products_glob = input_globs(config)
+    sources = {"reviews": io.list_files(spark, reviews_glob)}
+    if products_glob:
+        sources["products"] = io.list_files(spark, products_glob)
+    run_id = io.fingerprint([f for files in sources.values() for f in files])
+
+    logs, summary = [], {"ingest_run_id": run_id}
+    for kind, files in sources.items():
+        accepted, rejects, log = ig.ingest_source(spark, config, kind, files, run_id)
+        io.merge_table(spark, rejects, config, "bronze/rejects", ["kind", "source_file", "line_number"])
+        io.merge_table(spark, log, config, "bronze/ingest_log", ["ingest_run_id", "kind", "source_file"])
+        log_rows = [r.asDict() for r in log.collect()]  # one row per input file
+        # Rejects and the log are written first, so a failed run can be inspected.
+        ig.check_reject_rate(log_rows, rejects, config.require("input.max_reject_rate"))
+        if kind == "reviews":
+            io.merge_table(spark, accepted, config, "bronze/reviews", ig.REVIEW_KEY)
+        else:
+            io.merge_table(spark, accepted, config, "bronze/products", ig.PRODUCT_KEY, "record_hash")
+        logs.extend(log_rows)
+    summary["files"] = logs
+    return summary
+
+
+# --- features ---------------------------------------------------------------
+
+
+def _existing(spark: SparkSession, config: Config, name: str) -> DataFrame | None:
+    path = io.table_path(config, name)
+    return spark.read.format("delta").load(path) if io.table_exists(spark, path) else None
+
+
+def run_features(spark: SparkSession, config: Config) -> dict:
+    reviews = io.read_table(spark, config, "bronze/reviews")
+    products_path = io.table_path(config, "bronze/products")
+    products = (
+        spark.read.format("delta").load(products_path)
+        if io.table_exists(spark, products_path)
+        else spark.createDataFrame([], schema=ig.schemas.BRONZE_PRODUCTS)
+    )
+    if not reviews.take(1):
+        raise InputError("bronze/reviews is empty: no review line was accepted; see bronze/rejects")
+
+    user_ids = fe.extend_id_map(_existing(spark, config, "silver/user_ids"), reviews, USER, USER_IDX)
+    item_keys = reviews.select(ITEM).unionByName(products.select(ITEM))
+    item_ids = fe.extend_id_map(_existing(spark, config, "silver/item_ids"), item_keys, ITEM, ITEM_IDX)
+    # Append-only: existing ids are never rewritten, new keys are inserted.
+    io.merge_table(spark, user_ids, config, "silver/user_ids", [USER])
+    io.merge_table(spark, item_ids, config, "silver/item_ids", [ITEM])
+    user_ids = io.read_table(spark, config, "silver/user_ids")
+    item_ids = io.read_table(spark, config, "silver/item_ids")
+
+    interactions = fe.build_interactions(
+        reviews,
+        user_ids,
+        item_ids,
+        config.require("split.test_fraction"),
+        config.require("split.min_user_interactions"),
+    )
+    io.overwrite_table(interactions, config, "silver/interactions")
+    interactions = io.read_table(spark, config, "silver/interactions")
+    io.overwrite_table(fe.build_items(products, item_ids, interactions), config, "silver/items")
+    io.overwrite_table(fe.build_users(interactions), config, "silver/users")
+    counts = interactions.groupBy(SPLIT).count().collect()
+    return {f"interactions_{r[SPLIT]}": r["count"] for r in counts}
+
+
+# --- train ------------------------------------------------------------------
+
+
+def model_version(config: Config, train: DataFrame) -> str:
+    """Derived from the model settings and the training rows: same inputs, same version."""
+    configured = config.require("run.model_version")
+    if configured != "auto":
+        return configured
+    data_hash = train.select(
+        F.sum(F.xxhash64(USER_IDX, ITEM_IDX, WEIGHT, TS).cast("decimal(38,0)"))
+    ).first()[0]
+    settings = {s: config.require(s) for s in VERSION_SECTIONS}
+    digest = hashlib.sha1(json.dumps([settings, str(data_hash)], sort_keys=True).encode())
+    return digest.hexdigest()[:12]
+
+
+def model_dir(config: Config, version: str) -> str:
+    return f"{config.require('paths.models').rstrip('/')}/{version}"
+
+
+def current_version(spark: SparkSession, config: Config) -> str:
+    pointer = f"{config.require('paths.models').rstrip('/')}/{CURRENT_POINTER}"
+    version = io.read_text(spark, pointer)
+    if not version:
+        raise StageOrderError(f"no trained model at {pointer}: run the train stage first")
+    return version.strip()
+
+
+def run_train(spark: SparkSession, config: Config) -> dict:
+    interactions = io.read_table(spark, config, "silver/interactions")
+    items = io.read_table(spark, config, "silver/items")
+    train = interactions.filter(F.col(SPLIT) == fe.TRAIN).cache()
+    version = model_version(config, train)
+    out = model_dir(config, version)
+
+    als = m_als.fit_als(train, config)
+    als.write().overwrite().save(f"{out}/als")
+
+    tokens = m_content.with_tokens(items).cache()
+    tfidf = m_content.fit_tfidf(tokens, config)
+    tfidf.write().overwrite().save(f"{out}/tfidf")
+    vectors = tfidf.transform(tokens).select(ITEM_IDX, m_content.VECTOR).cache()
+    neighbours = m_content.item_neighbours(
+        m_content.fit_lsh(vectors, config),
+        vectors,
+        config.require("content.min_similarity"),
+        config.require("content.neighbours"),
+    )
+    neighbours.write.format("delta").mode("overwrite").save(f"{out}/item_neighbours")
+
+    popularity = m_popular.fit_popularity(train, config.require("popular.half_life_days"))
+    popularity.write.format("delta").mode("overwrite").save(f"{out}/popularity")
+
+    # The pointer moves last: readers see the old version or the whole new one.
+    io.write_text(spark, f"{config.require('paths.models').rstrip('/')}/{CURRENT_POINTER}", version)
+    return {"model_version": version, "items_with_text": tokens.count(), "model_dir": out}
+
+
+# --- recommend --------------------------------------------------------------
+
+
+def run_recommend(spark: SparkSession, config: Config) -> dict:
+    version = current_version(spark, config)
+    src = model_dir(config, version)
+    k, n = config.require("recommend.k"), config.require("recommend.candidates")
+    interactions = io.read_table(spark, config, "silver/interactions")
+    items = io.read_table(spark, config, "silver/items")
+    train = interactions.filter(F.col(SPLIT) == fe.TRAIN).select(USER_IDX, ITEM_IDX, WEIGHT).cache()
+    users = train.select(USER_IDX).distinct()
+    max_seen = max_seen_per_user(train)
+
+    als = ALSModel.load(f"{src}/als")
+    popularity = spark.read.format("delta").load(f"{src}/popularity")
+    neighbours = spark.read.format("delta").load(f"{src}/item_neighbours")
+
+    als_recs = m_als.recommend_als(als, users, train, n, max_seen)
+    als_recs = als_recs.join(m_als.because_item(als_recs.filter(f"rank <= {k}"), train, als.itemFactors), [USER_IDX, ITEM_IDX], how="left")
+    candidates = {
+        "als": rc.as_candidates(als_recs, "als").cache(),
+        "content": rc.as_candidates(m_content.recommend_content(neighbours, train, n), "content").cache(),
+        "popular": rc.as_candidates(m_popular.recommend_popular(popularity, users, train, n, max_seen), "popular").cache(),
+    }
+    lists = {
+        name: rc.fill_to_k(df, candidates["popular"], k) for name, df in candidates.items()
+    }
+    lists["hybrid"] = rc.blend(candidates, config.require("recommend.hybrid_weights"), k)
+
+    user_ids = io.read_table(spark, config, "silver/user_ids")
+    item_ids = io.read_table(spark, config, "silver/item_ids")
+    gold = None
+    for name, recs in lists.items():
+        part = rc.to_gold(rc.with_reason(recs, items), name, version, user_ids, item_ids)
+        gold = part if gold is None else gold.unionByName(part)
+    io.overwrite_table(gold, config, "gold/recommendations", partition_by=[MODEL])
+    counts = io.read_table(spark, config, "gold/recommendations").groupBy(MODEL).count().collect()
+    return {"model_version": version, **{f"rows_{r[MODEL]}": r["count"] for r in counts}}
+
+
+# --- evaluate ---------------------------------------------------------------
+
+
+def run_evaluate(spark: SparkSession, config: Config) -> dict:
+    k = config.require("evaluate.k")
+    recs = io.read_table(spark, config, "gold/recommendations")
+    version = recs.select("model_version").first()[0]
+    truth = io.read_table(spark, config, "silver/interactions").filter(F.col(SPLIT) == fe.TEST)
+    catalogue = io.read_table(spark, config, "silver/items").count()
+
+    per_user = ev.per_user_metrics(recs, truth.select(USER, ITEM), k)
+    metrics = (
+        ev.summarise(per_user, k)
+        .unionByName(ev.coverage(recs, catalogue, k))
+        .withColumn("model_version", F.lit(version))
+    )
+    io.overwrite_table(ig.schemas.conform(metrics, ig.schemas.METRICS, "gold/metrics"), config, "gold/metrics")
+    rows = [r.asDict() for r in io.read_table(spark, config, "gold/metrics").collect()]
+    path = report.write_metrics_report(spark, config, rows)
+    return {"model_version": version, "metrics": rows, "report": path}
+
+
+# --- export -----------------------------------------------------------------
+
+
+def run_export(spark: SparkSession, config: Config) -> dict:
+    """Serving layout: one row per (user, model) holding the ordered top-k with titles."""
+    recs = io.read_table(spark, config, "gold/recommendations")
+    items = io.read_table(spark, config, "silver/items").select(ITEM, "title", "category")
+    serving = (
+        recs.join(items, ITEM, how="left")
+        .groupBy(USER, MODEL, "model_version")
+        .agg(
+            F.sort_array(
+                F.collect_list(F.struct("rank", ITEM, "title", "category", "score", "reason"))
+            ).alias("items")
+        )
+    )
+    path = io.overwrite_table(serving, config, "gold/user_recommendations", partition_by=[MODEL])
+    ddl_path = f"{config.require('paths.warehouse').rstrip('/')}/gold/athena_ddl.sql"
+    io.write_text(spark, ddl_path, report.athena_ddl(config))
+    return {"serving_table": path, "athena_ddl": ddl_path}
+
+
+STAGES = {
+    "ingest": run_ingest,
+    "features": run_features,
+    "train": run_train,
+    "recommend": run_recommend,
+    "evaluate": run_evaluate,
+    "export": run_export,
+}

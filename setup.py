@@ -1,0 +1,34 @@
+"""Packaging for the amazon_recs library.
+
+The wheel's install requirements deliberately leave out pyspark and delta-spark:
+on EMR, Spark and Delta are the platform's (emr-7.13.0 ships Spark 3.5.6 and
+Delta Lake 3.3.2). The ``dev`` extra pins the same versions for local runs.
+"""
+
+from setuptools import find_packages, setup
+
+SPARK_PINS = [
+    "pyspark==3.5.6",
+    "delta-spark==3.3.2",
+]
+
+setup(
+    name="amazon-recs",
+    version="0.1.0",
+    description="PySpark pipeline: Amazon-style reviews to personalised top-10 recommendations",
+    package_dir={"": "lib"},
+    packages=find_packages("lib"),
+    python_requires=">=3.11,<3.12",
+    install_requires=[
+        "pyyaml>=6,<7",
+        "numpy>=1.26,<2",
+        "pandas>=2,<3",
+        "pyarrow>=14",
+        "boto3>=1.34",
+    ],
+    extras_require={
+        "local": SPARK_PINS,
+        "dev": SPARK_PINS + ["pytest>=8", "chispa>=0.10", "ruff>=0.6"],
+    },
+    entry_points={"console_scripts": ["amazon-recs=amazon_recs.cli:main"]},
+)
