@@ -1,0 +1,72 @@
+# amazon-recs: `make run` runs the whole pipeline, `make test` runs the test suite.
+# Both set everything up first (idempotently): the virtualenv, native BLAS, and
+# the Delta jars, resolved once from Maven Central and cached under .cache/ivy.
+
+SHELL       := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON      ?= python3.11
+VENV        := .venv
+PY          := $(VENV)/bin/python
+CONFIG      ?= conf/local.yaml
+SET         ?=
+IVY_DIR     := $(CURDIR)/.cache/ivy
+DELTA_PKG   := io.delta:delta-spark_2.12:3.3.2
+PYTEST_ARGS ?=
+
+export JAVA_HOME       := $(shell bootstrap/local/java-home.sh)
+export PYSPARK_PYTHON  := $(CURDIR)/$(PY)
+export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(PY)
+export SPARK_LOCAL_IP  := 127.0.0.1
+export PATH            := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+SPARK_SUBMIT := $(VENV)/bin/spark-submit --packages $(DELTA_PKG) --conf spark.jars.ivy=$(IVY_DIR)
+SET_ARGS     := $(foreach s,$(SET),--set $(s))
+
+.PHONY: help setup run test lint format show clean clean-data
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed .cache/.system-deps $(IVY_DIR)/.resolved ## create .venv, install deps, native BLAS and Delta jars
+
+$(VENV)/.installed: setup.py constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	@touch $@
+
+.cache/.system-deps: bootstrap/local/system-deps.sh
+	@mkdir -p .cache
+	bootstrap/local/system-deps.sh
+	@touch $@
+
+$(IVY_DIR)/.resolved: $(VENV)/.installed
+	@echo "resolving $(DELTA_PKG) into $(IVY_DIR) (once; later runs work offline)"
+	$(PY) -c "from amazon_recs.config import load_config; from amazon_recs.spark import get_spark; \
+	get_spark(load_config('$(CONFIG)', ['spark.ivy_dir=$(IVY_DIR)', 'spark.log_level=ERROR'])).stop()" \
+	  > .cache/resolve-jars.log 2>&1 || { tail -n 20 .cache/resolve-jars.log; echo "error: could not resolve $(DELTA_PKG) (see .cache/resolve-jars.log)"; exit 1; }
+	@touch $@
+
+run: setup ## run the whole pipeline (CONFIG=conf/local.yaml, SET="als.rank=64 ...")
+	$(SPARK_SUBMIT) jobs/pipeline.py --config $(CONFIG) $(SET_ARGS)
+
+test: setup ## run the whole test suite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup ## ruff lint and format check
+	$(VENV)/bin/ruff check lib jobs tests app
+	$(VENV)/bin/ruff format --check lib jobs tests app
+
+format: setup ## ruff format and fix
+	$(VENV)/bin/ruff format lib jobs tests app
+	$(VENV)/bin/ruff check --fix lib jobs tests app
+
+show: setup ## one user's top-10: make show USER_ID=<id> MODEL=hybrid
+	$(VENV)/bin/amazon-recs show --config $(CONFIG) --user $(USER_ID) --model $(or $(MODEL),hybrid)
+
+clean-data: ## remove the local outputs under data/ (keeps the generated sample)
+	rm -rf data/warehouse data/models data/reports data/checkpoints
+
+clean: ## remove outputs, caches and the virtualenv
+	rm -rf data .cache $(VENV) *.egg-info lib/*.egg-info .pytest_cache

@@ -1,0 +1,134 @@
+"""The whole pipeline on a small generated sample, as `make run` runs it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from pyspark.sql import functions as F
+
+from amazon_recs import io
+from amazon_recs.cli import STAGE_ORDER
+from amazon_recs.config import load_config
+from amazon_recs.stages import STAGES
+from tests.conftest import ROOT, TEST_CONFIG
+
+pytestmark = pytest.mark.integration
+
+K = 10
+
+
+def run_all(spark, config) -> dict:
+    return {stage: STAGES[stage](spark, config) for stage in STAGE_ORDER}
+
+
+def sorted_rows(spark, config, name):
+    df = io.read_table(spark, config, name)
+    return sorted(tuple(r) for r in df.collect())
+
+
+@pytest.fixture(scope="module")
+def pipeline(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    config = load_config(
+        TEST_CONFIG,
+        [
+            f"paths.raw={root / 'raw'}",
+            f"paths.warehouse={root / 'warehouse'}",
+            f"paths.models={root / 'models'}",
+            f"paths.reports={root / 'reports'}",
+        ],
+    )
+    summaries = run_all(spark, config)
+    return config, summaries
+
+
+def test_ingest_reconciles_every_line(spark, pipeline):
+    config, summaries = pipeline
+    files = summaries["ingest"]["files"]
+    assert {f["kind"] for f in files} == {"reviews", "products"}
+    for f in files:
+        assert f["lines_read"] > 0
+        assert f["lines_read"] == f["accepted"] + f["rejected"] + f["blank"]
+    rejects = io.read_table(spark, config, "bronze/rejects").count()
+    assert rejects == sum(f["rejected"] for f in files) > 0  # the sample plants bad lines
+
+
+def test_every_user_gets_ten_distinct_unseen_products_per_model(spark, pipeline):
+    config, _ = pipeline
+    recs = io.read_table(spark, config, "gold/recommendations")
+    interactions = io.read_table(spark, config, "silver/interactions")
+    users = interactions.filter("split = 'train'").select("user_id").distinct().count()
+
+    per_user = recs.groupBy("model", "user_id").agg(
+        F.count(F.lit(1)).alias("n"),
+        F.countDistinct("item_id").alias("distinct_items"),
+        F.collect_set("rank").alias("ranks"),
+    )
+    summary = {
+        r["model"]: r
+        for r in per_user.groupBy("model")
+        .agg(
+            F.count(F.lit(1)).alias("users"),
+            F.min("n").alias("min_n"),
+            F.max("n").alias("max_n"),
+            F.min("distinct_items").alias("min_distinct"),
+            F.min(F.size("ranks")).alias("min_ranks"),
+        )
+        .collect()
+    }
+    assert set(summary) == {"als", "content", "popular", "hybrid"}
+    for model, row in summary.items():
+        assert row["users"] == users, model
+        assert (row["min_n"], row["max_n"], row["min_distinct"], row["min_ranks"]) == (K, K, K, K), model
+
+    seen = interactions.filter("split = 'train'").select("user_id", "item_id")
+    leaked = recs.join(seen, ["user_id", "item_id"], how="inner").count()
+    assert leaked == 0
+
+
+def test_metrics_show_the_planted_structure(spark, pipeline):
+    config, _ = pipeline
+    metrics = {
+        (r["model"], r["metric"]): r["value"]
+        for r in io.read_table(spark, config, "gold/metrics").collect()
+    }
+    for model in ("als", "content", "popular", "hybrid"):
+        for metric in ("precision", "recall", "ndcg"):
+            assert 0.0 <= metrics[(model, metric)] <= 1.0
+    assert metrics[("als", "ndcg")] > metrics[("popular", "ndcg")]
+    assert metrics[("hybrid", "ndcg")] > metrics[("popular", "ndcg")]
+
+
+def test_reasons_and_serving_layout(spark, pipeline):
+    config, summaries = pipeline
+    recs = io.read_table(spark, config, "gold/recommendations")
+    assert recs.filter(F.col("reason").isNull()).count() == 0
+    assert recs.filter("model = 'als' AND reason LIKE 'because you rated %'").count() > 0
+    serving = io.read_table(spark, config, "gold/user_recommendations")
+    first = serving.filter("model = 'hybrid'").orderBy("user_id").first()
+    assert [item["rank"] for item in first["items"]] == list(range(1, K + 1))
+    ddl = io.read_text(spark, summaries["export"]["athena_ddl"])
+    assert "TBLPROPERTIES ('table_type'='DELTA')" in ddl
+
+
+def test_rerun_gives_the_same_tables(spark, pipeline):
+    config, summaries = pipeline
+    before = {t: sorted_rows(spark, config, t) for t in ("bronze/reviews", "silver/user_ids", "gold/recommendations", "gold/metrics")}
+    again = run_all(spark, config)
+    assert again["train"]["model_version"] == summaries["train"]["model_version"]
+    for table, rows in before.items():
+        assert sorted_rows(spark, config, table) == rows, table
+
+
+def test_bad_setting_is_one_line_and_nonzero(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "amazon_recs.cli", "run", "--config", "conf/local.yaml", "--set", "als.rnk=3"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: unknown setting 'als.rnk'")
+    assert "Traceback" not in result.stderr
