@@ -140,14 +140,10 @@ def pipeline_summary(spark, config: Config, summaries: dict) -> str:
         .select("user_id").orderBy("user_id").first()[0]
     )
     lines.append(
-        f"See one user's top-10:  .venv/bin/amazon-recs show --config {args_config(config)} "
+        f"See one user's top-10:  .venv/bin/amazon-recs show --config {config.source} "
         f"--user {sample_user} --model hybrid"
     )
     return "\n".join(lines)
-
-
-def args_config(config: Config) -> str:
-    return config.source
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -94,7 +94,7 @@ def build_interactions(
 def clean_text(c: Column) -> Column:
     """Strip HTML tags and entities, fold white space, trim; empty becomes null."""
     no_tags = F.regexp_replace(c, r"<[^>]*>", " ")
-    no_entities = F.regexp_replace(no_tags, r"&[a-zA-Z]+;|&#\d+;", " ")
+    no_entities = F.regexp_replace(no_tags, r"&[a-zA-Z]+;|&#\d+;|&#[xX][0-9a-fA-F]+;", " ")
     folded = F.trim(F.regexp_replace(no_entities, r"\s+", " "))
     return F.when(folded != "", folded)
 

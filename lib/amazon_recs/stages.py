@@ -20,7 +20,7 @@ from amazon_recs import features as fe
 from amazon_recs import ingest as ig
 from amazon_recs import io
 from amazon_recs import recommend as rc
-from amazon_recs import report
+from amazon_recs import report, schemas
 from amazon_recs.config import Config
 from amazon_recs.errors import InputError, StageOrderError
 from amazon_recs.models import als as m_als
@@ -89,7 +89,7 @@ def run_features(spark: SparkSession, config: Config) -> dict:
     products = (
         spark.read.format("delta").load(products_path)
         if io.table_exists(spark, products_path)
-        else spark.createDataFrame([], schema=ig.schemas.BRONZE_PRODUCTS)
+        else spark.createDataFrame([], schema=schemas.BRONZE_PRODUCTS)
     )
     if not reviews.take(1):
         raise InputError("bronze/reviews is empty: no review line was accepted; see bronze/rejects")
@@ -232,7 +232,7 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
         .unionByName(ev.coverage(recs, catalogue, k))
         .withColumn("model_version", F.lit(version))
     )
-    io.overwrite_table(ig.schemas.conform(metrics, ig.schemas.METRICS, "gold/metrics"), config, "gold/metrics")
+    io.overwrite_table(schemas.conform(metrics, schemas.METRICS, "gold/metrics"), config, "gold/metrics")
     rows = [r.asDict() for r in io.read_table(spark, config, "gold/metrics").collect()]
     path = report.write_metrics_report(spark, config, rows)
     return {"model_version": version, "metrics": rows, "report": path}
