@@ -25,15 +25,15 @@ def as_candidates(recs: DataFrame, source: str) -> DataFrame:
 def fill_to_k(primary: DataFrame, fallback: DataFrame, k: int) -> DataFrame:
     """Each user's ``k`` items from ``primary``, topped up from ``fallback`` when short.
 
-    Fallback rows rank after every primary row and carry score 0, so a list
-    never reorders: content can run dry for a user whose items have no text,
-    and that user still gets ``k`` products.
+    Fallback rows rank after every primary row, in the fallback's own order, and
+    carry score 0, so a list never reorders: content can run dry for a user whose
+    items have no text, and that user still gets ``k`` products.
     """
-    tiered = primary.withColumn("_tier", F.lit(0)).unionByName(
-        fallback.withColumn(SCORE, F.lit(0.0)).withColumn("_tier", F.lit(1))
+    tiered = primary.withColumn("_tier", F.lit(0)).withColumn("_by", F.col(SCORE)).unionByName(
+        fallback.withColumn("_by", F.col(SCORE)).withColumn(SCORE, F.lit(0.0)).withColumn("_tier", F.lit(1))
     )
     first_per_item = _best_tier_per_item(tiered)
-    ordered = first_per_item.withColumn("_order", F.struct((-F.col("_tier")).alias("tier"), F.col(SCORE).alias("score")))
+    ordered = first_per_item.withColumn("_order", F.struct((-F.col("_tier")).alias("tier"), F.col("_by").alias("score")))
     return top_k(ordered, k, col_score="_order").select(*CANDIDATE_COLUMNS, RANK)
 
 

@@ -14,6 +14,7 @@ from pyspark.ml.feature import (
     RegexTokenizer,
     StopWordsRemover,
 )
+from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -73,6 +74,10 @@ def item_neighbours(
         Columns item_idx, neighbour_idx, similarity, rank.
     """
     max_distance = math.sqrt(max(0.0, 2.0 - 2.0 * min_similarity))
+    # A text whose every term is rarer than min_doc_freq has an all-zero vector.
+    # It is no unit vector (two of them are at distance 0, "similarity" 1, and any
+    # unit vector at distance 1, "similarity" 0.5), and its cosine with anything is 0.
+    vectors = vectors.filter(F.exists(vector_to_array(VECTOR), lambda x: x != 0.0))
     pairs = (
         lsh.approxSimilarityJoin(vectors, vectors, max_distance, distCol="_dist")
         .select(
