@@ -50,6 +50,9 @@ PRODUCTS_2023_RAW = T.StructType(
     ]
 )
 
+# The largest epoch milliseconds a Spark timestamp (microseconds in a long) can hold.
+MAX_TS_MS = (2**63 - 1) // 1000
+
 REVIEW_KEY = [USER, "asin", TS]
 PRODUCT_KEY = [ITEM]
 
@@ -67,7 +70,12 @@ def parse_json_lines(lines: DataFrame, raw_schema: T.StructType) -> DataFrame:
 
 
 def _blank(value: Column) -> Column:
-    return F.trim(value) == ""
+    # Any white space, tabs and a stray \r from Windows line ends included.
+    return value.rlike(r"^\s*$")
+
+
+def _not_an_object(value: Column) -> Column:
+    return ~value.rlike(r"^\s*\{")
 
 
 def _missing(c: Column) -> Column:
@@ -82,7 +90,7 @@ def with_review_status(parsed: DataFrame, config: Config) -> DataFrame:
     ts_ms = j["timestamp"].cast("long")
     reason = (
         F.when(_blank(F.col("value")), F.lit(None))
-        .when(~F.ltrim("value").startswith("{"), F.lit("not a JSON object"))
+        .when(_not_an_object(F.col("value")), F.lit("not a JSON object"))
         .when(j[CORRUPT].isNotNull(), F.lit("malformed JSON"))
         .when(_missing(j["user_id"]), F.lit("missing user id"))
         .when(_missing(_item_column(j, config)), F.lit("missing item id"))
@@ -91,6 +99,8 @@ def with_review_status(parsed: DataFrame, config: Config) -> DataFrame:
         .when((rating < lo) | (rating > hi), F.lit(f"rating outside [{lo:g}, {hi:g}]"))
         .when(j["timestamp"].isNull(), F.lit("missing timestamp"))
         .when(ts_ms.isNull() | (ts_ms <= 0), F.lit("timestamp is not a positive integer"))
+        # timestamp_millis throws on overflow, which would fail the whole ingest.
+        .when(ts_ms > MAX_TS_MS, F.lit("timestamp out of range"))
     )
     return _with_status(parsed, reason)
 
@@ -100,7 +110,7 @@ def with_product_status(parsed: DataFrame) -> DataFrame:
     j = F.col("j")
     reason = (
         F.when(_blank(F.col("value")), F.lit(None))
-        .when(~F.ltrim("value").startswith("{"), F.lit("not a JSON object"))
+        .when(_not_an_object(F.col("value")), F.lit("not a JSON object"))
         .when(j[CORRUPT].isNotNull(), F.lit("malformed JSON"))
         .when(_missing(j["parent_asin"]), F.lit("missing item id"))
     )
