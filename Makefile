@@ -8,7 +8,9 @@ SHELL       := /bin/bash
 PYTHON      ?= python3.11
 VENV        := .venv
 PY          := $(VENV)/bin/python
-CONFIG      ?= conf/local.yaml
+DATA        ?=
+# DATA=gift_cards | all_beauty | ml-latest-small runs on ../shared/data into data/<DATA>/.
+CONFIG      ?= $(if $(DATA),conf/$(DATA).yaml,conf/local.yaml)
 SET         ?=
 IVY_DIR     := $(CURDIR)/.cache/ivy
 DELTA_PKG   := io.delta:delta-spark_2.12:3.3.2
@@ -48,7 +50,7 @@ $(IVY_DIR)/.resolved: $(VENV)/.installed
 	  > .cache/resolve-jars.log 2>&1 || { tail -n 20 .cache/resolve-jars.log; echo "error: could not resolve $(DELTA_PKG) (see .cache/resolve-jars.log)"; exit 1; }
 	@touch $@
 
-run: setup ## run the whole pipeline (CONFIG=conf/local.yaml, SET="als.rank=64 ...")
+run: setup ## run the whole pipeline (DATA=gift_cards|all_beauty|ml-latest-small, SET="als.rank=64 ...")
 	$(SPARK_SUBMIT) jobs/pipeline.py --config $(CONFIG) $(SET_ARGS)
 
 test: setup ## run the whole test suite

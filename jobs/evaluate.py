@@ -1,6 +1,6 @@
 """spark-submit entry point: the evaluate stage.
 
-    spark-submit jobs/evaluate.py --config conf/local.yaml [--set key=value ...]
+spark-submit jobs/evaluate.py --config conf/local.yaml [--set key=value ...]
 """
 
 import sys

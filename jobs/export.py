@@ -1,6 +1,6 @@
 """spark-submit entry point: the export stage.
 
-    spark-submit jobs/export.py --config conf/local.yaml [--set key=value ...]
+spark-submit jobs/export.py --config conf/local.yaml [--set key=value ...]
 """
 
 import sys

@@ -1,6 +1,6 @@
 """spark-submit entry point: the features stage.
 
-    spark-submit jobs/features.py --config conf/local.yaml [--set key=value ...]
+spark-submit jobs/features.py --config conf/local.yaml [--set key=value ...]
 """
 
 import sys

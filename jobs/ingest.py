@@ -1,6 +1,6 @@
 """spark-submit entry point: the ingest stage.
 
-    spark-submit jobs/ingest.py --config conf/local.yaml [--set key=value ...]
+spark-submit jobs/ingest.py --config conf/local.yaml [--set key=value ...]
 """
 
 import sys

@@ -1,6 +1,6 @@
 """spark-submit entry point: every stage in order, ingest to export.
 
-    spark-submit jobs/pipeline.py --config conf/local.yaml [--set key=value ...]
+spark-submit jobs/pipeline.py --config conf/local.yaml [--set key=value ...]
 """
 
 import sys

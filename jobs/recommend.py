@@ -1,6 +1,6 @@
 """spark-submit entry point: the recommend stage.
 
-    spark-submit jobs/recommend.py --config conf/local.yaml [--set key=value ...]
+spark-submit jobs/recommend.py --config conf/local.yaml [--set key=value ...]
 """
 
 import sys

@@ -1,6 +1,6 @@
 """spark-submit entry point: the train stage.
 
-    spark-submit jobs/train.py --config conf/local.yaml [--set key=value ...]
+spark-submit jobs/train.py --config conf/local.yaml [--set key=value ...]
 """
 
 import sys

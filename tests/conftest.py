@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from amazon_recs.config import Config, load_config
 from amazon_recs.spark import get_spark
 
@@ -49,7 +48,5 @@ def shared_data(*parts: str) -> Path:
     """A path in the shared real-data folder, or skip the test with the reason."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(
-            f"real data {path} not found (set AMAZON_RECS_SHARED_DATA; download links in README.md)"
-        )
+        pytest.skip(f"real data {path} not found (set AMAZON_RECS_SHARED_DATA; download links in README.md)")
     return path

@@ -22,17 +22,30 @@ from amazon_recs.schemas import MODELS
 DEFAULT_CONFIG = "conf/local.yaml"
 STAGE_ORDER = ("ingest", "features", "train", "recommend", "evaluate", "export")
 SUMMARY_TABLES = (
-    "bronze/reviews", "bronze/products", "bronze/rejects", "silver/interactions",
-    "silver/items", "silver/users", "gold/recommendations", "gold/user_recommendations", "gold/metrics",
+    "bronze/reviews",
+    "bronze/products",
+    "bronze/rejects",
+    "silver/interactions",
+    "silver/items",
+    "silver/users",
+    "gold/recommendations",
+    "gold/user_recommendations",
+    "gold/metrics",
 )
 
 log = logging.getLogger("amazon_recs")
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"environment YAML (default {DEFAULT_CONFIG})")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--config", default=DEFAULT_CONFIG, help=f"environment YAML (default {DEFAULT_CONFIG})"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a setting, e.g. --set als.rank=64 (repeatable)",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
@@ -75,7 +88,10 @@ def job_main(stages: Sequence[str], argv: Sequence[str] | None = None) -> int:
 def run_job(stages: list[str], args: argparse.Namespace) -> int:
     unknown = [s for s in stages if s not in STAGE_ORDER]
     if unknown:
-        print(f"error: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGE_ORDER)}", file=sys.stderr)
+        print(
+            f"error: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGE_ORDER)}",
+            file=sys.stderr,
+        )
         return 2
     return _guarded(lambda: _run_stages(stages, args), args.debug)
 
@@ -131,13 +147,21 @@ def pipeline_summary(spark, config: Config, summaries: dict) -> str:
             f" + rejected {f['rejected']} + blank {f['blank']}"
         )
     evaluation = summaries.get("evaluate", {})
-    lines += ["", f"Metrics (model version {evaluation.get('model_version')}):", "",
-              report.metrics_table(evaluation.get("metrics", [])), ""]
+    lines += [
+        "",
+        f"Metrics (model version {evaluation.get('model_version')}):",
+        "",
+        report.metrics_table(evaluation.get("metrics", [])),
+        "",
+    ]
     lines.append(f"Report:  {evaluation.get('report')}")
     lines.append(f"Models:  {summaries.get('train', {}).get('model_dir')}")
     sample_user = (
-        spark.read.format("delta").load(io.table_path(config, "gold/recommendations"))
-        .select("user_id").orderBy("user_id").first()[0]
+        spark.read.format("delta")
+        .load(io.table_path(config, "gold/recommendations"))
+        .select("user_id")
+        .orderBy("user_id")
+        .first()[0]
     )
     lines.append(
         f"See one user's top-10:  .venv/bin/amazon-recs show --config {config.source} "
@@ -167,9 +191,11 @@ def _show(args: argparse.Namespace) -> int:
             f"no {args.model} recommendations for user '{args.user}'; "
             f"known users look like: {', '.join(r[0] for r in known)}"
         )
-    print(f"Top {len(rows)} {args.model} recommendations for {args.user} (model version {rows[0]['model_version']}):")
+    version = rows[0]["model_version"]
+    print(f"Top {len(rows)} {args.model} recommendations for {args.user} (model version {version}):")
     for r in rows:
-        print(f"{r['rank']:>3}. {r['title'] or r['item_id']}  [{r['item_id']}]  score {r['score']:.4f}  ({r['reason']})")
+        title = r["title"] or r["item_id"]
+        print(f"{r['rank']:>3}. {title}  [{r['item_id']}]  score {r['score']:.4f}  ({r['reason']})")
     return 0
 
 
@@ -177,8 +203,10 @@ def _sample(args: argparse.Namespace) -> int:
     from amazon_recs.sample import generate_sample
 
     summary = generate_sample(args.out, **_load(args).require("sample"))
-    print(f"wrote {summary.review_lines} review lines ({summary.bad_review_lines} malformed on purpose) "
-          f"to {summary.reviews_path} and {summary.product_lines} products to {summary.products_path}")
+    print(
+        f"wrote {summary.review_lines} review lines ({summary.bad_review_lines} malformed on purpose) "
+        f"to {summary.reviews_path} and {summary.product_lines} products to {summary.products_path}"
+    )
     return 0
 
 

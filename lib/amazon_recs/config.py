@@ -10,6 +10,7 @@ one-line message naming the key.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,36 @@ class Config(Mapping):
         return len(self._data)
 
     def get(self, dotted: str, default: Any = None) -> Any:
+        """The value at ``dotted``, with ``${section.key}`` references filled in."""
+        node = self._raw(dotted, default)
+        return node if node is default else self._interpolate(copy.deepcopy(node), dotted)
+
+    def _raw(self, dotted: str, default: Any) -> Any:
         node: Any = self._data
         for part in dotted.split("."):
             if not isinstance(node, Mapping) or part not in node:
                 return default
             node = node[part]
-        return copy.deepcopy(node)
+        return node
+
+    def _interpolate(self, value: Any, where: str, depth: int = 0) -> Any:
+        if isinstance(value, dict):
+            return {k: self._interpolate(v, where, depth) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._interpolate(v, where, depth) for v in value]
+        if not isinstance(value, str) or "${" not in value:
+            return value
+        if depth > 10:
+            raise ConfigError(f"setting '{where}': references nest too deeply (a cycle?)")
+
+        def fill(match: re.Match) -> str:
+            ref = match.group(1)
+            target = self._raw(ref, _MISSING)
+            if target is _MISSING or isinstance(target, (dict, list)):
+                raise ConfigError(f"setting '{where}' refers to '${{{ref}}}', which is not a plain setting")
+            return str(self._interpolate(target, ref, depth + 1))
+
+        return _REFERENCE.sub(fill, value)
 
     def require(self, dotted: str) -> Any:
         value = self.get(dotted, _MISSING)
@@ -52,6 +77,7 @@ class Config(Mapping):
         return value
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as written, references not filled in."""
         return copy.deepcopy(self._data)
 
     def with_overrides(self, overrides: Iterable[str]) -> Config:
@@ -64,6 +90,7 @@ class Config(Mapping):
 
 
 _MISSING = object()
+_REFERENCE = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
@@ -174,7 +201,6 @@ def _coerce(dotted: str, default: Any, value: Any, where: str) -> Any:
         ok = isinstance(value, expected)
     if not ok:
         raise ConfigError(
-            f"setting '{dotted}' in {where} must be {expected.__name__}, "
-            f"got {type(value).__name__} {value!r}"
+            f"setting '{dotted}' in {where} must be {expected.__name__}, got {type(value).__name__} {value!r}"
         )
     return value

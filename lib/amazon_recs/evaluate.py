@@ -47,7 +47,9 @@ def per_user_metrics(
         .withColumn(
             "_hits_so_far",
             F.sum("_hit").over(
-                Window.partitionBy(col_model, col_user).orderBy(RANK).rowsBetween(Window.unboundedPreceding, 0)
+                Window.partitionBy(col_model, col_user)
+                .orderBy(RANK)
+                .rowsBetween(Window.unboundedPreceding, 0)
             ),
         )
     )
@@ -60,9 +62,7 @@ def per_user_metrics(
     models = recs.select(col_model).distinct()
     everyone = models.crossJoin(n_rel)
     cutoff = F.least(F.col("_n_rel"), F.lit(k))
-    idcg = F.aggregate(
-        F.sequence(F.lit(1), cutoff), F.lit(0.0), lambda acc, i: acc + 1.0 / F.log2(i + 1)
-    )
+    idcg = F.aggregate(F.sequence(F.lit(1), cutoff), F.lit(0.0), lambda acc, i: acc + 1.0 / F.log2(i + 1))
     return (
         everyone.join(per_user, [col_model, col_user], how="left")
         .fillna(0, ["_hits", "_dcg", "_ap_sum"])
@@ -91,7 +91,9 @@ def summarise(per_user: DataFrame, k: int, col_model: str = MODEL) -> DataFrame:
     return averaged.select(col_model, stacked, F.lit(k).alias("k"), "users")
 
 
-def coverage(recs: DataFrame, catalogue_size: int, k: int, col_item: str = ITEM, col_model: str = MODEL) -> DataFrame:
+def coverage(
+    recs: DataFrame, catalogue_size: int, k: int, col_item: str = ITEM, col_model: str = MODEL
+) -> DataFrame:
     """Share of the catalogue that appears in anyone's top-k, per model."""
     return (
         recs.filter(F.col(RANK) <= k)

@@ -17,9 +17,7 @@ def latest_per_pair(reviews: DataFrame, col_user: str = USER, col_item: str = IT
     A user who reviews a product twice changed their mind; the latest opinion is
     the one to learn from.
     """
-    latest = Window.partitionBy(col_user, col_item).orderBy(
-        F.desc(TS), F.desc(RATING), F.desc("asin")
-    )
+    latest = Window.partitionBy(col_user, col_item).orderBy(F.desc(TS), F.desc(RATING), F.desc("asin"))
     return (
         reviews.withColumn("_n", F.row_number().over(latest))
         .filter("_n = 1")
@@ -50,9 +48,7 @@ def extend_id_map(existing: DataFrame | None, keys: DataFrame, col_key: str, col
         offset = F.lit(existing.agg(F.max(col_idx)).first()[0] if existing.take(1) else -1)
         old = existing.select(col_key, col_idx)
     # A global order for new keys only: one partition, but only the new keys.
-    numbered = new.withColumn(
-        col_idx, (offset + F.row_number().over(Window.orderBy(col_key))).cast("int")
-    )
+    numbered = new.withColumn(col_idx, (offset + F.row_number().over(Window.orderBy(col_key))).cast("int"))
     return numbered if old is None else old.unionByName(numbered)
 
 
@@ -67,9 +63,7 @@ def with_split(
     by_recency = Window.partitionBy(col_user).orderBy(F.desc(TS), F.desc(ITEM))
     per_user = Window.partitionBy(col_user)
     n = F.count(F.lit(1)).over(per_user)
-    n_test = F.when(
-        n >= min_user_interactions, F.greatest(F.lit(1), F.floor(n * test_fraction))
-    ).otherwise(0)
+    n_test = F.when(n >= min_user_interactions, F.greatest(F.lit(1), F.floor(n * test_fraction))).otherwise(0)
     return interactions.withColumn(
         SPLIT, F.when(F.row_number().over(by_recency) <= n_test, TEST).otherwise(TRAIN)
     )
@@ -103,17 +97,26 @@ def _joined(c: Column) -> Column:
     return clean_text(F.concat_ws(" ", F.coalesce(c, F.array().cast("array<string>"))))
 
 
-def build_items(products: DataFrame, item_ids: DataFrame, interactions: DataFrame) -> DataFrame:
+def build_items(
+    products: DataFrame, item_ids: DataFrame, interactions: DataFrame, tags: DataFrame | None = None
+) -> DataFrame:
     """silver.items: every known item, cleaned text, category and popularity.
+
+    Text joins title, brand, categories, features, description and, where a tag
+    file was ingested, the item's distinct tags (MovieLens-style).
 
     Items reviewed but missing from the metadata keep a row with
     ``has_metadata`` false; the content model skips them, ALS does not.
     """
     popularity = (
-        interactions.filter(F.col(SPLIT) == TRAIN)
-        .groupBy(ITEM)
-        .agg(F.count(F.lit(1)).alias("popularity"))
+        interactions.filter(F.col(SPLIT) == TRAIN).groupBy(ITEM).agg(F.count(F.lit(1)).alias("popularity"))
     )
+    products = products.withColumn("_has_metadata", F.lit(True))
+    if tags is not None:
+        item_tags = tags.groupBy(ITEM).agg(F.array_sort(F.collect_set("tag")).alias("tags"))
+        products = products.join(item_tags, ITEM, how="full")
+    else:
+        products = products.withColumn("tags", F.lit(None).cast("array<string>"))
     cleaned = products.select(
         ITEM,
         clean_text("title").alias("title"),
@@ -127,8 +130,9 @@ def build_items(products: DataFrame, item_ids: DataFrame, interactions: DataFram
             _joined(F.col("categories")),
             _joined(F.col("features")),
             _joined(F.col("description")),
+            _joined(F.col("tags")),
         ).alias("text"),
-        F.lit(True).alias("has_metadata"),
+        F.coalesce("_has_metadata", F.lit(False)).alias("has_metadata"),
     )
     return (
         item_ids.join(cleaned, ITEM, how="left")

@@ -18,7 +18,6 @@ from pyspark.sql import functions as F
 from amazon_recs.config import Config
 from amazon_recs.errors import InputError, StageOrderError
 
-
 # Hadoop writes local URIs as file:/x, Spark's file metadata sometimes as
 # file:///x; both are folded to the latter so a file has one id everywhere.
 _LOCAL_SCHEME = r"^file:/(?!/)"
@@ -95,9 +94,41 @@ def read_lines(spark: SparkSession, files: list[InputFile]) -> DataFrame:
     # a file's splits are planned in offset order, so ordering by id within a
     # file gives its line order.
     in_file = Window.partitionBy("source_file").orderBy("_pos")
-    return lines.select(
-        "source_file", F.row_number().over(in_file).alias("line_number"), "value"
+    return lines.select("source_file", F.row_number().over(in_file).alias("line_number"), "value")
+
+
+def read_parquet_rows(spark: SparkSession, files: list[InputFile]) -> DataFrame:
+    """Rows of Parquet files as JSON text, numbered per file like lines.
+
+    Returns:
+        Columns ``source_file``, ``line_number`` (1-based row) and ``value`` (the row as JSON).
+    """
+    rows = spark.read.parquet(*[f.path for f in files])
+    data_columns = [F.col(f"`{c}`") for c in rows.columns]
+    numbered = rows.select(
+        F.regexp_replace("_metadata.file_path", _LOCAL_SCHEME, "file:///").alias("source_file"),
+        F.monotonically_increasing_id().alias("_pos"),
+        F.to_json(F.struct(*data_columns)).alias("value"),
     )
+    in_file = Window.partitionBy("source_file").orderBy("_pos")
+    return numbered.select("source_file", F.row_number().over(in_file).alias("line_number"), "value")
+
+
+def first_line(spark: SparkSession, file: InputFile) -> str | None:
+    """The first non-blank line of a text file (decompressed), or None."""
+    row = spark.read.text(file.path).filter(F.trim("value") != "").limit(1).collect()
+    return row[0]["value"] if row else None
+
+
+def read_error(spark: SparkSession, file: InputFile, fmt: str) -> str | None:
+    """Read a whole file; None if that works, else the first line of the error."""
+    try:
+        reader = spark.read.parquet if fmt == "parquet" else spark.read.text
+        reader(file.path).count()
+        return None
+    except Exception as exc:  # any decoding failure quarantines the file
+        message = str(getattr(exc, "java_exception", exc))
+        return message.strip().splitlines()[0][:300] if message.strip() else type(exc).__name__
 
 
 def table_path(config: Config, name: str) -> str:

@@ -19,7 +19,9 @@ CANDIDATE_COLUMNS = [USER_IDX, ITEM_IDX, SCORE, BECAUSE, SOURCE]
 def as_candidates(recs: DataFrame, source: str) -> DataFrame:
     """A model's ranked output in the common candidate shape (``because_idx`` may be null)."""
     because = F.col(BECAUSE) if BECAUSE in recs.columns else F.lit(None).cast("int")
-    return recs.select(USER_IDX, ITEM_IDX, F.col(SCORE).cast("double"), because.alias(BECAUSE), F.lit(source).alias(SOURCE))
+    return recs.select(
+        USER_IDX, ITEM_IDX, F.col(SCORE).cast("double"), because.alias(BECAUSE), F.lit(source).alias(SOURCE)
+    )
 
 
 def fill_to_k(primary: DataFrame, fallback: DataFrame, k: int) -> DataFrame:
@@ -29,11 +31,19 @@ def fill_to_k(primary: DataFrame, fallback: DataFrame, k: int) -> DataFrame:
     carry score 0, so a list never reorders: content can run dry for a user whose
     items have no text, and that user still gets ``k`` products.
     """
-    tiered = primary.withColumn("_tier", F.lit(0)).withColumn("_by", F.col(SCORE)).unionByName(
-        fallback.withColumn("_by", F.col(SCORE)).withColumn(SCORE, F.lit(0.0)).withColumn("_tier", F.lit(1))
+    tiered = (
+        primary.withColumn("_tier", F.lit(0))
+        .withColumn("_by", F.col(SCORE))
+        .unionByName(
+            fallback.withColumn("_by", F.col(SCORE))
+            .withColumn(SCORE, F.lit(0.0))
+            .withColumn("_tier", F.lit(1))
+        )
     )
     first_per_item = _best_tier_per_item(tiered)
-    ordered = first_per_item.withColumn("_order", F.struct((-F.col("_tier")).alias("tier"), F.col("_by").alias("score")))
+    ordered = first_per_item.withColumn(
+        "_order", F.struct((-F.col("_tier")).alias("tier"), F.col("_by").alias("score"))
+    )
     return top_k(ordered, k, col_score="_order").select(*CANDIDATE_COLUMNS, RANK)
 
 
@@ -67,15 +77,18 @@ def blend(candidates: Mapping[str, DataFrame], weights: Mapping[str, float], k: 
         F.max_by(F.struct(BECAUSE, SOURCE), F.struct("_contribution", SOURCE)).alias("_top"),
     )
     return top_k(fused, k).select(
-        USER_IDX, ITEM_IDX, SCORE, F.col(f"_top.{BECAUSE}").alias(BECAUSE), F.col(f"_top.{SOURCE}").alias(SOURCE), RANK
+        USER_IDX,
+        ITEM_IDX,
+        SCORE,
+        F.col(f"_top.{BECAUSE}").alias(BECAUSE),
+        F.col(f"_top.{SOURCE}").alias(SOURCE),
+        RANK,
     )
 
 
 def with_reason(recs: DataFrame, items: DataFrame) -> DataFrame:
     """A sentence a person can read: "because you rated <title>" or "popular in <category>"."""
-    because = items.select(
-        F.col(ITEM_IDX).alias(BECAUSE), F.coalesce("title", ITEM).alias("_because_title")
-    )
+    because = items.select(F.col(ITEM_IDX).alias(BECAUSE), F.coalesce("title", ITEM).alias("_because_title"))
     category = items.select(ITEM_IDX, F.col("category").alias("_category"))
     reason = (
         F.when(F.col(BECAUSE).isNotNull(), F.concat(F.lit("because you rated "), F.col("_because_title")))
@@ -89,7 +102,9 @@ def with_reason(recs: DataFrame, items: DataFrame) -> DataFrame:
     )
 
 
-def to_gold(recs: DataFrame, model: str, model_version: str, user_ids: DataFrame, item_ids: DataFrame) -> DataFrame:
+def to_gold(
+    recs: DataFrame, model: str, model_version: str, user_ids: DataFrame, item_ids: DataFrame
+) -> DataFrame:
     """Back to external ids in the gold.recommendations schema."""
     out = (
         recs.join(user_ids, USER_IDX, how="inner")
@@ -97,4 +112,8 @@ def to_gold(recs: DataFrame, model: str, model_version: str, user_ids: DataFrame
         .withColumn(MODEL, F.lit(model))
         .withColumn(MODEL_VERSION, F.lit(model_version))
     )
-    return schemas.conform(out.select(USER, MODEL, RANK, ITEM, SCORE, REASON, MODEL_VERSION), schemas.RECOMMENDATIONS, "gold/recommendations")
+    return schemas.conform(
+        out.select(USER, MODEL, RANK, ITEM, SCORE, REASON, MODEL_VERSION),
+        schemas.RECOMMENDATIONS,
+        "gold/recommendations",
+    )

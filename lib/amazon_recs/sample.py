@@ -131,9 +131,7 @@ def generate_sample(
     review_lines: list[str] = []
     for u in range(users):
         user_id = f"U{u:06d}{rng.choice('ABCDEFGHJKLMNPQRSTUVWXYZ')}"
-        review_lines.extend(
-            _user_reviews(rng, user_id, names, by_category, weights, mean_reviews_per_user)
-        )
+        review_lines.extend(_user_reviews(rng, user_id, names, by_category, weights, mean_reviews_per_user))
     bad = _bad_lines(rng, review_lines, int(len(review_lines) * bad_line_rate))
     for line in bad:
         review_lines.insert(rng.randrange(len(review_lines) + 1), line)
@@ -183,7 +181,7 @@ def _user_reviews(rng, user_id, names, by_category, weights, mean_reviews) -> li
         chosen.setdefault(product.parent_asin, product)
     days = sorted(rng.randrange(first_day, first_day + span_days) for _ in chosen)
     lines = []
-    for day, product in zip(days, chosen.values()):
+    for day, product in zip(days, chosen.values(), strict=True):
         in_taste = product.category in favourites
         rating = rng.choice([4, 5, 5, 5]) if in_taste else rng.choice([1, 2, 3, 3, 4])
         variant = rng.choice(["", "-1", "-2"])

@@ -56,6 +56,17 @@ BRONZE_PRODUCTS = T.StructType(
     ]
 )
 
+BRONZE_TAGS = T.StructType(
+    [
+        T.StructField(USER, T.StringType(), False),
+        T.StructField(ITEM, T.StringType(), False),
+        T.StructField("tag", T.StringType(), False),
+        T.StructField("source_file", T.StringType(), False),
+        T.StructField("line_number", T.IntegerType(), False),
+        T.StructField("ingest_run_id", T.StringType(), False),
+    ]
+)
+
 REJECTS = T.StructType(
     [
         T.StructField("kind", T.StringType(), False),

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
-from pyspark.ml import PipelineModel
 from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -18,9 +18,8 @@ from pyspark.sql import functions as F
 from amazon_recs import evaluate as ev
 from amazon_recs import features as fe
 from amazon_recs import ingest as ig
-from amazon_recs import io
+from amazon_recs import io, report, schemas
 from amazon_recs import recommend as rc
-from amazon_recs import report, schemas
 from amazon_recs.config import Config
 from amazon_recs.errors import InputError, StageOrderError
 from amazon_recs.models import als as m_als
@@ -30,6 +29,8 @@ from amazon_recs.sample import META_FILE, REVIEWS_FILE, generate_sample
 from amazon_recs.schemas import ITEM, ITEM_IDX, MODEL, SPLIT, TS, USER, USER_IDX, WEIGHT
 from amazon_recs.topk import max_seen_per_user
 
+log = logging.getLogger(__name__)
+
 CURRENT_POINTER = "CURRENT"
 VERSION_SECTIONS = ("split", "als", "content", "popular", "recommend")
 
@@ -37,28 +38,25 @@ VERSION_SECTIONS = ("split", "als", "content", "popular", "recommend")
 # --- ingest -----------------------------------------------------------------
 
 
-def input_globs(config: Config) -> tuple[str, str]:
-    """The reviews and products inputs; with none configured, the generated sample.
+def input_globs(config: Config) -> dict[str, str]:
+    """Each configured source's glob; with no reviews configured, the generated sample.
 
     The sample is written under ``paths.raw`` only when it is not there yet.
     """
-    reviews, products = config.require("input.reviews"), config.require("input.products")
-    if reviews:
-        return reviews, products
-    raw = Path(config.require("paths.raw"))
-    if not (raw / REVIEWS_FILE).exists() or not (raw / META_FILE).exists():
-        generate_sample(raw, **config.require("sample"))
-    return str(raw / REVIEWS_FILE), str(raw / META_FILE)
+    globs = {kind: config.require(f"input.{kind}") for kind in ("reviews", "products", "tags")}
+    if not globs["reviews"]:
+        raw = Path(config.require("paths.raw"))
+        if not (raw / REVIEWS_FILE).exists() or not (raw / META_FILE).exists():
+            generate_sample(raw, **config.require("sample"))
+        globs = {"reviews": str(raw / REVIEWS_FILE), "products": str(raw / META_FILE)}
+    return {kind: glob for kind, glob in globs.items() if glob}
 
 
 def run_ingest(spark: SparkSession, config: Config) -> dict:
-    reviews_glob, products_glob = input_globs(config)
-    sources = {"reviews": io.list_files(spark, reviews_glob)}
-    if products_glob:
-        sources["products"] = io.list_files(spark, products_glob)
+    sources = {kind: io.list_files(spark, glob) for kind, glob in input_globs(config).items()}
     run_id = io.fingerprint([f for files in sources.values() for f in files])
 
-    logs, summary = [], {"ingest_run_id": run_id}
+    logs = []
     for kind, files in sources.items():
         accepted, rejects, log = ig.ingest_source(spark, config, kind, files, run_id)
         io.merge_table(spark, rejects, config, "bronze/rejects", ["kind", "source_file", "line_number"])
@@ -66,13 +64,10 @@ def run_ingest(spark: SparkSession, config: Config) -> dict:
         log_rows = [r.asDict() for r in log.collect()]  # one row per input file
         # Rejects and the log are written first, so a failed run can be inspected.
         ig.check_reject_rate(log_rows, rejects, config.require("input.max_reject_rate"))
-        if kind == "reviews":
-            io.merge_table(spark, accepted, config, "bronze/reviews", ig.REVIEW_KEY)
-        else:
-            io.merge_table(spark, accepted, config, "bronze/products", ig.PRODUCT_KEY, "record_hash")
+        update = "record_hash" if kind == "products" else None
+        io.merge_table(spark, accepted, config, ig.TABLES[kind], ig.KEYS[kind], update)
         logs.extend(log_rows)
-    summary["files"] = logs
-    return summary
+    return {"ingest_run_id": run_id, "files": logs}
 
 
 # --- features ---------------------------------------------------------------
@@ -85,12 +80,10 @@ def _existing(spark: SparkSession, config: Config, name: str) -> DataFrame | Non
 
 def run_features(spark: SparkSession, config: Config) -> dict:
     reviews = io.read_table(spark, config, "bronze/reviews")
-    products_path = io.table_path(config, "bronze/products")
-    products = (
-        spark.read.format("delta").load(products_path)
-        if io.table_exists(spark, products_path)
-        else spark.createDataFrame([], schema=schemas.BRONZE_PRODUCTS)
-    )
+    products = _existing(spark, config, "bronze/products")
+    if products is None:
+        products = spark.createDataFrame([], schema=schemas.BRONZE_PRODUCTS)
+    tags = _existing(spark, config, "bronze/item_tags")
     if not reviews.take(1):
         raise InputError("bronze/reviews is empty: no review line was accepted; see bronze/rejects")
 
@@ -112,7 +105,7 @@ def run_features(spark: SparkSession, config: Config) -> dict:
     )
     io.overwrite_table(interactions, config, "silver/interactions")
     interactions = io.read_table(spark, config, "silver/interactions")
-    io.overwrite_table(fe.build_items(products, item_ids, interactions), config, "silver/items")
+    io.overwrite_table(fe.build_items(products, item_ids, interactions, tags), config, "silver/items")
     io.overwrite_table(fe.build_users(interactions), config, "silver/users")
     counts = interactions.groupBy(SPLIT).count().collect()
     return {f"interactions_{r[SPLIT]}": r["count"] for r in counts}
@@ -126,9 +119,9 @@ def model_version(config: Config, train: DataFrame) -> str:
     configured = config.require("run.model_version")
     if configured != "auto":
         return configured
-    data_hash = train.select(
-        F.sum(F.xxhash64(USER_IDX, ITEM_IDX, WEIGHT, TS).cast("decimal(38,0)"))
-    ).first()[0]
+    data_hash = train.select(F.sum(F.xxhash64(USER_IDX, ITEM_IDX, WEIGHT, TS).cast("decimal(38,0)"))).first()[
+        0
+    ]
     settings = {s: config.require(s) for s in VERSION_SECTIONS}
     digest = hashlib.sha1(json.dumps([settings, str(data_hash)], sort_keys=True).encode())
     return digest.hexdigest()[:12]
@@ -157,15 +150,22 @@ def run_train(spark: SparkSession, config: Config) -> dict:
     als.write().overwrite().save(f"{out}/als")
 
     tokens = m_content.with_tokens(items).cache()
-    tfidf = m_content.fit_tfidf(tokens, config)
-    tfidf.write().overwrite().save(f"{out}/tfidf")
-    vectors = tfidf.transform(tokens).select(ITEM_IDX, m_content.VECTOR).cache()
-    neighbours = m_content.item_neighbours(
-        m_content.fit_lsh(vectors, config),
-        vectors,
-        config.require("content.min_similarity"),
-        config.require("content.neighbours"),
-    )
+    items_with_text = tokens.count()
+    if items_with_text:
+        tfidf = m_content.fit_tfidf(tokens, config)
+        tfidf.write().overwrite().save(f"{out}/tfidf")
+        vectors = tfidf.transform(tokens).select(ITEM_IDX, m_content.VECTOR).cache()
+        neighbours = m_content.item_neighbours(
+            m_content.fit_lsh(vectors, config),
+            vectors,
+            config.require("content.min_similarity"),
+            config.require("content.neighbours"),
+        )
+    else:
+        # No product text at all (reviews without metadata): the content model
+        # has nothing to say, and its lists are filled from popularity.
+        log.warning("no item has text: the content model is empty for version %s", version)
+        neighbours = spark.createDataFrame([], m_content.NEIGHBOURS_SCHEMA)
     neighbours.write.format("delta").mode("overwrite").save(f"{out}/item_neighbours")
 
     popularity = m_popular.fit_popularity(train, config.require("popular.half_life_days"))
@@ -173,7 +173,7 @@ def run_train(spark: SparkSession, config: Config) -> dict:
 
     # The pointer moves last: readers see the old version or the whole new one.
     io.write_text(spark, f"{config.require('paths.models').rstrip('/')}/{CURRENT_POINTER}", version)
-    return {"model_version": version, "items_with_text": tokens.count(), "model_dir": out}
+    return {"model_version": version, "items_with_text": items_with_text, "model_dir": out}
 
 
 # --- recommend --------------------------------------------------------------
@@ -194,15 +194,19 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
     neighbours = spark.read.format("delta").load(f"{src}/item_neighbours")
 
     als_recs = m_als.recommend_als(als, users, train, n, max_seen)
-    als_recs = als_recs.join(m_als.because_item(als_recs.filter(f"rank <= {k}"), train, als.itemFactors), [USER_IDX, ITEM_IDX], how="left")
+    als_recs = als_recs.join(
+        m_als.because_item(als_recs.filter(f"rank <= {k}"), train, als.itemFactors),
+        [USER_IDX, ITEM_IDX],
+        how="left",
+    )
     candidates = {
         "als": rc.as_candidates(als_recs, "als").cache(),
         "content": rc.as_candidates(m_content.recommend_content(neighbours, train, n), "content").cache(),
-        "popular": rc.as_candidates(m_popular.recommend_popular(popularity, users, train, n, max_seen), "popular").cache(),
+        "popular": rc.as_candidates(
+            m_popular.recommend_popular(popularity, users, train, n, max_seen), "popular"
+        ).cache(),
     }
-    lists = {
-        name: rc.fill_to_k(df, candidates["popular"], k) for name, df in candidates.items()
-    }
+    lists = {name: rc.fill_to_k(df, candidates["popular"], k) for name, df in candidates.items()}
     lists["hybrid"] = rc.blend(candidates, config.require("recommend.hybrid_weights"), k)
 
     user_ids = io.read_table(spark, config, "silver/user_ids")

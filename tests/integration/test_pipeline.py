@@ -6,12 +6,12 @@ import subprocess
 import sys
 
 import pytest
-from pyspark.sql import functions as F
-
 from amazon_recs import io
 from amazon_recs.cli import STAGE_ORDER
 from amazon_recs.config import load_config
 from amazon_recs.stages import STAGES
+from pyspark.sql import functions as F
+
 from tests.conftest import ROOT, TEST_CONFIG
 
 pytestmark = pytest.mark.integration
@@ -91,8 +91,7 @@ def test_every_user_gets_ten_distinct_unseen_products_per_model(spark, pipeline)
 def test_metrics_show_the_planted_structure(spark, pipeline):
     config, _ = pipeline
     metrics = {
-        (r["model"], r["metric"]): r["value"]
-        for r in io.read_table(spark, config, "gold/metrics").collect()
+        (r["model"], r["metric"]): r["value"] for r in io.read_table(spark, config, "gold/metrics").collect()
     }
     for model in ("als", "content", "popular", "hybrid"):
         for metric in ("precision", "recall", "ndcg"):
@@ -115,7 +114,10 @@ def test_reasons_and_serving_layout(spark, pipeline):
 
 def test_rerun_gives_the_same_tables(spark, pipeline):
     config, summaries = pipeline
-    before = {t: sorted_rows(spark, config, t) for t in ("bronze/reviews", "silver/user_ids", "gold/recommendations", "gold/metrics")}
+    before = {
+        t: sorted_rows(spark, config, t)
+        for t in ("bronze/reviews", "silver/user_ids", "gold/recommendations", "gold/metrics")
+    }
     again = run_all(spark, config)
     assert again["train"]["model_version"] == summaries["train"]["model_version"]
     for table, rows in before.items():

@@ -69,9 +69,7 @@ def test_extend_id_map_first_run_numbers_keys_in_order(spark):
 def test_extend_id_map_second_run_keeps_old_ids_and_appends(spark):
     # An existing map with a gap and not in key order: old ids must survive verbatim.
     existing = spark.createDataFrame([("m", 0), ("b", 7), ("x", 3)], "user_id string, user_idx int")
-    keys = spark.createDataFrame(
-        [("b",), ("e",), (None,), ("d",), ("m",), ("d",), ("a",)], "user_id string"
-    )
+    keys = spark.createDataFrame([("b",), ("e",), (None,), ("d",), ("m",), ("d",), ("a",)], "user_id string")
     ids = fe.extend_id_map(existing, keys, "user_id", "user_idx")
     # New keys a, d, e get 8, 9, 10 in key order, after the max id 7; x is kept
     # although it is not among this run's keys.

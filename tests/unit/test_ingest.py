@@ -258,16 +258,19 @@ def test_ingest_log_reconciles_every_file(spark, ingested):
     uris, files = ingested["uris"], ingested["files"]
     log = table(spark, ingested["config"], "bronze/ingest_log")
     run_id = ingested["summary"]["ingest_run_id"]
+    # duplicates: accepted lines whose natural key an earlier line had. a.jsonl
+    # lines 2 and 23 repeat line 1; the gz file's line 2 repeats a.jsonl line 1
+    # (a.jsonl sorts first); the products file repeats P1.
     expected_rows = [
-        ("reviews", uris["a"], files["a"].stat().st_size, *counts(REVIEW_LINES).values()),
-        ("reviews", uris["gz"], files["gz"].stat().st_size, *counts(GZ_LINES).values()),
-        ("reviews", uris["empty"], 0, 0, 0, 0, 0),  # zero-byte file: listed, with zeros
-        ("products", uris["meta"], files["meta"].stat().st_size, *counts(PRODUCT_LINES).values()),
+        ("reviews", uris["a"], files["a"].stat().st_size, *counts(REVIEW_LINES).values(), 0, 2, None),
+        ("reviews", uris["gz"], files["gz"].stat().st_size, *counts(GZ_LINES).values(), 0, 1, None),
+        ("reviews", uris["empty"], 0, 0, 0, 0, 0, 0, 0, None),  # zero-byte file: listed, with zeros
+        ("products", uris["meta"], files["meta"].stat().st_size, *counts(PRODUCT_LINES).values(), 0, 1, None),
     ]
     expected = spark.createDataFrame(
         [(run_id, *row) for row in expected_rows],
         "ingest_run_id string, kind string, source_file string, bytes long, lines_read long, "
-        "accepted long, rejected long, blank long",
+        "accepted long, rejected long, blank long, header long, duplicates long, error string",
     )
     assert_df_equality(log, expected, ignore_row_order=True, ignore_nullable=True)
     for row in log.collect():

@@ -30,8 +30,10 @@ def fit_als(train: DataFrame, config: Config) -> ALSModel:
         checkpointInterval=config.require("als.checkpoint_interval"),
         coldStartStrategy="drop",
     )
-    data = train.select(USER_IDX, ITEM_IDX, WEIGHT).orderBy(USER_IDX, ITEM_IDX).coalesce(
-        train.sparkSession.sparkContext.defaultParallelism
+    data = (
+        train.select(USER_IDX, ITEM_IDX, WEIGHT)
+        .orderBy(USER_IDX, ITEM_IDX)
+        .coalesce(train.sparkSession.sparkContext.defaultParallelism)
     )
     return als.fit(data)
 

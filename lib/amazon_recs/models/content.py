@@ -25,6 +25,7 @@ from amazon_recs.topk import filter_seen, top_k
 VECTOR = "tfidf"
 NEIGHBOUR = "neighbour_idx"
 SIMILARITY = "similarity"
+NEIGHBOURS_SCHEMA = "item_idx int, neighbour_idx int, similarity double, rank int"
 
 
 def with_tokens(items: DataFrame) -> DataFrame:
@@ -33,7 +34,9 @@ def with_tokens(items: DataFrame) -> DataFrame:
     Empty vectors carry no similarity and would only slow LSH down, so items
     without metadata (or with only stop words) are skipped here, cleanly.
     """
-    tokenizer = RegexTokenizer(inputCol="text", outputCol="_raw_tokens", pattern=r"[^\p{L}\p{N}]+", minTokenLength=2)
+    tokenizer = RegexTokenizer(
+        inputCol="text", outputCol="_raw_tokens", pattern=r"[^\p{L}\p{N}]+", minTokenLength=2
+    )
     remover = StopWordsRemover(inputCol="_raw_tokens", outputCol="tokens")
     with_text = items.filter(F.col("text").isNotNull()).select(ITEM_IDX, "text")
     tokens = remover.transform(tokenizer.transform(with_text))
@@ -52,10 +55,17 @@ def fit_tfidf(tokens: DataFrame, config: Config) -> PipelineModel:
 
 
 def fit_lsh(vectors: DataFrame, config: Config) -> BucketedRandomProjectionLSHModel:
+    """Random projections whose buckets scale with the vectors' dimension.
+
+    Projections of unit vectors on a random unit direction have standard
+    deviation 1/sqrt(dimension): a fixed bucket length would put every item in
+    one bucket (a full self-join) once the dimension is large.
+    """
     return BucketedRandomProjectionLSH(
         inputCol=VECTOR,
         outputCol="_hashes",
-        bucketLength=config.require("content.bucket_length"),
+        bucketLength=config.require("content.bucket_width")
+        / math.sqrt(config.require("content.num_features")),
         numHashTables=config.require("content.num_hash_tables"),
         seed=config.require("als.seed"),
     ).fit(vectors)
@@ -87,9 +97,9 @@ def item_neighbours(
         )
         .filter(F.col("a") < F.col("b"))
     )
-    both = pairs.select(
-        F.col("a").alias(ITEM_IDX), F.col("b").alias(NEIGHBOUR), SIMILARITY
-    ).unionByName(pairs.select(F.col("b").alias(ITEM_IDX), F.col("a").alias(NEIGHBOUR), SIMILARITY))
+    both = pairs.select(F.col("a").alias(ITEM_IDX), F.col("b").alias(NEIGHBOUR), SIMILARITY).unionByName(
+        pairs.select(F.col("b").alias(ITEM_IDX), F.col("a").alias(NEIGHBOUR), SIMILARITY)
+    )
     return top_k(both, n, col_user=ITEM_IDX, col_item=NEIGHBOUR, col_score=SIMILARITY)
 
 
@@ -105,7 +115,9 @@ def recommend_content(neighbours: DataFrame, train: DataFrame, n: int) -> DataFr
     """
     seen = train.select(USER_IDX, ITEM_IDX, WEIGHT)
     total = seen.groupBy(USER_IDX).agg(F.sum(WEIGHT).alias("_total"))
-    contributions = seen.join(neighbours.select(ITEM_IDX, NEIGHBOUR, SIMILARITY), ITEM_IDX, how="inner").select(
+    contributions = seen.join(
+        neighbours.select(ITEM_IDX, NEIGHBOUR, SIMILARITY), ITEM_IDX, how="inner"
+    ).select(
         USER_IDX,
         F.col(ITEM_IDX).alias("because_idx"),
         F.col(NEIGHBOUR).alias(ITEM_IDX),
@@ -113,7 +125,10 @@ def recommend_content(neighbours: DataFrame, train: DataFrame, n: int) -> DataFr
     )
     scored = (
         contributions.groupBy(USER_IDX, ITEM_IDX)
-        .agg(F.sum("_c").alias(SCORE), F.max_by("because_idx", F.struct("_c", F.negate("because_idx"))).alias("because_idx"))
+        .agg(
+            F.sum("_c").alias(SCORE),
+            F.max_by("because_idx", F.struct("_c", F.negate("because_idx"))).alias("because_idx"),
+        )
         .join(total, USER_IDX, how="inner")
         .withColumn(SCORE, F.col(SCORE) / F.col("_total"))
         .drop("_total")

@@ -28,7 +28,9 @@ def fit_popularity(train: DataFrame, half_life_days: float) -> DataFrame:
     )
 
 
-def recommend_popular(popularity: DataFrame, users: DataFrame, seen: DataFrame, n: int, max_seen: int) -> DataFrame:
+def recommend_popular(
+    popularity: DataFrame, users: DataFrame, seen: DataFrame, n: int, max_seen: int
+) -> DataFrame:
     """The ``n`` most popular items each user has not seen.
 
     Only the ``n + max_seen`` most popular items can make anyone's list, so the
@@ -37,8 +39,8 @@ def recommend_popular(popularity: DataFrame, users: DataFrame, seen: DataFrame, 
     Returns:
         Columns user_idx, item_idx, score, rank.
     """
-    head = top_k(
-        popularity.withColumn("_all", F.lit(0)), n + max_seen, col_user="_all"
-    ).select(ITEM_IDX, SCORE)
+    head = top_k(popularity.withColumn("_all", F.lit(0)), n + max_seen, col_user="_all").select(
+        ITEM_IDX, SCORE
+    )
     candidates = users.select(USER_IDX).distinct().crossJoin(F.broadcast(head))
     return top_k(filter_seen(candidates, seen), n)
