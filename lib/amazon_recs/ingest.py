@@ -12,6 +12,7 @@ changes no row.
 from __future__ import annotations
 
 import csv
+import logging
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -20,6 +21,8 @@ from amazon_recs import formats, io, schemas
 from amazon_recs.config import Config
 from amazon_recs.errors import ConfigError, InputError
 from amazon_recs.schemas import ITEM, RATING, TS, USER
+
+log = logging.getLogger(__name__)
 
 REASON = "reason"
 STATUS = "status"
@@ -39,6 +42,12 @@ def _blank(value: Column) -> Column:
     return value.rlike(r"^\s*$")
 
 
+def _invalid_utf8(value: Column) -> Column:
+    # Spark keeps a text line's bytes as read: bytes that are not UTF-8 only become
+    # U+FFFD when the string is decoded, which encode() does first, so they differ.
+    return value.contains(REPLACEMENT_CHAR) | (value.cast("binary") != F.encode(value, "UTF-8"))
+
+
 def _missing(c: Column) -> Column:
     return c.isNull() | (F.trim(c) == "")
 
@@ -47,7 +56,7 @@ def _line_reason(kind: str, config: Config) -> Column:
     """Why a parsed line is rejected (null when it is fine), first failing check wins."""
     f = F.col("f")
     reason = (
-        F.when(F.col("value").contains(REPLACEMENT_CHAR), F.lit("invalid UTF-8"))
+        F.when(_invalid_utf8(F.col("value")), F.lit("invalid UTF-8"))
         .when(F.col(formats.SHAPE).isNotNull(), F.col(formats.SHAPE))
         .when(_missing(f["item"]), F.lit("missing item id"))
     )
@@ -254,8 +263,10 @@ def resolve_format(spark: SparkSession, config: Config, files: list[io.InputFile
     if name != "auto":
         return name
     readable = [f for f in files if f.size > 0]
-    first = io.first_line(spark, readable[0]) if readable else None
-    return formats.detect(first, readable[0].uri if readable else "input")
+    source = readable[0].uri if readable else "input"
+    detected = formats.detect(io.first_line(spark, readable[0]) if readable else None, source)
+    log.info("input.format auto: %s read as %s", source, detected)
+    return detected
 
 
 def parse(spark: SparkSession, config: Config, kind: str, files: list[io.InputFile], fmt: str) -> DataFrame:

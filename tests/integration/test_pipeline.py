@@ -6,12 +6,12 @@ import subprocess
 import sys
 
 import pytest
+from pyspark.sql import functions as F
+
 from amazon_recs import io
 from amazon_recs.cli import STAGE_ORDER
 from amazon_recs.config import load_config
 from amazon_recs.stages import STAGES
-from pyspark.sql import functions as F
-
 from tests.conftest import ROOT, TEST_CONFIG
 
 pytestmark = pytest.mark.integration

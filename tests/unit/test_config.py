@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from amazon_recs.config import Config, load_config, parse_override
 from amazon_recs.errors import ConfigError
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from amazon_recs import evaluate as ev
 
 K = 3

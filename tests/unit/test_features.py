@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from amazon_recs import features as fe
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
+
+from amazon_recs import features as fe
 
 T0 = datetime(2023, 1, 1, 12, 0, 0)
 

@@ -11,12 +11,13 @@ import json
 from pathlib import Path
 
 import pytest
+from chispa import assert_df_equality
+from pyspark.sql import functions as F
+
 from amazon_recs import ingest as ig
 from amazon_recs import io, stages
 from amazon_recs.config import load_config
 from amazon_recs.errors import InputError
-from chispa import assert_df_equality
-from pyspark.sql import functions as F
 
 TEST_CONFIG = Path(__file__).resolve().parents[2] / "conf" / "test.yaml"
 TABLES = ("bronze/reviews", "bronze/products", "bronze/rejects", "bronze/ingest_log")

@@ -6,11 +6,12 @@ import math
 from datetime import datetime, timedelta
 
 import pytest
+from chispa import assert_approx_df_equality
+
 from amazon_recs.models import als as m_als
 from amazon_recs.models import content as m_content
 from amazon_recs.models import popular as m_popular
 from amazon_recs.topk import max_seen_per_user
-from chispa import assert_approx_df_equality
 
 # --- ALS ----------------------------------------------------------------------------------
 

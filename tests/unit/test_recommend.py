@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from chispa import assert_approx_df_equality, assert_df_equality
+
 from amazon_recs import recommend as rc
 from amazon_recs import topk
-from chispa import assert_approx_df_equality, assert_df_equality
 
 SCORED = "user_idx int, item_idx int, score double"
 CANDIDATES = "user_idx int, item_idx int, score double, because_idx int, source string"

@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
+
 from amazon_recs.sample import CATALOGUE, META_FILE, REVIEWS_FILE, generate_sample
 
 SIZES = dict(users=120, items=60, categories=6, mean_reviews_per_user=10, bad_line_rate=0.05)
