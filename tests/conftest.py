@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from amazon_recs.config import Config, load_config
 from amazon_recs.spark import get_spark
 
