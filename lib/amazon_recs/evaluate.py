@@ -11,6 +11,9 @@ user with no recommendation from a model scores 0 for it:
 - hit_rate@k  = 1 if any hit_r else 0
 - mrr@k       = 1 / (first hit rank), 0 without a hit
 - coverage@k  = distinct recommended items / catalogue size (not per user)
+- novelty@k   = mean over all recommended (user, item) of -log2((n_i + 1) / (U + 1)),
+  n_i the training users of item i, U the training users: how unexpected the
+  items are (add-one smoothing keeps never-seen items finite)
 """
 
 from __future__ import annotations
@@ -103,4 +106,25 @@ def coverage(
             F.countDistinct(USER).alias("users"),
         )
         .select(col_model, F.lit("coverage").alias("metric"), "value", F.lit(k).alias("k"), "users")
+    )
+
+
+def novelty(
+    recs: DataFrame,
+    train: DataFrame,
+    k: int,
+    col_user: str = USER,
+    col_item: str = ITEM,
+    col_model: str = MODEL,
+) -> DataFrame:
+    """Mean self-information of the recommended items, per model (see module docstring)."""
+    n_users = train.select(col_user).distinct().count()
+    item_users = train.groupBy(col_item).agg(F.countDistinct(col_user).alias("_n"))
+    information = -F.log2((F.coalesce("_n", F.lit(0)) + 1.0) / F.lit(n_users + 1.0))
+    return (
+        recs.filter(F.col(RANK) <= k)
+        .join(item_users, col_item, how="left")
+        .groupBy(col_model)
+        .agg(F.avg(information).alias("value"), F.countDistinct(col_user).alias("users"))
+        .select(col_model, F.lit("novelty").alias("metric"), "value", F.lit(k).alias("k"), "users")
     )

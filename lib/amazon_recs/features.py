@@ -6,6 +6,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from amazon_recs import schemas
+from amazon_recs.errors import ConfigError
 from amazon_recs.schemas import ITEM, ITEM_IDX, RATING, SPLIT, TS, USER, USER_IDX, WEIGHT
 
 TRAIN, TEST = "train", "test"
@@ -52,25 +53,48 @@ def extend_id_map(existing: DataFrame | None, keys: DataFrame, col_key: str, col
     return numbered if old is None else old.unionByName(numbered)
 
 
+TEMPORAL, RANDOM = "temporal", "random"
+
+
 def with_split(
-    interactions: DataFrame, test_fraction: float, min_user_interactions: int, col_user: str = USER
+    interactions: DataFrame,
+    test_fraction: float,
+    min_user_interactions: int,
+    col_user: str = USER,
+    protocol: str = TEMPORAL,
+    seed: int = 0,
 ) -> DataFrame:
-    """Hold out each user's latest interactions: ``split`` is ``train`` or ``test``.
+    """Hold out part of each user's interactions: ``split`` is ``train`` or ``test``.
 
     Users with at least ``min_user_interactions`` keep ``test_fraction`` of their
-    interactions, at least one, the most recent ones, for test; others train on all.
+    interactions, at least one, for test; others train on all. ``temporal``
+    holds out the most recent ones (closest to production); ``random`` a seeded
+    random choice per user (stratified by user, the protocol of published
+    MovieLens benchmarks).
     """
-    by_recency = Window.partitionBy(col_user).orderBy(F.desc(TS), F.desc(ITEM))
+    if protocol == TEMPORAL:
+        order = [F.desc(TS), F.desc(ITEM)]
+    elif protocol == RANDOM:
+        order = [F.xxhash64(F.lit(seed), col_user, ITEM), F.col(ITEM)]
+    else:
+        raise ConfigError(f"split.protocol '{protocol}' is not one of {TEMPORAL}, {RANDOM}")
+    held_out_first = Window.partitionBy(col_user).orderBy(*order)
     per_user = Window.partitionBy(col_user)
     n = F.count(F.lit(1)).over(per_user)
     n_test = F.when(n >= min_user_interactions, F.greatest(F.lit(1), F.floor(n * test_fraction))).otherwise(0)
     return interactions.withColumn(
-        SPLIT, F.when(F.row_number().over(by_recency) <= n_test, TEST).otherwise(TRAIN)
+        SPLIT, F.when(F.row_number().over(held_out_first) <= n_test, TEST).otherwise(TRAIN)
     )
 
 
 def build_interactions(
-    reviews: DataFrame, user_ids: DataFrame, item_ids: DataFrame, test_fraction: float, min_user: int
+    reviews: DataFrame,
+    user_ids: DataFrame,
+    item_ids: DataFrame,
+    test_fraction: float,
+    min_user: int,
+    protocol: str = TEMPORAL,
+    seed: int = 0,
 ) -> DataFrame:
     """silver.interactions: deduplicated, integer ids, implicit weight, split."""
     pairs = latest_per_pair(reviews)
@@ -81,7 +105,9 @@ def build_interactions(
         .withColumn(WEIGHT, F.col(RATING))
     )
     return schemas.conform(
-        with_split(joined, test_fraction, min_user), schemas.INTERACTIONS, "silver/interactions"
+        with_split(joined, test_fraction, min_user, protocol=protocol, seed=seed),
+        schemas.INTERACTIONS,
+        "silver/interactions",
     )
 
 

@@ -13,6 +13,7 @@ from amazon_recs.topk import minmax_per_user, top_k
 
 SOURCE = "source"
 BECAUSE = "because_idx"
+RANDOM_SOURCE = "random"
 CANDIDATE_COLUMNS = [USER_IDX, ITEM_IDX, SCORE, BECAUSE, SOURCE]
 
 
@@ -87,11 +88,16 @@ def blend(candidates: Mapping[str, DataFrame], weights: Mapping[str, float], k: 
 
 
 def with_reason(recs: DataFrame, items: DataFrame) -> DataFrame:
-    """A sentence a person can read: "because you rated <title>" or "popular in <category>"."""
+    """A sentence a person can read: "because you rated <title>" or "popular in <category>".
+
+    Rows of the random baseline (``source`` "random") say so.
+    """
     because = items.select(F.col(ITEM_IDX).alias(BECAUSE), F.coalesce("title", ITEM).alias("_because_title"))
     category = items.select(ITEM_IDX, F.col("category").alias("_category"))
+    is_random = (F.col(SOURCE) == RANDOM_SOURCE) if SOURCE in recs.columns else F.lit(False)
     reason = (
-        F.when(F.col(BECAUSE).isNotNull(), F.concat(F.lit("because you rated "), F.col("_because_title")))
+        F.when(is_random, F.lit("a random pick (baseline)"))
+        .when(F.col(BECAUSE).isNotNull(), F.concat(F.lit("because you rated "), F.col("_because_title")))
         .when(F.col("_category").isNotNull(), F.concat(F.lit("popular in "), F.col("_category")))
         .otherwise(F.lit("popular with shoppers"))
     )

@@ -27,7 +27,7 @@ def metrics_table(rows: list[dict]) -> str:
 
 
 def _metric_order(metric: str) -> tuple[int, str]:
-    order = ["precision", "recall", "ndcg", "map", "hit_rate", "mrr", "coverage"]
+    order = ["precision", "recall", "ndcg", "map", "hit_rate", "mrr", "coverage", "novelty"]
     return (order.index(metric) if metric in order else len(order), metric)
 
 

@@ -21,7 +21,7 @@ REASON = "reason"
 MODEL_VERSION = "model_version"
 SPLIT = "split"
 
-MODELS = ("als", "content", "popular", "hybrid")
+MODELS = ("als", "content", "popular", "hybrid", "random")
 
 BRONZE_REVIEWS = T.StructType(
     [

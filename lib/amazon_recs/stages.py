@@ -23,6 +23,7 @@ from amazon_recs import recommend as rc
 from amazon_recs.config import Config
 from amazon_recs.errors import InputError, StageOrderError
 from amazon_recs.models import als as m_als
+from amazon_recs.models import baseline as m_baseline
 from amazon_recs.models import content as m_content
 from amazon_recs.models import popular as m_popular
 from amazon_recs.sample import META_FILE, REVIEWS_FILE, generate_sample
@@ -102,6 +103,8 @@ def run_features(spark: SparkSession, config: Config) -> dict:
         item_ids,
         config.require("split.test_fraction"),
         config.require("split.min_user_interactions"),
+        protocol=config.require("split.protocol"),
+        seed=config.require("split.seed"),
     )
     io.overwrite_table(interactions, config, "silver/interactions")
     interactions = io.read_table(spark, config, "silver/interactions")
@@ -208,6 +211,10 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
     }
     lists = {name: rc.fill_to_k(df, candidates["popular"], k) for name, df in candidates.items()}
     lists["hybrid"] = rc.blend(candidates, config.require("recommend.hybrid_weights"), k)
+    random_recs = m_baseline.recommend_random(items, users, train, k, max_seen, config.require("split.seed"))
+    lists[rc.RANDOM_SOURCE] = rc.fill_to_k(
+        rc.as_candidates(random_recs, rc.RANDOM_SOURCE), candidates["popular"], k
+    )
 
     user_ids = io.read_table(spark, config, "silver/user_ids")
     item_ids = io.read_table(spark, config, "silver/item_ids")
@@ -227,13 +234,16 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
     k = config.require("evaluate.k")
     recs = io.read_table(spark, config, "gold/recommendations")
     version = recs.select("model_version").first()[0]
-    truth = io.read_table(spark, config, "silver/interactions").filter(F.col(SPLIT) == fe.TEST)
+    interactions = io.read_table(spark, config, "silver/interactions")
+    truth = interactions.filter(F.col(SPLIT) == fe.TEST)
     catalogue = io.read_table(spark, config, "silver/items").count()
 
+    train = interactions.filter(F.col(SPLIT) == fe.TRAIN).select(USER, ITEM)
     per_user = ev.per_user_metrics(recs, truth.select(USER, ITEM), k)
     metrics = (
         ev.summarise(per_user, k)
         .unionByName(ev.coverage(recs, catalogue, k))
+        .unionByName(ev.novelty(recs, train, k))
         .withColumn("model_version", F.lit(version))
     )
     io.overwrite_table(schemas.conform(metrics, schemas.METRICS, "gold/metrics"), config, "gold/metrics")

@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 from amazon_recs import io
 from amazon_recs.cli import STAGE_ORDER
 from amazon_recs.config import load_config
+from amazon_recs.schemas import MODELS
 from amazon_recs.stages import STAGES
 from tests.conftest import ROOT, SHARED_DATA, shared_data
 
@@ -120,7 +121,7 @@ def test_every_user_gets_ten_unseen_products_from_every_model(spark, dataset):
         .agg(F.count(F.lit(1)).alias("users"), F.min("n").alias("lo"), F.max("n").alias("hi"))
         .collect()
     }
-    assert set(per_model) == {"als", "content", "popular", "hybrid"}
+    assert set(per_model) == set(MODELS)
     for model, row in per_model.items():
         assert (row["users"], row["lo"], row["hi"]) == (users, 10, 10), model
     assert recs.join(train.select("user_id", "item_id"), ["user_id", "item_id"], how="inner").count() == 0
@@ -129,8 +130,8 @@ def test_every_user_gets_ten_unseen_products_from_every_model(spark, dataset):
 def test_metrics_for_every_model(spark, dataset):
     metrics = io.read_table(spark, dataset["config"], "gold/metrics")
     got = {(r["model"], r["metric"]) for r in metrics.collect()}
-    for model in ("als", "content", "popular", "hybrid"):
-        for metric in ("precision", "recall", "ndcg", "map", "hit_rate", "mrr", "coverage"):
+    for model in MODELS:
+        for metric in ("precision", "recall", "ndcg", "map", "hit_rate", "mrr", "coverage", "novelty"):
             assert (model, metric) in got
     ndcg = {r["model"]: r["value"] for r in metrics.filter("metric = 'ndcg'").collect()}
     # Real structure exists in all three: collaborative filtering beats popularity.

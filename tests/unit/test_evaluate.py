@@ -162,3 +162,24 @@ def test_coverage(recs):
         # u1 {y, z, x}, u2 {c, d, e}, u3 {x, g} -> 7 items.
         "m2": ("coverage", pytest.approx(7 / 10), K, 3),
     }
+
+
+def test_novelty_is_mean_self_information_with_add_one_smoothing(spark):
+    # Training: 3 users; item p seen by all 3, q by 1 (twice: counted once), r by none.
+    train = spark.createDataFrame(
+        [("u1", "p"), ("u2", "p"), ("u3", "p"), ("u1", "q"), ("u1", "q")], "user_id string, item_id string"
+    )
+    recs = spark.createDataFrame(
+        [
+            ("m", "u1", "r", 1),
+            ("m", "u2", "q", 1),
+            ("m", "u2", "r", 2),
+            ("m", "u3", "p", 3),  # beyond k = 2: ignored
+            ("n", "u3", "p", 1),
+        ],
+        "model string, user_id string, item_id string, rank int",
+    )
+    got = {r.model: (r.value, r.users) for r in ev.novelty(recs, train, k=2).collect()}
+    info = {"p": -math.log2(4 / 4), "q": -math.log2(2 / 4), "r": -math.log2(1 / 4)}
+    assert got["m"] == (pytest.approx((info["r"] + info["q"] + info["r"]) / 3), 2)
+    assert got["n"] == (pytest.approx(0.0), 1)

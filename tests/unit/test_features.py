@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from amazon_recs import features as fe
+from amazon_recs.errors import ConfigError
 
 T0 = datetime(2023, 1, 1, 12, 0, 0)
 
@@ -202,3 +204,23 @@ def test_build_items_metadata_and_train_popularity(spark):
         ignore_row_order=True,
         ignore_nullable=True,
     )
+
+
+def test_random_split_is_seeded_per_user_and_holds_out_the_same_share(spark):
+    base = datetime(2024, 1, 1)
+    rows = [(f"u{u}", f"i{i:02d}", 5.0, base + timedelta(days=i)) for u in range(4) for i in range(20)]
+    interactions = spark.createDataFrame(rows, "user_id string, item_id string, rating double, ts timestamp")
+
+    def held_out(seed):
+        split = fe.with_split(interactions, 0.25, 4, protocol="random", seed=seed)
+        return {(r.user_id, r.item_id) for r in split.filter(F.col("split") == "test").collect()}
+
+    first = held_out(7)
+    assert first == held_out(7)
+    assert first != held_out(8)
+    per_user = {u: {i for uu, i in first if uu == u} for u in ("u0", "u1", "u2", "u3")}
+    assert all(len(items) == 5 for items in per_user.values())  # floor(20 * 0.25)
+    latest = {f"i{i:02d}" for i in range(15, 20)}
+    assert any(items != latest for items in per_user.values())  # not the temporal choice
+    with pytest.raises(ConfigError, match="split.protocol 'weekly'"):
+        fe.with_split(interactions, 0.25, 4, protocol="weekly")

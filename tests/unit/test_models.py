@@ -9,6 +9,7 @@ import pytest
 from chispa import assert_approx_df_equality
 
 from amazon_recs.models import als as m_als
+from amazon_recs.models import baseline as m_baseline
 from amazon_recs.models import content as m_content
 from amazon_recs.models import popular as m_popular
 from amazon_recs.topk import max_seen_per_user
@@ -216,3 +217,31 @@ def test_recommend_popular_excludes_seen(spark):
         (3, 2, 2, 8.0),
         (3, 3, 3, 7.0),
     ]
+
+
+def test_random_baseline_draws_distinct_unseen_items_reproducibly(spark):
+    items = spark.createDataFrame([(i,) for i in range(30)], "item_idx int")
+    users = spark.createDataFrame([(u,) for u in range(6)], "user_idx int")
+    # Users 0..5 have seen items u, u+1, u+2 (and a duplicate row).
+    seen = spark.createDataFrame(
+        [(u, u + d) for u in range(6) for d in range(3)] + [(0, 0)], "user_idx int, item_idx int"
+    )
+    first = m_baseline.recommend_random(items, users, seen, 5, 3, seed=1).collect()
+    again = m_baseline.recommend_random(items, users, seen, 5, 3, seed=1).collect()
+    other = m_baseline.recommend_random(items, users, seen, 5, 3, seed=2).collect()
+
+    def lists(rows):
+        out = {}
+        for r in sorted(rows, key=lambda r: (r.user_idx, r.rank)):
+            out.setdefault(r.user_idx, []).append(r.item_idx)
+        return out
+
+    got = lists(first)
+    assert got == lists(again)
+    assert got != lists(other)
+    assert sorted(got) == list(range(6))
+    for u, picked in got.items():
+        assert len(picked) == len(set(picked)) == 5
+        assert not set(picked) & {u, u + 1, u + 2}
+    # Not everyone gets the same list: offsets differ per user.
+    assert len({tuple(p) for p in got.values()}) > 1
