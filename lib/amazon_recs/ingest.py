@@ -122,7 +122,9 @@ def to_bronze_products(statused: DataFrame, config: Config, run_id: str) -> Data
     """Accepted product lines in the canonical bronze schema, one row per item."""
     f = F.col("f")
     max_chars = config.require("input.max_text_chars")
-    price = F.regexp_extract(F.regexp_replace(f["price"], ",", ""), r"(\d+(?:\.\d+)?)", 1)
+    # A number after at most a short currency prefix ("$1,299.00", "12.5"); some 2018
+    # metadata holds page CSS in price (".a-box-inner{background-color:#fff}..."): no price.
+    price = F.regexp_extract(F.regexp_replace(f["price"], ",", ""), r"^\D{0,5}(\d+(?:\.\d+)?)", 1)
     rows = statused.filter(F.col(STATUS) == ACCEPTED).select(
         F.trim(f["item"]).alias(ITEM),
         F.substring(f["title"], 1, max_chars).alias("title"),

@@ -122,6 +122,10 @@ UTF8_LINES = [
     r18(reviewerID="R9", asin="B4").encode(),  # 6
 ]
 
+CSS_PRICE = (
+    ".a-box-inner{background-color:#fff}#alohaBuyBoxWidget .selected{background-color:#fffbf3;"
+    "border-color:#e77600;box-shadow:0 0 3px rgba(228,121,17,.5)}"
+)
 HTML_TITLE = '<span class="a-size-large">Amazon.com Gift Card</span> &amp; <b>Greeting</b>'
 META_2018 = [
     json.dumps(
@@ -145,6 +149,8 @@ META_2018 = [
         {"category": ["Gift Cards", "Restaurants"], "title": "Diner", "price": "$25.00", "asin": "G3"}
     ),
     json.dumps({"category": ["Gift Cards"], "title": "no asin", "price": "$5.00"}),  # missing item id
+    # Page CSS where the price should be (two products in the real Gift Cards metadata).
+    json.dumps({"title": "Css", "price": CSS_PRICE, "asin": "G5", "main_cat": "Gift Cards"}),
 ]
 
 
@@ -252,6 +258,7 @@ def test_amazon2018_products_keep_html_and_parse_price(amazon2018):
         # No category path: main_cat stands in; an empty price is no price.
         ("G2", "Plain Card", ["Gift Cards"], None, None, None, None, 2),
         ("G3", "Diner", ["Gift Cards", "Restaurants"], None, 25.0, None, None, 3),
+        ("G5", "Css", ["Gift Cards"], None, None, None, None, 5),
     ]
 
 
@@ -264,7 +271,7 @@ def test_amazon2018_log_reconciles_every_file(amazon2018):
             lines_read=8, accepted=4, rejected=3, blank=1, header=0, duplicates=1, error=None
         ),
         uris["utf8"]: dict(lines_read=6, accepted=3, rejected=3, blank=0, header=0, duplicates=0, error=None),
-        uris["meta"]: dict(lines_read=4, accepted=3, rejected=1, blank=0, header=0, duplicates=0, error=None),
+        uris["meta"]: dict(lines_read=5, accepted=4, rejected=1, blank=0, header=0, duplicates=0, error=None),
     }
 
 
