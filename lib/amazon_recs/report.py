@@ -31,12 +31,34 @@ def _metric_order(metric: str) -> tuple[int, str]:
     return (order.index(metric) if metric in order else len(order), metric)
 
 
-def write_metrics_report(spark: SparkSession, config: Config, rows: list[dict]) -> str:
+def tuning_section(tuning: dict | None) -> str:
+    """What tuning chose on validation, and every ALS grid point's score."""
+    if not tuning:
+        return "Not tuned (`tune.enabled` is false): the configured settings were used.\n"
+    columns = sorted(k for k in tuning["als_grid"][0] if k != "ndcg") + ["ndcg"]
+    lines = [
+        f"Chosen on a validation split of {tuning['validation_users']} users carved from training:",
+        f"ALS {tuning['als']}, hybrid weights {tuning['hybrid_weights']} "
+        f"(validation NDCG@k {tuning['validation_ndcg']:.4f}).",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---:|" * len(columns),
+    ]
+    for point in tuning["als_grid"]:
+        cells = (f"{point[c]:.4f}" if isinstance(point[c], float) else str(point[c]) for c in columns)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_metrics_report(
+    spark: SparkSession, config: Config, rows: list[dict], tuning: dict | None = None
+) -> str:
     version = rows[0]["model_version"] if rows else "none"
     text = (
-        f"# Evaluation report\n\nModel version `{version}`, held-out split as configured "
-        f"(split.test_fraction = {config.require('split.test_fraction')}), full-catalogue "
-        f"ranking with each user's training items removed.\n\n{metrics_table(rows)}\n"
+        f"# Evaluation report\n\nModel version `{version}`, split protocol "
+        f"`{config.require('split.protocol')}` (test_fraction {config.require('split.test_fraction')}), "
+        f"full-catalogue ranking with each user's training items removed.\n\n{metrics_table(rows)}\n\n"
+        f"## Tuning\n\n{tuning_section(tuning)}"
     )
     path = f"{config.require('paths.reports').rstrip('/')}/metrics.md"
     io.write_text(spark, path, text)

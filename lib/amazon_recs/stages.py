@@ -18,14 +18,12 @@ from pyspark.sql import functions as F
 from amazon_recs import evaluate as ev
 from amazon_recs import features as fe
 from amazon_recs import ingest as ig
-from amazon_recs import io, report, schemas
+from amazon_recs import io, report, schemas, training
 from amazon_recs import recommend as rc
+from amazon_recs import tuning as tuning_mod
 from amazon_recs.config import Config
 from amazon_recs.errors import InputError, StageOrderError
-from amazon_recs.models import als as m_als
 from amazon_recs.models import baseline as m_baseline
-from amazon_recs.models import content as m_content
-from amazon_recs.models import popular as m_popular
 from amazon_recs.sample import META_FILE, REVIEWS_FILE, generate_sample
 from amazon_recs.schemas import ITEM, ITEM_IDX, MODEL, SPLIT, TS, USER, USER_IDX, WEIGHT
 from amazon_recs.topk import max_seen_per_user
@@ -33,7 +31,7 @@ from amazon_recs.topk import max_seen_per_user
 log = logging.getLogger(__name__)
 
 CURRENT_POINTER = "CURRENT"
-VERSION_SECTIONS = ("split", "als", "content", "popular", "recommend")
+VERSION_SECTIONS = ("split", "als", "content", "popular", "recommend", "tune")
 
 
 # --- ingest -----------------------------------------------------------------
@@ -149,34 +147,26 @@ def run_train(spark: SparkSession, config: Config) -> dict:
     version = model_version(config, train)
     out = model_dir(config, version)
 
-    als = m_als.fit_als(train, config)
-    als.write().overwrite().save(f"{out}/als")
-
-    tokens = m_content.with_tokens(items).cache()
-    items_with_text = tokens.count()
-    if items_with_text:
-        tfidf = m_content.fit_tfidf(tokens, config)
-        tfidf.write().overwrite().save(f"{out}/tfidf")
-        vectors = tfidf.transform(tokens).select(ITEM_IDX, m_content.VECTOR).cache()
-        neighbours = m_content.item_neighbours(
-            m_content.fit_lsh(vectors, config),
-            vectors,
-            config.require("content.min_similarity"),
-            config.require("content.neighbours"),
-        )
-    else:
-        # No product text at all (reviews without metadata): the content model
-        # has nothing to say, and its lists are filled from popularity.
-        log.warning("no item has text: the content model is empty for version %s", version)
-        neighbours = spark.createDataFrame([], m_content.NEIGHBOURS_SCHEMA)
-    neighbours.write.format("delta").mode("overwrite").save(f"{out}/item_neighbours")
-
-    popularity = m_popular.fit_popularity(train, config.require("popular.half_life_days"))
-    popularity.write.format("delta").mode("overwrite").save(f"{out}/popularity")
+    tuning = tuning_mod.tune(spark, train, items, config) if config.require("tune.enabled") else None
+    if tuning:
+        config = config.with_overrides([f"als.{key}={value}" for key, value in tuning["als"].items()])
+        io.write_text(spark, f"{out}/tuning.json", json.dumps(tuning, indent=2, sort_keys=True))
+    models = training.fit_models(spark, train, items, config)
+    models.als.write().overwrite().save(f"{out}/als")
+    if models.tfidf is not None:
+        models.tfidf.write().overwrite().save(f"{out}/tfidf")
+    models.neighbours.write.format("delta").mode("overwrite").save(f"{out}/item_neighbours")
+    models.popularity.write.format("delta").mode("overwrite").save(f"{out}/popularity")
 
     # The pointer moves last: readers see the old version or the whole new one.
     io.write_text(spark, f"{config.require('paths.models').rstrip('/')}/{CURRENT_POINTER}", version)
-    return {"model_version": version, "items_with_text": items_with_text, "model_dir": out}
+    return {"model_version": version, "model_dir": out, "tuning": tuning}
+
+
+def hybrid_weights(spark: SparkSession, config: Config, version: str) -> dict[str, float]:
+    """The weights tuned for ``version``, or the configured ones when it was not tuned."""
+    tuned = io.read_text(spark, f"{model_dir(config, version)}/tuning.json")
+    return json.loads(tuned)["hybrid_weights"] if tuned else config.require("recommend.hybrid_weights")
 
 
 # --- recommend --------------------------------------------------------------
@@ -189,28 +179,17 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
     interactions = io.read_table(spark, config, "silver/interactions")
     items = io.read_table(spark, config, "silver/items")
     train = interactions.filter(F.col(SPLIT) == fe.TRAIN).select(USER_IDX, ITEM_IDX, WEIGHT).cache()
-    users = train.select(USER_IDX).distinct()
     max_seen = max_seen_per_user(train)
-
-    als = ALSModel.load(f"{src}/als")
-    popularity = spark.read.format("delta").load(f"{src}/popularity")
-    neighbours = spark.read.format("delta").load(f"{src}/item_neighbours")
-
-    als_recs = m_als.recommend_als(als, users, train, n, max_seen)
-    als_recs = als_recs.join(
-        m_als.because_item(als_recs.filter(f"rank <= {k}"), train, als.itemFactors),
-        [USER_IDX, ITEM_IDX],
-        how="left",
+    models = training.Models(
+        als=ALSModel.load(f"{src}/als"),
+        neighbours=spark.read.format("delta").load(f"{src}/item_neighbours"),
+        popularity=spark.read.format("delta").load(f"{src}/popularity"),
     )
-    candidates = {
-        "als": rc.as_candidates(als_recs, "als").cache(),
-        "content": rc.as_candidates(m_content.recommend_content(neighbours, train, n), "content").cache(),
-        "popular": rc.as_candidates(
-            m_popular.recommend_popular(popularity, users, train, n, max_seen), "popular"
-        ).cache(),
-    }
+
+    candidates = training.candidates(models, train, n, k, max_seen)
     lists = {name: rc.fill_to_k(df, candidates["popular"], k) for name, df in candidates.items()}
-    lists["hybrid"] = rc.blend(candidates, config.require("recommend.hybrid_weights"), k)
+    lists["hybrid"] = rc.blend(candidates, hybrid_weights(spark, config, version), k)
+    users = train.select(USER_IDX).distinct()
     random_recs = m_baseline.recommend_random(items, users, train, k, max_seen, config.require("split.seed"))
     lists[rc.RANDOM_SOURCE] = rc.fill_to_k(
         rc.as_candidates(random_recs, rc.RANDOM_SOURCE), candidates["popular"], k
@@ -248,7 +227,8 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
     )
     io.overwrite_table(schemas.conform(metrics, schemas.METRICS, "gold/metrics"), config, "gold/metrics")
     rows = [r.asDict() for r in io.read_table(spark, config, "gold/metrics").collect()]
-    path = report.write_metrics_report(spark, config, rows)
+    tuned = io.read_text(spark, f"{model_dir(config, version)}/tuning.json")
+    path = report.write_metrics_report(spark, config, rows, json.loads(tuned) if tuned else None)
     return {"model_version": version, "metrics": rows, "report": path}
 
 

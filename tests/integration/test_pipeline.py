@@ -12,7 +12,7 @@ from amazon_recs import io
 from amazon_recs.cli import STAGE_ORDER
 from amazon_recs.config import load_config
 from amazon_recs.schemas import MODELS
-from amazon_recs.stages import STAGES
+from amazon_recs.stages import STAGES, hybrid_weights
 from tests.conftest import ROOT, TEST_CONFIG
 
 pytestmark = pytest.mark.integration
@@ -138,3 +138,16 @@ def test_bad_setting_is_one_line_and_nonzero(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: unknown setting 'als.rnk'")
     assert "Traceback" not in result.stderr
+
+
+def test_tuning_on_validation_is_recorded_and_used(spark, pipeline):
+    config, summaries = pipeline
+    tuning = summaries["train"]["tuning"]
+    grid = config.require("tune.als_grid")
+    assert len(tuning["als_grid"]) == len(grid["rank"]) * len(grid["reg_param"]) * len(grid["alpha"])
+    assert tuning["als"] == {k: max(tuning["als_grid"], key=lambda r: r["ndcg"])[k] for k in grid}
+    assert sum(tuning["hybrid_weights"].values()) == pytest.approx(1.0)
+    version = summaries["train"]["model_version"]
+    assert hybrid_weights(spark, config, version) == tuning["hybrid_weights"]
+    report = io.read_text(spark, summaries["evaluate"]["report"])
+    assert "## Tuning" in report and "validation" in report

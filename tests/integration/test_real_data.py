@@ -34,7 +34,14 @@ DATASETS = {
 BRONZE = ("bronze/reviews", "bronze/products", "bronze/item_tags", "bronze/rejects", "bronze/ingest_log")
 # Smaller models than `make run` uses: these tests check the plumbing on real
 # shapes; quality is measured by the benchmarks.
-FAST = ["als.rank=16", "als.max_iter=8", "content.num_features=2048", "recommend.candidates=40"]
+FAST = [
+    "als.rank=16",
+    "als.max_iter=8",
+    "content.num_features=2048",
+    "recommend.candidates=40",
+    "tune.als_grid={rank: [16], reg_param: [0.1], alpha: [5.0]}",
+    "tune.weight_step=0.25",
+]
 
 
 def snapshot(spark, config) -> dict[str, list]:

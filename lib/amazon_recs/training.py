@@ -1,0 +1,87 @@
+"""Fitting every model on a training frame, and their candidate lists for users.
+
+The train stage fits on the whole training split; tuning fits the same way on
+the part of it left after carving out a validation split. Both go through here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pyspark.ml.recommendation import ALSModel
+from pyspark.sql import DataFrame, SparkSession
+
+from amazon_recs import recommend as rc
+from amazon_recs.config import Config
+from amazon_recs.models import als as m_als
+from amazon_recs.models import content as m_content
+from amazon_recs.models import popular as m_popular
+from amazon_recs.schemas import ITEM_IDX, USER_IDX, WEIGHT
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("als", "content", "popular")
+
+
+@dataclass
+class Models:
+    """The fitted models of one version."""
+
+    als: ALSModel
+    neighbours: DataFrame
+    popularity: DataFrame
+    tfidf: object | None = None  # the TF-IDF PipelineModel, None without item text
+
+
+def fit_content(spark: SparkSession, items: DataFrame, config: Config) -> tuple[object | None, DataFrame]:
+    """TF-IDF and LSH neighbours; (None, no rows) when no item has text."""
+    tokens = m_content.with_tokens(items).cache()
+    if not tokens.take(1):
+        # Reviews without metadata: the content model has nothing to say, and
+        # its lists are filled from popularity.
+        log.warning("no item has text: the content model is empty")
+        return None, spark.createDataFrame([], m_content.NEIGHBOURS_SCHEMA)
+    tfidf = m_content.fit_tfidf(tokens, config)
+    vectors = tfidf.transform(tokens).select(ITEM_IDX, m_content.VECTOR).cache()
+    neighbours = m_content.item_neighbours(
+        m_content.fit_lsh(vectors, config),
+        vectors,
+        config.require("content.min_similarity"),
+        config.require("content.neighbours"),
+    )
+    return tfidf, neighbours
+
+
+def fit_models(spark: SparkSession, train: DataFrame, items: DataFrame, config: Config) -> Models:
+    tfidf, neighbours = fit_content(spark, items, config)
+    return Models(
+        als=m_als.fit_als(train, config),
+        neighbours=neighbours.cache(),
+        popularity=m_popular.fit_popularity(train, config.require("popular.half_life_days")).cache(),
+        tfidf=tfidf,
+    )
+
+
+def candidates(models: Models, train: DataFrame, n: int, k: int, max_seen: int) -> dict[str, DataFrame]:
+    """Each model's ``n`` best unseen items per training user, in the common candidate shape.
+
+    ALS rows in the top ``k`` carry the seen item that explains them best.
+    """
+    seen = train.select(USER_IDX, ITEM_IDX, WEIGHT)
+    users = seen.select(USER_IDX).distinct()
+    als_recs = m_als.recommend_als(models.als, users, seen, n, max_seen)
+    als_recs = als_recs.join(
+        m_als.because_item(als_recs.filter(f"rank <= {k}"), seen, models.als.itemFactors),
+        [USER_IDX, ITEM_IDX],
+        how="left",
+    )
+    return {
+        "als": rc.as_candidates(als_recs, "als").cache(),
+        "content": rc.as_candidates(
+            m_content.recommend_content(models.neighbours, seen, n), "content"
+        ).cache(),
+        "popular": rc.as_candidates(
+            m_popular.recommend_popular(models.popularity, users, seen, n, max_seen), "popular"
+        ).cache(),
+    }
