@@ -50,15 +50,28 @@ def tuning_section(tuning: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recall_line(lsh_recall: float | None) -> str:
+    if lsh_recall is None:
+        return "LSH recall not measured (no item text, or more items than content.recall_check_max_items)."
+    return (
+        f"LSH found {lsh_recall:.1%} of the exact top-`content.neighbours` cosine neighbours "
+        "(above content.min_similarity)."
+    )
+
+
 def write_metrics_report(
-    spark: SparkSession, config: Config, rows: list[dict], tuning: dict | None = None
+    spark: SparkSession,
+    config: Config,
+    rows: list[dict],
+    tuning: dict | None = None,
+    lsh_recall: float | None = None,
 ) -> str:
     version = rows[0]["model_version"] if rows else "none"
     text = (
         f"# Evaluation report\n\nModel version `{version}`, split protocol "
         f"`{config.require('split.protocol')}` (test_fraction {config.require('split.test_fraction')}), "
         f"full-catalogue ranking with each user's training items removed.\n\n{metrics_table(rows)}\n\n"
-        f"## Tuning\n\n{tuning_section(tuning)}"
+        f"## Tuning\n\n{tuning_section(tuning)}\n## Content neighbours\n\n{recall_line(lsh_recall)}\n"
     )
     path = f"{config.require('paths.reports').rstrip('/')}/metrics.md"
     io.write_text(spark, path, text)

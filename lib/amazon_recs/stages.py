@@ -157,10 +157,11 @@ def run_train(spark: SparkSession, config: Config) -> dict:
         models.tfidf.write().overwrite().save(f"{out}/tfidf")
     models.neighbours.write.format("delta").mode("overwrite").save(f"{out}/item_neighbours")
     models.popularity.write.format("delta").mode("overwrite").save(f"{out}/popularity")
+    io.write_text(spark, f"{out}/model_info.json", json.dumps({"lsh_recall": models.lsh_recall}))
 
     # The pointer moves last: readers see the old version or the whole new one.
     io.write_text(spark, f"{config.require('paths.models').rstrip('/')}/{CURRENT_POINTER}", version)
-    return {"model_version": version, "model_dir": out, "tuning": tuning}
+    return {"model_version": version, "model_dir": out, "tuning": tuning, "lsh_recall": models.lsh_recall}
 
 
 def hybrid_weights(spark: SparkSession, config: Config, version: str) -> dict[str, float]:
@@ -228,7 +229,10 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
     io.overwrite_table(schemas.conform(metrics, schemas.METRICS, "gold/metrics"), config, "gold/metrics")
     rows = [r.asDict() for r in io.read_table(spark, config, "gold/metrics").collect()]
     tuned = io.read_text(spark, f"{model_dir(config, version)}/tuning.json")
-    path = report.write_metrics_report(spark, config, rows, json.loads(tuned) if tuned else None)
+    info = json.loads(io.read_text(spark, f"{model_dir(config, version)}/model_info.json") or "{}")
+    path = report.write_metrics_report(
+        spark, config, rows, json.loads(tuned) if tuned else None, info.get("lsh_recall")
+    )
     return {"model_version": version, "metrics": rows, "report": path}
 
 

@@ -32,16 +32,25 @@ class Models:
     neighbours: DataFrame
     popularity: DataFrame
     tfidf: object | None = None  # the TF-IDF PipelineModel, None without item text
+    lsh_recall: float | None = None  # share of exact neighbours LSH found (small catalogues)
 
 
-def fit_content(spark: SparkSession, items: DataFrame, config: Config) -> tuple[object | None, DataFrame]:
-    """TF-IDF and LSH neighbours; (None, no rows) when no item has text."""
+def fit_content(
+    spark: SparkSession, items: DataFrame, config: Config, check_recall: bool = True
+) -> tuple[object | None, DataFrame, float | None]:
+    """TF-IDF and LSH neighbours, and LSH's recall against exact cosine.
+
+    The recall is measured when the catalogue has at most
+    ``content.recall_check_max_items`` items with text (None otherwise), and is
+    None with no rows when no item has text at all.
+    """
     tokens = m_content.with_tokens(items).cache()
-    if not tokens.take(1):
+    items_with_text = tokens.count()
+    if not items_with_text:
         # Reviews without metadata: the content model has nothing to say, and
         # its lists are filled from popularity.
         log.warning("no item has text: the content model is empty")
-        return None, spark.createDataFrame([], m_content.NEIGHBOURS_SCHEMA)
+        return None, spark.createDataFrame([], m_content.NEIGHBOURS_SCHEMA), None
     tfidf = m_content.fit_tfidf(tokens, config)
     vectors = tfidf.transform(tokens).select(ITEM_IDX, m_content.VECTOR).cache()
     neighbours = m_content.item_neighbours(
@@ -49,17 +58,27 @@ def fit_content(spark: SparkSession, items: DataFrame, config: Config) -> tuple[
         vectors,
         config.require("content.min_similarity"),
         config.require("content.neighbours"),
-    )
-    return tfidf, neighbours
+    ).cache()
+    recall = None
+    if check_recall and items_with_text <= config.require("content.recall_check_max_items"):
+        exact = m_content.exact_neighbours(
+            vectors, config.require("content.min_similarity"), config.require("content.neighbours")
+        )
+        recall = m_content.neighbour_recall(neighbours, exact)
+        log.info("LSH found %.1f%% of the exact neighbours of %d items", 100 * recall, items_with_text)
+    return tfidf, neighbours, recall
 
 
-def fit_models(spark: SparkSession, train: DataFrame, items: DataFrame, config: Config) -> Models:
-    tfidf, neighbours = fit_content(spark, items, config)
+def fit_models(
+    spark: SparkSession, train: DataFrame, items: DataFrame, config: Config, check_recall: bool = True
+) -> Models:
+    tfidf, neighbours, recall = fit_content(spark, items, config, check_recall)
     return Models(
         als=m_als.fit_als(train, config),
         neighbours=neighbours.cache(),
         popularity=m_popular.fit_popularity(train, config.require("popular.half_life_days")).cache(),
         tfidf=tfidf,
+        lsh_recall=recall,
     )
 
 

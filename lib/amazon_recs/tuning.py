@@ -118,7 +118,7 @@ def tune(spark: SparkSession, train: DataFrame, items: DataFrame, config: Config
     fit, validation = carve_validation(train, config)
     als_params, als_results = tune_als(fit, validation, config, k)
     tuned = config.with_overrides([f"als.{key}={value}" for key, value in als_params.items()])
-    models = fit_models(spark, fit, items, tuned)
+    models = fit_models(spark, fit, items, tuned, check_recall=False)
     lists = candidates(models, fit, config.require("recommend.candidates"), k, max_seen_per_user(fit))
     weights, weight_results = tune_weights(spark, lists, validation, k, config.require("tune.weight_step"))
     best = max(weight_results, key=lambda r: r["ndcg"])

@@ -245,3 +245,22 @@ def test_random_baseline_draws_distinct_unseen_items_reproducibly(spark):
         assert not set(picked) & {u, u + 1, u + 2}
     # Not everyone gets the same list: offsets differ per user.
     assert len({tuple(p) for p in got.values()}) > 1
+
+
+def test_exact_neighbours_match_exhaustive_lsh_and_recall_counts_misses(spark, config):
+    wide = config.with_overrides(["content.bucket_width=1000.0"])  # every pair compared: exact
+    items = spark.createDataFrame(ITEM_TEXTS, "item_idx int, text string")
+    tokens = m_content.with_tokens(items)
+    vectors = m_content.fit_tfidf(tokens, wide).transform(tokens).select("item_idx", m_content.VECTOR).cache()
+    min_similarity = wide.require("content.min_similarity")
+    lsh = m_content.item_neighbours(m_content.fit_lsh(vectors, wide), vectors, min_similarity, 3)
+    exact = m_content.exact_neighbours(vectors, min_similarity, 3)
+
+    def pairs(df):
+        return {(r.item_idx, r.neighbour_idx): round(r.similarity, 9) for r in df.collect()}
+
+    assert pairs(exact) == pairs(lsh)
+    assert m_content.neighbour_recall(lsh, exact) == pytest.approx(1.0)
+    dropped = lsh.filter("rank > 1")  # keep all but each item's best neighbour
+    expected = 1 - lsh.filter("rank = 1").count() / exact.count()
+    assert m_content.neighbour_recall(dropped, exact) == pytest.approx(expected)

@@ -134,3 +134,39 @@ def recommend_content(neighbours: DataFrame, train: DataFrame, n: int) -> DataFr
         .drop("_total")
     )
     return top_k(filter_seen(scored, seen), n)
+
+
+def exact_neighbours(vectors: DataFrame, min_similarity: float, n: int) -> DataFrame:
+    """Each item's ``n`` most similar items by exact cosine, for checking LSH.
+
+    Vectors are unit length, so the cosine is a sum over shared terms; pairs
+    sharing no term have cosine 0 and never qualify. Quadratic in the items
+    that share a term: meant for small catalogues.
+
+    Returns:
+        Columns item_idx, neighbour_idx, similarity, rank.
+    """
+    terms = (
+        vectors.select(ITEM_IDX, F.posexplode(vector_to_array(VECTOR)).alias("_term", "_w"))
+        .filter(F.col("_w") != 0.0)
+        .cache()
+    )
+    other = terms.select(F.col(ITEM_IDX).alias(NEIGHBOUR), "_term", F.col("_w").alias("_w2"))
+    pairs = (
+        terms.join(other, "_term", how="inner")
+        .filter(F.col(ITEM_IDX) != F.col(NEIGHBOUR))
+        .groupBy(ITEM_IDX, NEIGHBOUR)
+        .agg(F.sum(F.col("_w") * F.col("_w2")).alias(SIMILARITY))
+        .filter(F.col(SIMILARITY) >= min_similarity)
+    )
+    return top_k(pairs, n, col_user=ITEM_IDX, col_item=NEIGHBOUR, col_score=SIMILARITY)
+
+
+def neighbour_recall(approximate: DataFrame, exact: DataFrame) -> float:
+    """Share of the exact (item, neighbour) pairs that the approximate search found."""
+    truth = exact.select(ITEM_IDX, NEIGHBOUR).distinct()
+    total = truth.count()
+    if not total:
+        return 1.0
+    found = truth.join(approximate.select(ITEM_IDX, NEIGHBOUR), [ITEM_IDX, NEIGHBOUR], how="inner").count()
+    return found / total
