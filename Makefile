@@ -26,6 +26,7 @@ SPARK_SUBMIT := $(VENV)/bin/spark-submit --packages $(DELTA_PKG) --conf spark.ja
 SET_ARGS     := $(foreach s,$(SET),--set $(s))
 
 .PHONY: help setup run test lint format show clean clean-data
+.PHONY: bench
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,13 +57,20 @@ run: setup ## run the whole pipeline (DATA=gift_cards|all_beauty|ml-latest-small
 test: setup ## run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+$(VENV)/.installed-bench: $(VENV)/.installed setup.py constraints.txt
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,bench]"
+	@touch $@
+
+bench: setup $(VENV)/.installed-bench ## compare with implicit's ALS and BPR and item-kNN on ml-latest-small (BENCHMARKS.md)
+	$(PY) bench/compare.py --config conf/ml-latest-small.yaml --out BENCHMARKS.md $(SET_ARGS)
+
 lint: setup ## ruff lint and format check
-	$(VENV)/bin/ruff check lib jobs tests app
-	$(VENV)/bin/ruff format --check lib jobs tests app
+	$(VENV)/bin/ruff check lib jobs tests bench
+	$(VENV)/bin/ruff format --check lib jobs tests bench
 
 format: setup ## ruff format and fix
-	$(VENV)/bin/ruff format lib jobs tests app
-	$(VENV)/bin/ruff check --fix lib jobs tests app
+	$(VENV)/bin/ruff format lib jobs tests bench
+	$(VENV)/bin/ruff check --fix lib jobs tests bench
 
 show: setup ## one user's top-10: make show USER_ID=<id> MODEL=hybrid
 	$(VENV)/bin/amazon-recs show --config $(CONFIG) --user $(USER_ID) --model $(or $(MODEL),hybrid)

@@ -29,6 +29,7 @@ setup(
     extras_require={
         "local": SPARK_PINS,
         "dev": SPARK_PINS + ["pytest>=8", "chispa>=0.10", "ruff>=0.6"],
+        "bench": ["implicit>=0.7,<0.8", "scipy>=1.11"],
     },
     entry_points={"console_scripts": ["amazon-recs=amazon_recs.cli:main"]},
 )
