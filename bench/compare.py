@@ -23,6 +23,7 @@ recomputed here in numpy/python; as a check, the same code is run on our
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -50,7 +51,7 @@ from amazon_recs.features import TEST, TRAIN
 from amazon_recs.models.als import fit_als
 from amazon_recs.schemas import ITEM, ITEM_IDX, MODEL, MODELS, RANK, SPLIT, USER, USER_IDX, WEIGHT
 from amazon_recs.spark import get_spark
-from amazon_recs.stages import model_version
+from amazon_recs.stages import model_dir, model_version
 
 METRICS = ("ndcg", "precision", "recall", "map", "hit_rate", "mrr")
 NUM_THREADS = 2
@@ -353,6 +354,25 @@ def write_block(path: Path, name: str, body: str) -> None:
 # --- main ---------------------------------------------------------------------
 
 
+def with_tuned_als(spark: SparkSession, config: Config, gold: pd.DataFrame | None) -> tuple[Config, str]:
+    """The config with the ALS settings our pipeline tuned on validation, so both ALS get them.
+
+    Equal rank and iterations are the point of the comparison; alpha and
+    regularisation as tuned for our rows (implicit keeps --implicit-reg, as its
+    regularisation is not scaled by interaction counts like MLlib's).
+    """
+    if gold is None:
+        return config, "Our ALS was not tuned here (no gold/metrics): configured ALS settings used."
+    version = gold["model_version"].iloc[0]
+    tuned = io.read_text(spark, f"{model_dir(config, version)}/tuning.json")
+    if not tuned:
+        return config, f"Model version {version} was not tuned: configured ALS settings used for both ALS."
+    als = json.loads(tuned)["als"]
+    overrides = [f"als.{key}={value}" for key, value in als.items()]
+    note = f"Both ALS use the settings tuned on validation for {version}: {als}."
+    return config.with_overrides(overrides), note
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="environment YAML, e.g. conf/ml-latest-small.yaml")
@@ -416,7 +436,9 @@ def main(argv: Sequence[str]) -> int:
     train_df = interactions.filter(F.col(SPLIT) == TRAIN)
 
     gold = read_gold_metrics(spark, config, k)
+    config, tuning_note = with_tuned_als(spark, config, gold)
     results, notes = our_results(gold, time_our_als(train_df, config))
+    notes.insert(0, tuning_note)
     baselines = {
         f"implicit ALS (reg {args.implicit_reg:g})": lambda: fit_implicit_als(
             split, config, args.implicit_reg
