@@ -188,12 +188,6 @@ def merge_table(
     return path
 
 
-def append_table(df: DataFrame, config: Config, name: str) -> str:
-    path = table_path(config, name)
-    df.write.format("delta").mode("append").save(path)
-    return path
-
-
 def write_text(spark: SparkSession, path: str, text: str) -> None:
     """Write a small text file (a report, a DDL file) through Hadoop's file system."""
     jvm = spark.sparkContext._jvm
