@@ -25,10 +25,13 @@ setup(
         "pandas>=2,<3",
         "pyarrow>=14",
         "boto3>=1.34",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "local": SPARK_PINS,
-        "dev": SPARK_PINS + ["pytest>=8", "chispa>=0.10", "ruff>=0.6"],
+        # Local stand-ins for S3 (moto's server) and an independent Delta reader
+        # (deltalake, no Spark) used by the AWS integration tests.
+        "dev": SPARK_PINS + ["pytest>=8", "chispa>=0.10", "ruff>=0.6", "moto[server]>=5", "deltalake>=1"],
         "bench": ["implicit>=0.7,<0.8", "scipy>=1.11"],
     },
     entry_points={"console_scripts": ["amazon-recs=amazon_recs.cli:main"]},

@@ -188,16 +188,21 @@ def merge_table(
     return path
 
 
-def write_text(spark: SparkSession, path: str, text: str) -> None:
-    """Write a small text file (a report, a DDL file) through Hadoop's file system."""
+def write_bytes(spark: SparkSession, path: str, data: bytes) -> None:
+    """Write a small file (a report, a plot, a DDL file) through Hadoop's file system,
+    so local paths and s3:// URIs take the same route."""
     jvm = spark.sparkContext._jvm
     hpath = jvm.org.apache.hadoop.fs.Path(path)
     fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     out = fs.create(hpath, True)
     try:
-        out.write(bytearray(text.encode("utf-8")))
+        out.write(bytearray(data))
     finally:
         out.close()
+
+
+def write_text(spark: SparkSession, path: str, text: str) -> None:
+    write_bytes(spark, path, text.encode("utf-8"))
 
 
 def read_text(spark: SparkSession, path: str) -> str | None:

@@ -1,19 +1,21 @@
-"""Small text outputs: the metrics report and the Athena DDL."""
+"""Small outputs: the metrics report with its plots, and the Athena DDL."""
 
 from __future__ import annotations
 
 from pyspark.sql import SparkSession
 
-from amazon_recs import io
+from amazon_recs import io, plots
 from amazon_recs.config import Config
 
 GOLD_TABLES = ("recommendations", "user_recommendations", "metrics")
+BY_MODEL_PNG = "metrics_by_model.png"
+AGAINST_K_PNG = "metrics_at_k.png"
 
 
 def metrics_table(rows: list[dict]) -> str:
     """A Markdown table, one row per model, one column per metric."""
     metrics = sorted({r["metric"] for r in rows}, key=_metric_order)
-    models = sorted({r["model"] for r in rows})
+    models = plots.model_order({r["model"] for r in rows})
     k = rows[0]["k"] if rows else 10
     value = {(r["model"], r["metric"]): r["value"] for r in rows}
     users = {r["model"]: r["users"] for r in rows if r["metric"] == "precision"}
@@ -59,22 +61,46 @@ def recall_line(lsh_recall: float | None) -> str:
     )
 
 
+def curve_table(curve: list[dict], metric: str = "ndcg") -> str:
+    """A Markdown table of one metric at each k of the curve, one row per model."""
+    ks = sorted({r["k"] for r in curve})
+    value = {(r["model"], r["k"]): r["value"] for r in curve if r["metric"] == metric}
+    models = plots.model_order({r["model"] for r in curve})
+    lines = ["| model | " + " | ".join(f"{metric}@{k}" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
+    for model in models:
+        lines.append(
+            f"| {model} | " + " | ".join(f"{value.get((model, k), float('nan')):.4f}" for k in ks) + " |"
+        )
+    return "\n".join(lines)
+
+
 def write_metrics_report(
     spark: SparkSession,
     config: Config,
     rows: list[dict],
     tuning: dict | None = None,
     lsh_recall: float | None = None,
+    curve: list[dict] | None = None,
 ) -> str:
+    """Write ``metrics.md`` and its two PNG plots under ``paths.reports``; return the report's path."""
+    reports = config.require("paths.reports").rstrip("/")
     version = rows[0]["model_version"] if rows else "none"
-    text = (
+    io.write_bytes(spark, f"{reports}/{BY_MODEL_PNG}", plots.metrics_by_model(rows))
+    sections = [
         f"# Evaluation report\n\nModel version `{version}`, split protocol "
         f"`{config.require('split.protocol')}` (test_fraction {config.require('split.test_fraction')}), "
         f"full-catalogue ranking with each user's training items removed.\n\n{metrics_table(rows)}\n\n"
-        f"## Tuning\n\n{tuning_section(tuning)}\n## Content neighbours\n\n{recall_line(lsh_recall)}\n"
-    )
-    path = f"{config.require('paths.reports').rstrip('/')}/metrics.md"
-    io.write_text(spark, path, text)
+        f"![metrics per model]({BY_MODEL_PNG})\n",
+    ]
+    if curve:
+        io.write_bytes(spark, f"{reports}/{AGAINST_K_PNG}", plots.metrics_against_k(curve))
+        sections.append(
+            f"## Metrics against k\n\n{curve_table(curve)}\n\n![metrics against k]({AGAINST_K_PNG})\n"
+        )
+    sections.append(f"## Tuning\n\n{tuning_section(tuning)}")
+    sections.append(f"## Content neighbours\n\n{recall_line(lsh_recall)}\n")
+    path = f"{reports}/metrics.md"
+    io.write_text(spark, path, "\n".join(sections))
     return path
 
 

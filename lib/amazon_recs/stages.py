@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from functools import reduce
 from pathlib import Path
 
 from pyspark.ml.recommendation import ALSModel
@@ -22,7 +23,7 @@ from amazon_recs import io, report, schemas, training
 from amazon_recs import recommend as rc
 from amazon_recs import tuning as tuning_mod
 from amazon_recs.config import Config
-from amazon_recs.errors import InputError, StageOrderError
+from amazon_recs.errors import ConfigError, InputError, StageOrderError
 from amazon_recs.models import baseline as m_baseline
 from amazon_recs.sample import META_FILE, REVIEWS_FILE, generate_sample
 from amazon_recs.schemas import ITEM, ITEM_IDX, MODEL, SPLIT, TS, USER, USER_IDX, WEIGHT
@@ -228,12 +229,23 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
     )
     io.overwrite_table(schemas.conform(metrics, schemas.METRICS, "gold/metrics"), config, "gold/metrics")
     rows = [r.asDict() for r in io.read_table(spark, config, "gold/metrics").collect()]
+    curve = _metrics_against_k(recs, truth.select(USER, ITEM), config)
     tuned = io.read_text(spark, f"{model_dir(config, version)}/tuning.json")
     info = json.loads(io.read_text(spark, f"{model_dir(config, version)}/model_info.json") or "{}")
     path = report.write_metrics_report(
-        spark, config, rows, json.loads(tuned) if tuned else None, info.get("lsh_recall")
+        spark, config, rows, json.loads(tuned) if tuned else None, info.get("lsh_recall"), curve
     )
-    return {"model_version": version, "metrics": rows, "report": path}
+    return {"model_version": version, "metrics": rows, "curve": curve, "report": path}
+
+
+def _metrics_against_k(recs: DataFrame, truth: DataFrame, config: Config) -> list[dict]:
+    """The per-user metrics at each k of ``evaluate.curve_ks`` (for the plot), in one job."""
+    ks = sorted(set(config.require("evaluate.curve_ks")))
+    top_k = config.require("recommend.k")
+    if not ks or ks[0] < 1 or ks[-1] > top_k:
+        raise ConfigError(f"evaluate.curve_ks must be between 1 and recommend.k ({top_k}), got {ks}")
+    frames = [ev.summarise(ev.per_user_metrics(recs, truth, k), k) for k in ks]
+    return [r.asDict() for r in reduce(DataFrame.unionByName, frames).collect()]
 
 
 # --- export -----------------------------------------------------------------

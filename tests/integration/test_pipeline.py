@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
@@ -18,6 +20,7 @@ from tests.conftest import ROOT, TEST_CONFIG
 pytestmark = pytest.mark.integration
 
 K = 10
+REPORT_FILES = ("metrics.md", "metrics_by_model.png", "metrics_at_k.png")
 
 
 def run_all(spark, config) -> dict:
@@ -116,16 +119,51 @@ def test_reasons_and_serving_layout(spark, pipeline):
     assert "TBLPROPERTIES ('table_type'='DELTA')" in ddl
 
 
-def test_rerun_gives_the_same_tables(spark, pipeline):
+def report_files(config) -> dict[str, bytes]:
+    reports = Path(config.require("paths.reports"))
+    return {name: (reports / name).read_bytes() for name in REPORT_FILES}
+
+
+def test_report_holds_every_model_and_the_plots(pipeline):
+    config, summaries = pipeline
+    files = report_files(config)
+    text = files["metrics.md"].decode()
+    for model in MODELS:
+        assert f"| {model} |" in text
+    for png in REPORT_FILES[1:]:
+        assert files[png].startswith(b"\x89PNG\r\n\x1a\n"), png
+        assert f"]({png})" in text
+        width, height = struct.unpack(">II", files[png][16:24])
+        assert width > 400 and height > 200, png
+
+    curve = summaries["evaluate"]["curve"]
+    assert {r["k"] for r in curve} == set(config.require("evaluate.curve_ks"))
+    at_10 = {(r["model"], r["metric"]): r["value"] for r in summaries["evaluate"]["metrics"]}
+    for model in MODELS:
+        for metric in ("recall", "hit_rate"):  # can only grow with k
+            values = [
+                r["value"]
+                for r in sorted(curve, key=lambda r: r["k"])
+                if (r["model"], r["metric"]) == (model, metric)
+            ]
+            assert values == sorted(values), (model, metric)
+        # The curve's k=10 point is the report's figure.
+        ndcg_10 = next(r["value"] for r in curve if (r["model"], r["metric"], r["k"]) == (model, "ndcg", K))
+        assert ndcg_10 == pytest.approx(at_10[(model, "ndcg")])
+
+
+def test_rerun_gives_the_same_tables_and_report(spark, pipeline):
     config, summaries = pipeline
     before = {
         t: sorted_rows(spark, config, t)
         for t in ("bronze/reviews", "silver/user_ids", "gold/recommendations", "gold/metrics")
     }
+    report_before = report_files(config)
     again = run_all(spark, config)
     assert again["train"]["model_version"] == summaries["train"]["model_version"]
     for table, rows in before.items():
         assert sorted_rows(spark, config, table) == rows, table
+    assert report_files(config) == report_before
 
 
 def test_bad_setting_is_one_line_and_nonzero(tmp_path):
