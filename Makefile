@@ -1,6 +1,7 @@
 # amazon-recs: `make run` runs the whole pipeline, `make test` runs the test suite.
 # Both set everything up first (idempotently): the virtualenv, native BLAS, and
-# the Delta jars, resolved once from Maven Central and cached under .cache/ivy.
+# the Delta and S3A jars, resolved once from Maven Central and cached under
+# .cache/ivy. `make up` / `make down` start and stop local S3 and DynamoDB.
 
 SHELL       := /bin/bash
 .DEFAULT_GOAL := help
@@ -13,8 +14,11 @@ DATA        ?=
 CONFIG      ?= $(if $(DATA),conf/$(DATA).yaml,conf/local.yaml)
 SET         ?=
 IVY_DIR     := $(CURDIR)/.cache/ivy
-DELTA_PKG   := io.delta:delta-spark_2.12:3.3.2
+# Delta, and S3A for s3:// (hadoop-aws matches pyspark's bundled Hadoop 3.3.4).
+PACKAGES    := io.delta:delta-spark_2.12:3.3.2,org.apache.hadoop:hadoop-aws:3.3.4
+SERVICES    := bootstrap/local/services.sh
 PYTEST_ARGS ?=
+SHARED_DATA ?= $(or $(AMAZON_RECS_SHARED_DATA),../shared/data)
 
 export JAVA_HOME       := $(shell bootstrap/local/java-home.sh)
 export PYSPARK_PYTHON  := $(CURDIR)/$(PY)
@@ -22,16 +26,16 @@ export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(PY)
 export SPARK_LOCAL_IP  := 127.0.0.1
 export PATH            := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-SPARK_SUBMIT := $(VENV)/bin/spark-submit --packages $(DELTA_PKG) --conf spark.jars.ivy=$(IVY_DIR)
+SPARK_SUBMIT := $(VENV)/bin/spark-submit --packages $(PACKAGES) --conf spark.jars.ivy=$(IVY_DIR)
 SET_ARGS     := $(foreach s,$(SET),--set $(s))
 
 .PHONY: help setup run test lint format show clean clean-data
-.PHONY: bench
+.PHONY: bench up down run-aws-local
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed .cache/.system-deps $(IVY_DIR)/.resolved ## create .venv, install deps, native BLAS and Delta jars
+setup: $(VENV)/.installed .cache/.system-deps $(IVY_DIR)/.resolved ## create .venv, install deps, native BLAS, Delta and S3A jars
 
 $(VENV)/.installed: setup.py constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,11 +48,11 @@ $(VENV)/.installed: setup.py constraints.txt
 	bootstrap/local/system-deps.sh
 	@touch $@
 
-$(IVY_DIR)/.resolved: $(VENV)/.installed
-	@echo "resolving $(DELTA_PKG) into $(IVY_DIR) (once; later runs work offline)"
+$(IVY_DIR)/.resolved: $(VENV)/.installed conf/local.yaml
+	@echo "resolving $(PACKAGES) into $(IVY_DIR) (once; later runs work offline)"
 	$(PY) -c "from amazon_recs.config import load_config; from amazon_recs.spark import get_spark; \
 	get_spark(load_config('$(CONFIG)', ['spark.ivy_dir=$(IVY_DIR)', 'spark.log_level=ERROR'])).stop()" \
-	  > .cache/resolve-jars.log 2>&1 || { tail -n 20 .cache/resolve-jars.log; echo "error: could not resolve $(DELTA_PKG) (see .cache/resolve-jars.log)"; exit 1; }
+	  > .cache/resolve-jars.log 2>&1 || { tail -n 20 .cache/resolve-jars.log; echo "error: could not resolve $(PACKAGES) (see .cache/resolve-jars.log)"; exit 1; }
 	@touch $@
 
 run: setup ## run the whole pipeline (DATA=gift_cards|all_beauty|ml-latest-small, SET="als.rank=64 ...")
@@ -56,6 +60,17 @@ run: setup ## run the whole pipeline (DATA=gift_cards|all_beauty|ml-latest-small
 
 test: setup ## run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+up: setup ## start local S3 (moto) and DynamoDB (dynalite) on 127.0.0.1:9000 and :8000
+	$(SERVICES) up
+
+down: ## stop them (DynamoDB's data stays under .cache/aws-local)
+	$(SERVICES) down
+
+run-aws-local: up ## the pipeline on s3:// against the local servers, gift_cards uploaded to the bucket
+	eval "$$($(SERVICES) env)" && \
+	$(PY) bootstrap/local/seed_bucket.py --config conf/local-aws.yaml --from $(SHARED_DATA)/amazon-2018/gift_cards && \
+	$(SPARK_SUBMIT) jobs/pipeline.py --config conf/local-aws.yaml $(SET_ARGS)
 
 $(VENV)/.installed-bench: $(VENV)/.installed setup.py constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,bench]"
@@ -65,12 +80,12 @@ bench: setup $(VENV)/.installed-bench ## compare with implicit's ALS and BPR and
 	$(PY) bench/compare.py --config conf/ml-latest-small.yaml --out BENCHMARKS.md $(SET_ARGS)
 
 lint: setup ## ruff lint and format check
-	$(VENV)/bin/ruff check lib jobs tests bench
-	$(VENV)/bin/ruff format --check lib jobs tests bench
+	$(VENV)/bin/ruff check lib jobs tests bench bootstrap
+	$(VENV)/bin/ruff format --check lib jobs tests bench bootstrap
 
 format: setup ## ruff format and fix
-	$(VENV)/bin/ruff format lib jobs tests bench
-	$(VENV)/bin/ruff check --fix lib jobs tests bench
+	$(VENV)/bin/ruff format lib jobs tests bench bootstrap
+	$(VENV)/bin/ruff check --fix lib jobs tests bench bootstrap
 
 show: setup ## one user's top-10: make show USER_ID=<id> MODEL=hybrid
 	$(VENV)/bin/amazon-recs show --config $(CONFIG) --user $(USER_ID) --model $(or $(MODEL),hybrid)

@@ -23,7 +23,7 @@ setup(
         "pyyaml>=6,<7",
         "numpy>=1.26,<2",
         "pandas>=2,<3",
-        "pyarrow>=14",
+        "pyarrow>=14,<24",  # 26 refuses NumPy 1.26, which pyspark 3.5 needs; 23 is checked
         "boto3>=1.34",
         "matplotlib>=3.8",
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,19 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = ROOT / "conf" / "test.yaml"
 # Real public data lives beside the checkout; override with AMAZON_RECS_SHARED_DATA.
 SHARED_DATA = Path(os.environ.get("AMAZON_RECS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+# Every AWS call in the tests goes to the local servers on 127.0.0.1, which take
+# any key. Set before the JVM starts, so S3A and the executors see the same; the
+# caller's own AWS credentials are never used.
+LOCAL_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "local",
+    "AWS_SECRET_ACCESS_KEY": "local",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+for _var in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+    os.environ.pop(_var, None)
+os.environ.update(LOCAL_AWS_ENV)
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +65,30 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data {path} not found (set AMAZON_RECS_SHARED_DATA; download links in README.md)")
     return path
+
+
+SERVICES = ROOT / "bootstrap" / "local" / "services.sh"
+# Ports of their own, so a `make up` on the defaults (9000, 8000) is left alone.
+TEST_S3_PORT, TEST_DYNAMODB_PORT = 19100, 18100
+
+
+@pytest.fixture(scope="session")
+def local_aws(tmp_path_factory):
+    """Local S3 (moto) and DynamoDB (dynalite) servers on 127.0.0.1 for this test
+    session, started and stopped by bootstrap/local/services.sh: their endpoints."""
+    env = {
+        **os.environ,
+        "AWS_LOCAL_HOME": str(tmp_path_factory.mktemp("aws-local")),
+        "AWS_LOCAL_S3_PORT": str(TEST_S3_PORT),
+        "AWS_LOCAL_DYNAMODB_PORT": str(TEST_DYNAMODB_PORT),
+    }
+
+    def services(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", str(SERVICES), command], env=env, capture_output=True, text=True, timeout=600
+        )
+
+    started = services("up")
+    assert started.returncode == 0, f"services.sh up failed:\n{started.stdout}{started.stderr}"
+    yield {"s3": f"http://127.0.0.1:{TEST_S3_PORT}", "dynamodb": f"http://127.0.0.1:{TEST_DYNAMODB_PORT}"}
+    services("down")

@@ -9,24 +9,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from functools import reduce
+import time
+from datetime import UTC, datetime
+from functools import partial, reduce
 from pathlib import Path
 
 from pyspark.ml.recommendation import ALSModel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from amazon_recs import evaluate as ev
 from amazon_recs import features as fe
 from amazon_recs import ingest as ig
-from amazon_recs import io, report, schemas, training
+from amazon_recs import io, report, schemas, serving, training
 from amazon_recs import recommend as rc
 from amazon_recs import tuning as tuning_mod
 from amazon_recs.config import Config
 from amazon_recs.errors import ConfigError, InputError, StageOrderError
 from amazon_recs.models import baseline as m_baseline
 from amazon_recs.sample import META_FILE, REVIEWS_FILE, generate_sample
-from amazon_recs.schemas import ITEM, ITEM_IDX, MODEL, SPLIT, TS, USER, USER_IDX, WEIGHT
+from amazon_recs.schemas import ITEM, ITEM_IDX, MODEL, RANK, SCORE, SPLIT, TS, USER, USER_IDX, WEIGHT
 from amazon_recs.topk import max_seen_per_user
 
 log = logging.getLogger(__name__)
@@ -252,10 +254,12 @@ def _metrics_against_k(recs: DataFrame, truth: DataFrame, config: Config) -> lis
 
 
 def run_export(spark: SparkSession, config: Config) -> dict:
-    """Serving layout: one row per (user, model) holding the ordered top-k with titles."""
+    """Serving layout: one row per (user, model) holding the ordered top-k with titles;
+    the Athena DDL beside the gold tables; and, when enabled, the DynamoDB serving store."""
     recs = io.read_table(spark, config, "gold/recommendations")
+    version = recs.select("model_version").first()[0]
     items = io.read_table(spark, config, "silver/items").select(ITEM, "title", "category")
-    serving = (
+    serving_rows = (
         recs.join(items, ITEM, how="left")
         .groupBy(USER, MODEL, "model_version")
         .agg(
@@ -264,10 +268,87 @@ def run_export(spark: SparkSession, config: Config) -> dict:
             ).alias("items")
         )
     )
-    path = io.overwrite_table(serving, config, "gold/user_recommendations", partition_by=[MODEL])
+    path = io.overwrite_table(serving_rows, config, "gold/user_recommendations", partition_by=[MODEL])
     ddl_path = f"{config.require('paths.warehouse').rstrip('/')}/gold/athena_ddl.sql"
     io.write_text(spark, ddl_path, report.athena_ddl(config))
-    return {"serving_table": path, "athena_ddl": ddl_path}
+    summary = {"serving_table": path, "athena_ddl": ddl_path}
+    if config.require("export.dynamodb.enabled"):
+        served = io.read_table(spark, config, "gold/user_recommendations")
+        summary["dynamodb"] = publish(spark, config, served, version)
+    return summary
+
+
+def popular_fallback(spark: SparkSession, config: Config, version: str) -> list[dict]:
+    """The version's k most popular products, for users it does not know."""
+    k = config.require("recommend.k")
+    popularity = spark.read.format("delta").load(f"{model_dir(config, version)}/popularity")
+    items = io.read_table(spark, config, "silver/items")
+    top = (
+        popularity.orderBy(F.desc(SCORE), ITEM_IDX)
+        .limit(k)
+        .withColumn(RANK, F.row_number().over(Window.orderBy(F.desc(SCORE), ITEM_IDX)))
+        .withColumn(rc.BECAUSE, F.lit(None).cast("int"))
+    )
+    named = rc.with_reason(top, items).join(items.select(ITEM_IDX, ITEM, "title"), ITEM_IDX)
+    rows = named.select(RANK, ITEM, "title", SCORE, "reason").collect()
+    return [r.asDict() for r in rows]
+
+
+def publish(
+    spark: SparkSession,
+    config: Config,
+    served: DataFrame,
+    version: str,
+    client_factory=serving.make_client,
+) -> dict:
+    """Write ``version``'s lists to DynamoDB from the executors, then switch readers over.
+
+    Each of ``export.dynamodb.max_concurrency`` partitions writes its rows with
+    one client; only counts come back to the driver. The pointer moves last,
+    and only from the version it was when the export started.
+    """
+    settings = serving.StoreSettings.from_config(config)
+    client = client_factory(settings)
+    if config.require("export.dynamodb.create_table"):
+        serving.ensure_table(client, settings.table)
+    previous = serving.current_version(client, settings.table)
+    now = time.time()
+    generated_at = datetime.fromtimestamp(now, tz=UTC).isoformat(timespec="seconds")
+    expires_at = int(now) + int(config.require("export.dynamodb.ttl_days") * 86_400)
+
+    write = partial(
+        serving.write_partition,
+        settings=settings,
+        version=version,
+        generated_at=generated_at,
+        expires_at=expires_at,
+        client_factory=client_factory,
+    )
+    rows = served.select(USER, MODEL, "items").repartition(config.require("export.dynamodb.max_concurrency"))
+    stats = sum(
+        (serving.WriteStats(*t) for t in rows.rdd.mapPartitions(write).collect()), serving.WriteStats()
+    )
+    expected = served.count()
+    if stats.items != expected:
+        raise serving.ServingError(f"wrote {stats.items} lists to DynamoDB but the version has {expected}")
+    fallback = serving.list_item(
+        serving.FALLBACK_PK, version, popular_fallback(spark, config, version), generated_at, expires_at
+    )
+    stats += serving.write_items(client, settings, [fallback])
+    serving.switch_version(
+        client, settings.table, version, generated_at, previous["model_version"] if previous else None
+    )
+    log.info("published version %s to DynamoDB %s: %s", version, settings.table, stats)
+    return {
+        "table": settings.table,
+        "model_version": version,
+        "previous_version": previous["model_version"] if previous else None,
+        "lists": stats.items - 1,
+        "batches": stats.batches,
+        "retries": stats.retries,
+        "throttled": stats.throttled,
+        "unprocessed_retried": stats.unprocessed,
+    }
 
 
 STAGES = {

@@ -9,10 +9,12 @@ import pytest
 
 from amazon_recs.config import Config, load_config, parse_override
 from amazon_recs.errors import ConfigError
+from amazon_recs.spark import spark_conf
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 BASE = CONF / "base.yaml"
 LOCAL = CONF / "local.yaml"
+LOCAL_PACKAGES = ["io.delta:delta-spark_2.12:3.3.2", "org.apache.hadoop:hadoop-aws:3.3.4"]
 
 
 def write(path: Path, text: str) -> Path:
@@ -46,7 +48,7 @@ def test_local_overrides_base_and_keeps_the_rest(local):
     # From base.yaml, untouched by local.yaml.
     assert local.get("als.rank") == 32
     assert local.get("spark.app_name") == "amazon-recs"
-    assert local.get("spark.packages") == ["io.delta:delta-spark_2.12:3.3.2"]
+    assert local.get("spark.packages") == LOCAL_PACKAGES
     assert local.get("recommend.hybrid_weights") == {"als": 0.7, "content": 0.2, "popular": 0.1}
     # The chain marker is not a setting.
     assert "extends" not in local
@@ -67,7 +69,7 @@ def test_local_matches_base_apart_from_what_local_sets(local):
     spark_base, spark_local = base.pop("spark"), merged.pop("spark")
     assert merged == base
     changed = {k for k in spark_base if spark_base[k] != spark_local[k]}
-    assert changed == {"master", "driver_memory", "driver_host", "ivy_dir"}
+    assert changed == {"master", "driver_memory", "driver_host", "ivy_dir", "packages"}
 
 
 def test_extends_is_relative_to_the_extending_file(tmp_path):
@@ -134,7 +136,7 @@ def test_config_hands_out_copies(local):
     packages = local.get("spark.packages")
     packages.append("evil")
     local.to_dict()["als"]["rank"] = 1
-    assert local.get("spark.packages") == ["io.delta:delta-spark_2.12:3.3.2"]
+    assert local.get("spark.packages") == LOCAL_PACKAGES
     assert local.get("als.rank") == 32
 
 
@@ -270,3 +272,15 @@ def test_malformed_file_is_refused(tmp_path, text, problem):
 def test_empty_environment_file_is_its_base(tmp_path):
     env = write(tmp_path / "env.yaml", f"extends: {BASE}\n")
     assert load_config(env).to_dict() == load_config(BASE).to_dict()
+
+
+def test_s3a_settings_only_when_asked_and_never_credentials(local):
+    assert not any("s3a" in key for key in spark_conf(local))
+    aws = load_config(CONF / "local-aws.yaml")
+    conf = spark_conf(aws)
+    assert conf["spark.hadoop.fs.s3.impl"] == "org.apache.hadoop.fs.s3a.S3AFileSystem"
+    assert conf["spark.hadoop.fs.s3a.endpoint"] == aws.require("aws.s3_endpoint")
+    assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
+    assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
+    assert not any("key" in k.lower() or "secret" in k.lower() for k in conf)
+    assert aws.require("paths.warehouse") == f"s3://{aws.require('aws.bucket')}/warehouse"

@@ -1,0 +1,276 @@
+"""The pipeline on s3:// against the local S3 and DynamoDB servers, as on AWS.
+
+The servers are started by ``bootstrap/local/services.sh`` (the ``local_aws``
+fixture) on ports and a folder of the test session's own. amazon-2018/gift_cards is
+uploaded to the bucket and the whole pipeline runs with conf/local-aws.yaml:
+
+1. an independent Delta reader (deltalake, no Spark) reads from the bucket
+   exactly the gold rows Spark wrote;
+2. DynamoDB holds, for every user and model, the gold table's ten products in order;
+3. a second run publishing a new model version switches over atomically, while a
+   reader polls;
+4. with throttling injected into every executor's client, no list is lost.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from deltalake import DeltaTable
+from pyspark import cloudpickle
+
+from amazon_recs import io, serving
+from amazon_recs.cli import STAGE_ORDER
+from amazon_recs.config import load_config
+from amazon_recs.schemas import MODELS
+from amazon_recs.spark import get_spark
+from amazon_recs.stages import STAGES, publish
+from tests.conftest import LOCAL_AWS_ENV, ROOT, shared_data
+
+pytestmark = pytest.mark.integration
+
+GIFT_CARDS = ("Gift_Cards_5.json.gz", "meta_Gift_Cards.json.gz")
+K = 10
+# The plumbing is under test here, not model quality: small, untuned models.
+FAST = [
+    "spark.shuffle_partitions=2",
+    "als.rank=8",
+    "als.max_iter=5",
+    "content.num_features=1024",
+    "recommend.candidates=30",
+    "tune.enabled=false",
+]
+
+# The throttling client below is shipped to the executors by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def aws_config(local_aws, tmp_path_factory):
+    folder = shared_data("amazon-2018", "gift_cards")
+    run = uuid.uuid4().hex[:8]
+    bucket, table = f"recs-test-{run}", f"recs-test-{run}"
+    config = load_config(
+        ROOT / "conf" / "local-aws.yaml",
+        [
+            f"aws.bucket={bucket}",
+            f"aws.s3_endpoint={local_aws['s3']}",
+            f"aws.dynamodb_endpoint={local_aws['dynamodb']}",
+            f"export.dynamodb.table={table}",
+            f"spark.checkpoint_dir={tmp_path_factory.mktemp('checkpoints')}",
+            *FAST,
+        ],
+    )
+    s3 = boto3.client("s3", endpoint_url=local_aws["s3"], region_name=LOCAL_AWS_ENV["AWS_DEFAULT_REGION"])
+    s3.create_bucket(Bucket=bucket)
+    for name in GIFT_CARDS:
+        s3.upload_file(str(folder / name), bucket, f"raw/amazon-2018/gift_cards/{name}")
+    return config
+
+
+@pytest.fixture(scope="module")
+def first_run(spark, aws_config):
+    session = get_spark(aws_config)  # the test session, now with S3A pointed at the local server
+    return {stage: STAGES[stage](session, aws_config) for stage in STAGE_ORDER}
+
+
+def storage_options(config) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": config.require("aws.s3_endpoint"),
+        "AWS_REGION": config.require("aws.region"),
+        "AWS_ACCESS_KEY_ID": LOCAL_AWS_ENV["AWS_ACCESS_KEY_ID"],
+        "AWS_SECRET_ACCESS_KEY": LOCAL_AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+        "AWS_ALLOW_HTTP": "true",
+    }
+
+
+def ordered(rows: list[dict], key: tuple[str, ...]) -> list[dict]:
+    return sorted(rows, key=lambda row: tuple(row[c] for c in key))
+
+
+def store(config) -> serving.ServingStore:
+    return serving.ServingStore.from_config(config)
+
+
+def gold_lists(spark, config) -> dict[tuple[str, str], list[str]]:
+    """(user, model) -> the gold table's item ids in rank order."""
+    recs = io.read_table(spark, config, "gold/recommendations").collect()
+    lists: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
+    for r in recs:
+        lists[(r["user_id"], r["model"])].append((r["rank"], r["item_id"]))
+    return {key: [item for _, item in sorted(ranked)] for key, ranked in lists.items()}
+
+
+def dynamodb_lists(config, version: str) -> dict[tuple[str, str], list[str]]:
+    """(user, model) -> the item ids DynamoDB holds for ``version``, in stored order."""
+    client = serving.make_client(serving.StoreSettings.from_config(config))
+    out = {}
+    for page in client.get_paginator("scan").paginate(TableName=config.require("export.dynamodb.table")):
+        for raw in page["Items"]:
+            item = {k: serving.untyped(v) for k, v in raw.items()}
+            if item["pk"].startswith("rec#") and item["sk"] == version:
+                out[(item["user_id"], item["model"])] = [i["item_id"] for i in item["items"]]
+    return out
+
+
+def test_gold_tables_in_the_bucket_read_the_same_without_spark(spark, aws_config, first_run):
+    warehouse = aws_config.require("paths.warehouse")
+    assert warehouse.startswith("s3://")
+    session = get_spark(aws_config)
+    for name, key in (
+        ("gold/recommendations", ("model", "user_id", "rank")),
+        ("gold/metrics", ("model", "metric", "k")),
+        ("gold/user_recommendations", ("model", "user_id")),
+    ):
+        by_spark = [r.asDict(recursive=True) for r in io.read_table(session, aws_config, name).collect()]
+        by_deltalake = DeltaTable(f"{warehouse}/{name}", storage_options=storage_options(aws_config))
+        independent = by_deltalake.to_pyarrow_table().to_pylist()
+        assert len(by_spark) == len(independent) > 0, name
+        assert ordered(independent, key) == ordered(by_spark, key), name
+
+    ddl = io.read_text(session, f"{warehouse}/gold/athena_ddl.sql")
+    assert f"LOCATION '{warehouse}/gold/recommendations'" in ddl
+    assert ddl.count("TBLPROPERTIES ('table_type'='DELTA')") == 3
+    report = io.read_text(session, f"{aws_config.require('paths.reports')}/metrics.md")
+    assert "| hybrid |" in report
+
+
+def test_dynamodb_holds_every_users_ten_products_in_order(spark, aws_config, first_run):
+    published = first_run["export"]["dynamodb"]
+    version = first_run["train"]["model_version"]
+    assert published["model_version"] == version and published["previous_version"] is None
+
+    expected = gold_lists(get_spark(aws_config), aws_config)
+    stored = dynamodb_lists(aws_config, version)
+    assert {model for _, model in stored} == set(MODELS)
+    assert all(len(items) == K for items in stored.values())
+    assert stored == expected
+    assert published["lists"] == len(expected)
+
+    reader = store(aws_config)
+    user, model = sorted(expected)[0]
+    got = reader.get_recommendations(user, model)
+    assert (got.model_version, got.fallback) == (version, False)
+    assert [i["item_id"] for i in got.items] == expected[(user, model)]
+    assert all(i["title"] is not None or i["reason"] for i in got.items)
+
+    stranger = reader.get_recommendations("never-seen-user", "hybrid")
+    assert stranger.fallback and len(stranger.items) == K
+    assert [i["rank"] for i in stranger.items] == list(range(1, K + 1))
+
+
+class Poller(threading.Thread):
+    """Reads a few users' lists in a loop, as a serving process would, and records
+    each answer's version and item ids."""
+
+    def __init__(self, config, keys):
+        super().__init__(daemon=True)
+        self.reader = store(config)
+        self.keys = keys
+        self.seen: list[tuple[str, tuple[str, str], list[str], bool]] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            for user, model in self.keys:
+                try:
+                    got = serving.get_recommendations(user, model, store=self.reader)
+                except Exception as exc:  # recorded, then asserted on: a reader must never fail
+                    self.errors.append(repr(exc))
+                    continue
+                ids = [i["item_id"] for i in got.items]
+                self.seen.append((got.model_version, (user, model), ids, got.fallback))
+            time.sleep(0.05)
+
+
+def test_a_new_version_switches_over_atomically_while_a_reader_polls(spark, aws_config, first_run):
+    session = get_spark(aws_config)
+    old_version = first_run["train"]["model_version"]
+    old_lists = gold_lists(session, aws_config)
+    keys = random.Random(1).sample(sorted(k for k in old_lists if k[1] in ("als", "hybrid")), 12)
+
+    poller = Poller(aws_config, keys)
+    poller.start()
+    config_v2 = aws_config.with_overrides(["als.rank=12"])  # another model, so another version
+    summaries = {stage: STAGES[stage](session, config_v2) for stage in ("train", "recommend", "export")}
+    time.sleep(0.5)
+    poller.stop.set()
+    poller.join(timeout=30)
+
+    new_version = summaries["train"]["model_version"]
+    assert new_version != old_version
+    assert summaries["export"]["dynamodb"]["previous_version"] == old_version
+    new_lists = gold_lists(session, config_v2)
+    expected = {old_version: old_lists, new_version: new_lists}
+
+    assert poller.errors == []
+    versions = [v for v, *_ in poller.seen]
+    assert set(versions) == {old_version, new_version}, "the reader should see both versions"
+    # Once the new version is served, the old one never comes back.
+    first_new = versions.index(new_version)
+    assert set(versions[first_new:]) == {new_version}
+    for version, key, ids, fallback in poller.seen:
+        assert not fallback, (version, key)
+        assert ids == expected[version][key], (version, key)
+    assert dynamodb_lists(config_v2, new_version) == new_lists
+
+
+class ThrottlingClient:
+    """A DynamoDB client that, like a busy table, refuses some BatchWriteItem calls
+    with ProvisionedThroughputExceededException and returns part of others as
+    UnprocessedItems; every other call goes straight through."""
+
+    def __init__(self, inner, seed: int):
+        self.inner = inner
+        self.rng = random.Random(seed)
+
+    def batch_write_item(self, RequestItems):  # noqa: N803 (boto3's argument name)
+        roll = self.rng.random()
+        if roll < 0.3:
+            raise ClientError(
+                {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "injected"}},
+                "BatchWriteItem",
+            )
+        if roll < 0.6:
+            ((table, requests),) = RequestItems.items()
+            cut = len(requests) // 2
+            self.inner.batch_write_item(RequestItems={table: requests[:cut]})
+            return {"UnprocessedItems": {table: requests[cut:]}}
+        return self.inner.batch_write_item(RequestItems=RequestItems)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def throttling_client(settings):
+    return ThrottlingClient(serving.make_client(settings), seed=random.SystemRandom().randrange(1 << 30))
+
+
+def test_throttling_and_unprocessed_items_lose_nothing(spark, aws_config, first_run):
+    session = get_spark(aws_config)
+    config = aws_config.with_overrides(
+        [
+            f"export.dynamodb.table={aws_config.require('export.dynamodb.table')}-throttled",
+            "export.dynamodb.base_delay_s=0.001",
+            "export.dynamodb.max_delay_s=0.01",
+            "export.dynamodb.max_attempts=40",
+        ]
+    )
+    served = io.read_table(session, config, "gold/user_recommendations")
+    version = served.select("model_version").first()[0]
+    summary = publish(session, config, served, version, client_factory=throttling_client)
+
+    assert summary["throttled"] > 0 and summary["unprocessed_retried"] > 0
+    expected = gold_lists(session, config)
+    assert summary["lists"] == len(expected)
+    assert dynamodb_lists(config, version) == expected
+    assert store(config).current_version()["model_version"] == version
