@@ -22,6 +22,8 @@ from amazon_recs.schemas import ITEM_IDX, USER_IDX, WEIGHT
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("als", "content", "popular")
+# What fit_content returns: the TF-IDF pipeline, item neighbours, LSH recall.
+Content = tuple[object | None, DataFrame, float | None]
 
 
 @dataclass
@@ -35,9 +37,7 @@ class Models:
     lsh_recall: float | None = None  # share of exact neighbours LSH found (small catalogues)
 
 
-def fit_content(
-    spark: SparkSession, items: DataFrame, config: Config, check_recall: bool = True
-) -> tuple[object | None, DataFrame, float | None]:
+def fit_content(spark: SparkSession, items: DataFrame, config: Config, check_recall: bool = True) -> Content:
     """TF-IDF and LSH neighbours, and LSH's recall against exact cosine.
 
     The recall is measured when the catalogue has at most
@@ -70,9 +70,16 @@ def fit_content(
 
 
 def fit_models(
-    spark: SparkSession, train: DataFrame, items: DataFrame, config: Config, check_recall: bool = True
+    spark: SparkSession,
+    train: DataFrame,
+    items: DataFrame,
+    config: Config,
+    check_recall: bool = True,
+    content: Content | None = None,
 ) -> Models:
-    tfidf, neighbours, recall = fit_content(spark, items, config, check_recall)
+    """Every model on ``train``. The content model depends on the items alone, so a
+    caller fitting several times (tuning, then the final fit) passes it in once."""
+    tfidf, neighbours, recall = content or fit_content(spark, items, config, check_recall)
     return Models(
         als=m_als.fit_als(train, config),
         neighbours=neighbours.cache(),

@@ -21,7 +21,7 @@ from amazon_recs.config import Config
 from amazon_recs.models import als as m_als
 from amazon_recs.schemas import ITEM_IDX, RANK, SCORE, SPLIT, USER_IDX
 from amazon_recs.topk import max_seen_per_user, minmax_per_user, top_k
-from amazon_recs.training import COMPONENTS, candidates, fit_models
+from amazon_recs.training import COMPONENTS, Content, candidates, fit_models
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +112,19 @@ def tune_weights(
     return {name: best[name] for name in COMPONENTS}, results
 
 
-def tune(spark: SparkSession, train: DataFrame, items: DataFrame, config: Config) -> dict:
-    """ALS parameters and hybrid weights chosen on validation; a summary for the report."""
+def tune(
+    spark: SparkSession, train: DataFrame, items: DataFrame, config: Config, content: Content | None = None
+) -> dict:
+    """ALS parameters and hybrid weights chosen on validation; a summary for the report.
+
+    ``content``, when given, is the already fitted content model (it does not
+    depend on the split, so it is not refitted here).
+    """
     k = config.require("evaluate.k")
     fit, validation = carve_validation(train, config)
     als_params, als_results = tune_als(fit, validation, config, k)
     tuned = config.with_overrides([f"als.{key}={value}" for key, value in als_params.items()])
-    models = fit_models(spark, fit, items, tuned, check_recall=False)
+    models = fit_models(spark, fit, items, tuned, check_recall=False, content=content)
     lists = candidates(models, fit, config.require("recommend.candidates"), k, max_seen_per_user(fit))
     weights, weight_results = tune_weights(spark, lists, validation, k, config.require("tune.weight_step"))
     best = max(weight_results, key=lambda r: r["ndcg"])
