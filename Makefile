@@ -18,7 +18,14 @@ IVY_DIR     := $(CURDIR)/.cache/ivy
 PACKAGES    := io.delta:delta-spark_2.12:3.3.2,org.apache.hadoop:hadoop-aws:3.3.4
 SERVICES    := bootstrap/local/services.sh
 PYTEST_ARGS ?=
+# `make deploy`: the config naming the bucket, and more `amazon-recs emr deploy`
+# options (DEPLOY_ARGS=--create-bucket).
+EMR_CONFIG  ?= conf/emr.yaml
+DEPLOY_ARGS ?=
 SHARED_DATA ?= $(or $(AMAZON_RECS_SHARED_DATA),../shared/data)
+APP_PORT    ?= 8501
+STREAMLIT_FLAGS := --server.address 127.0.0.1 --server.port $(APP_PORT) --server.headless true \
+	--browser.serverAddress 127.0.0.1 --browser.gatherUsageStats false --client.toolbarMode minimal
 
 export JAVA_HOME       := $(shell bootstrap/local/java-home.sh)
 export PYSPARK_PYTHON  := $(CURDIR)/$(PY)
@@ -30,7 +37,8 @@ SPARK_SUBMIT := $(VENV)/bin/spark-submit --packages $(PACKAGES) --conf spark.jar
 SET_ARGS     := $(foreach s,$(SET),--set $(s))
 
 .PHONY: help setup run test lint format show clean clean-data
-.PHONY: bench up down run-aws-local
+.PHONY: bench up down run-aws-local app app-aws-local bench-api
+.PHONY: package deploy
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -72,6 +80,22 @@ run-aws-local: up ## the pipeline on s3:// against the local servers, gift_cards
 	$(PY) bootstrap/local/seed_bucket.py --config conf/local-aws.yaml --from $(SHARED_DATA)/amazon-2018/gift_cards && \
 	$(SPARK_SUBMIT) jobs/pipeline.py --config conf/local-aws.yaml $(SET_ARGS)
 
+package: $(VENV)/.installed ## build the EMR artifacts in dist/<version>/ (wheel, jobs, conf, bootstrap, pinned requirements)
+	$(VENV)/bin/amazon-recs emr package --out dist
+
+deploy: package ## upload dist/<version>/ to s3://<aws.bucket>/artifacts/<version>/ (EMR_CONFIG, SET="aws.bucket=...")
+	$(VENV)/bin/amazon-recs emr deploy --config $(EMR_CONFIG) --dist dist $(SET_ARGS) $(DEPLOY_ARGS)
+
+app: setup ## the Streamlit app on http://127.0.0.1:8501 (APP_PORT=..., CONFIG=..., SET="...")
+	$(VENV)/bin/streamlit run app/app.py $(STREAMLIT_FLAGS) -- --config $(CONFIG) $(SET_ARGS)
+
+app-aws-local: up ## the app on the local DynamoDB and S3 (after make run-aws-local)
+	eval "$$($(SERVICES) env)" && \
+	$(VENV)/bin/streamlit run app/app.py $(STREAMLIT_FLAGS) -- --config conf/local-aws.yaml $(SET_ARGS)
+
+bench-api: setup ## p50/p99 of the recommendations API against local DynamoDB (BENCHMARKS.md)
+	$(PY) bench/api_latency.py --requests 2000 --out BENCHMARKS.md
+
 $(VENV)/.installed-bench: $(VENV)/.installed setup.py constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,bench]"
 	@touch $@
@@ -80,12 +104,12 @@ bench: setup $(VENV)/.installed-bench ## compare with implicit's ALS and BPR and
 	$(PY) bench/compare.py --config conf/ml-latest-small.yaml --out BENCHMARKS.md $(SET_ARGS)
 
 lint: setup ## ruff lint and format check
-	$(VENV)/bin/ruff check lib jobs tests bench bootstrap
-	$(VENV)/bin/ruff format --check lib jobs tests bench bootstrap
+	$(VENV)/bin/ruff check lib jobs tests bench bootstrap app
+	$(VENV)/bin/ruff format --check lib jobs tests bench bootstrap app
 
 format: setup ## ruff format and fix
-	$(VENV)/bin/ruff format lib jobs tests bench bootstrap
-	$(VENV)/bin/ruff check --fix lib jobs tests bench bootstrap
+	$(VENV)/bin/ruff format lib jobs tests bench bootstrap app
+	$(VENV)/bin/ruff check --fix lib jobs tests bench bootstrap app
 
 show: setup ## one user's top-10: make show USER_ID=<id> MODEL=hybrid
 	$(VENV)/bin/amazon-recs show --config $(CONFIG) --user $(USER_ID) --model $(or $(MODEL),hybrid)
@@ -94,4 +118,4 @@ clean-data: ## remove the local outputs under data/ (keeps the generated sample)
 	rm -rf data/warehouse data/models data/reports data/checkpoints
 
 clean: ## remove outputs, caches and the virtualenv
-	rm -rf data .cache $(VENV) *.egg-info lib/*.egg-info .pytest_cache
+	rm -rf data .cache $(VENV) *.egg-info lib/*.egg-info .pytest_cache dist

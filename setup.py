@@ -31,7 +31,11 @@ setup(
         "local": SPARK_PINS,
         # Local stand-ins for S3 (moto's server) and an independent Delta reader
         # (deltalake, no Spark) used by the AWS integration tests.
-        "dev": SPARK_PINS + ["pytest>=8", "chispa>=0.10", "ruff>=0.6", "moto[server]>=5", "deltalake>=1"],
+        "dev": SPARK_PINS
+        + ["pytest>=8", "chispa>=0.10", "ruff>=0.6", "moto[server]>=5", "deltalake>=1"]
+        + ["streamlit>=1.50,<2", "selenium>=4.20,<5"],
+        # The Streamlit app alone (reads the gold tables without Spark).
+        "app": ["streamlit>=1.50,<2", "deltalake>=1"],
         "bench": ["implicit>=0.7,<0.8", "scipy>=1.11"],
     },
     entry_points={"console_scripts": ["amazon-recs=amazon_recs.cli:main"]},

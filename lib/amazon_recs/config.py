@@ -1,7 +1,9 @@
 """Configuration: one YAML per environment, explicit overrides, strict checking.
 
 An environment file names the file it extends (``extends: base.yaml``, relative
-to itself); ``base.yaml`` holds every known key with its default. Overrides come
+to itself); ``base.yaml`` holds every known key with its default. Files are
+local paths or ``s3://`` URIs (as the jobs get them on EMR); an S3 file's
+``extends`` is resolved under the same prefix. Overrides come
 from ``--set section.key=value`` (values parsed as YAML). A key that base does not
 know, or a value whose type differs from the default's, is refused with a
 one-line message naming the key.
@@ -10,8 +12,9 @@ one-line message naming the key.
 from __future__ import annotations
 
 import copy
+import posixpath
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -93,31 +96,35 @@ _MISSING = object()
 _REFERENCE = re.compile(r"\$\{([A-Za-z0-9_.]+)\}")
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
+def load_config(path: str | Path, overrides: Iterable[str] = (), *, s3_endpoint: str | None = None) -> Config:
     """Load an environment file, the files it extends, and overrides.
 
     Args:
-        path: the environment YAML, e.g. ``conf/local.yaml``.
+        path: the environment YAML, e.g. ``conf/local.yaml``, or an ``s3://``
+            URI (read with boto3 and the default credential chain).
         overrides: ``section.key=value`` strings applied last.
+        s3_endpoint: where to read ``s3://`` files from; None means AWS's own,
+            or ``AWS_ENDPOINT_URL_S3`` when that is set.
 
     Returns:
         The merged, checked configuration.
 
     Raises:
-        ConfigError: a file is missing or malformed, a key is unknown, or a
-            value has the wrong type.
+        ConfigError: a file is missing, unreadable or malformed, a key is
+            unknown, or a value has the wrong type.
     """
-    path = Path(path)
-    chain = _extends_chain(path)
+    read = _reader(s3_endpoint)
+    location: Location = str(path) if is_s3_uri(path) else Path(path)
+    chain = _extends_chain(location, read)
     base_path, env_paths = chain[0], chain[1:]
-    data = _read_yaml(base_path)
+    data = read(base_path)
     data.pop(EXTENDS_KEY, None)
     for env_path in env_paths:
-        env = _read_yaml(env_path)
+        env = read(env_path)
         env.pop(EXTENDS_KEY, None)
         for key, value in _flatten(env):
             _set_checked(data, key, value, where=str(env_path))
-    return Config(data, str(path)).with_overrides(overrides)
+    return Config(data, str(location)).with_overrides(overrides)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -132,32 +139,129 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _extends_chain(path: Path) -> list[Path]:
+# A config file: a local path, or an s3:// URI kept as a string.
+Location = Path | str
+S3_SCHEME = "s3://"
+
+
+def is_s3_uri(path: str | Path) -> bool:
+    return isinstance(path, str) and path.startswith(S3_SCHEME)
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b.yaml`` -> ``("bucket", "a/b.yaml")``."""
+    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
+    if not bucket or not key or key.endswith("/"):
+        raise ConfigError(f"config file {uri} is not an s3://bucket/key URI of a file")
+    return bucket, key
+
+
+def _extends_chain(path: Location, read: Callable[[Location], dict[str, Any]]) -> list[Location]:
     chain = [path]
-    seen = {path.resolve()}
+    seen = {_identity(path)}
     current = path
     while True:
-        parent = _read_yaml(current).get(EXTENDS_KEY)
+        parent = read(current).get(EXTENDS_KEY)
         if parent is None:
             return list(reversed(chain))
-        current = (current.parent / str(parent)).resolve()
-        if current in seen:
+        current = _resolve_extends(current, str(parent))
+        if _identity(current) in seen:
             raise ConfigError(f"config {path}: 'extends' makes a cycle at {current}")
-        seen.add(current)
+        seen.add(_identity(current))
         chain.append(current)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+def _identity(location: Location) -> Location:
+    return location if isinstance(location, str) else location.resolve()
+
+
+def _resolve_extends(current: Location, parent: str) -> Location:
+    """The file ``parent`` names, relative to the file ``current`` that extends it."""
+    if is_s3_uri(parent):
+        bucket, key = split_s3_uri(parent)
+        return f"{S3_SCHEME}{bucket}/{posixpath.normpath(key)}"
+    if not isinstance(current, str):
+        return (current.parent / parent).resolve()
+    if parent.startswith("/"):
+        raise ConfigError(
+            f"config {current}: 'extends: {parent}' is a local path; "
+            "an S3 config extends a file relative to itself or an s3:// URI"
+        )
+    bucket, key = split_s3_uri(current)
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(key), parent))
+    if resolved == ".." or resolved.startswith("../"):
+        raise ConfigError(f"config {current}: 'extends: {parent}' leads outside bucket {bucket}")
+    return f"{S3_SCHEME}{bucket}/{resolved}"
+
+
+def _reader(s3_endpoint: str | None) -> Callable[[Location], dict[str, Any]]:
+    """A function reading one config file, each at most once; S3 files share one
+    client, made when the first one is read."""
+    clients: list = []
+    texts: dict[Location, str] = {}
+
+    def text(location: Location) -> str:
+        if isinstance(location, Path):
+            if not location.is_file():
+                raise ConfigError(f"config file {location} does not exist")
+            return location.read_text(encoding="utf-8")
+        if not clients:
+            clients.append(_s3_client(s3_endpoint))
+        return _read_s3_text(clients[0], location)
+
+    def read(location: Location) -> dict[str, Any]:
+        key = _identity(location)
+        if key not in texts:
+            texts[key] = text(location)
+        return _parse_yaml(texts[key], location)
+
+    return read
+
+
+def _s3_client(endpoint: str | None):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint or None)
+
+
+def _read_s3_text(client, uri: str) -> str:
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    bucket, key = split_s3_uri(uri)
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            raise ConfigError(f"config file {uri} does not exist") from None
+        if code == "NoSuchBucket":
+            raise ConfigError(f"config file {uri}: bucket {bucket} does not exist") from None
+        if code in ("AccessDenied", "403", "Forbidden"):
+            raise ConfigError(
+                f"config file {uri}: access denied (the role needs s3:GetObject on it)"
+            ) from None
+        raise ConfigError(f"config file {uri} could not be read: {code or exc}") from None
+    except NoCredentialsError:
+        raise ConfigError(
+            f"config file {uri} could not be read: no AWS credentials (environment, profile or instance role)"
+        ) from None
+    except BotoCoreError as exc:
+        raise ConfigError(f"config file {uri} could not be read: {exc}") from None
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {uri} is not UTF-8 text") from None
+
+
+def _parse_yaml(text: str, location: Location) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {location} is not valid YAML: {exc}") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        raise ConfigError(f"config file {location} must hold a mapping at the top level")
     return loaded
 
 

@@ -21,3 +21,7 @@ class SchemaError(RecsError):
 
 class StageOrderError(RecsError):
     """A stage ran before the stage whose output it reads."""
+
+
+class RequestError(RecsError):
+    """A request names a user, product, model or parameter the service cannot accept."""

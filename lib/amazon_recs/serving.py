@@ -1,4 +1,5 @@
-"""The DynamoDB serving store: versioned top-k lists, an atomic version switch, and the reader.
+"""The serving stores: versioned top-k lists in DynamoDB with an atomic version switch,
+the same lists read from the gold Delta tables without Spark, and the reader over both.
 
 One table, key ``pk`` (partition) + ``sk`` (sort), holds three kinds of item:
 
@@ -13,6 +14,11 @@ A run writes every item of its version first and only then moves the pointer,
 with a condition on the version it replaces. A reader reads the pointer, then
 items of that version only, so it sees the old lists or the new ones, never a
 mix. Old versions stay readable until DynamoDB's TTL removes them.
+
+``GoldTableStore`` serves the same lists from ``gold/user_recommendations``
+(local or s3://, through ``deltalake``), plus what an app shows beside them: the
+user's history, the evaluation metrics and sample users. ``store_from_config``
+picks DynamoDB when ``export.dynamodb.enabled``, else the gold tables.
 """
 
 from __future__ import annotations
@@ -21,19 +27,23 @@ import logging
 import math
 import os
 import random
+import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from amazon_recs.config import Config
-from amazon_recs.errors import RecsError
+from amazon_recs.errors import RecsError, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +64,10 @@ RETRYABLE_CODES = frozenset(
 
 class ServingError(RecsError):
     """The serving store refused or lost a write, or holds no published version."""
+
+
+class BackendUnavailable(ServingError):
+    """The store could not be reached or read (connection refused, timeout, throttled)."""
 
 
 def rec_key(model: str, user_id: str) -> str:
@@ -227,6 +241,8 @@ def list_item(
             "title": i.get("title"),
             "score": round(float(i["score"]), 6),
             "reason": i.get("reason"),
+            # The serving layout's category, kept when the source has the column.
+            **({"category": i["category"]} if "category" in i else {}),
         }
         for i in sorted(items, key=lambda i: int(i["rank"]))
     ]
@@ -333,6 +349,145 @@ def switch_version(client, table: str, version: str, generated_at: str, expected
         raise
 
 
+# --- activity: a product leaves a user's lists ---------------------------------
+
+# Every model whose lists the export publishes (schemas.MODELS, which needs pyspark).
+STORED_MODELS = ("als", "content", "popular", "hybrid", "random")
+
+
+def stored_lists(client, table: str, pk: str) -> Iterator[dict]:
+    """Every stored version of one list key (strongly consistent), untyped."""
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "KeyConditionExpression": "pk = :pk",
+        "ExpressionAttributeValues": {":pk": typed(pk)},
+        "ConsistentRead": True,
+    }
+    while True:
+        page = client.query(**kwargs)
+        for raw in page.get("Items", []):
+            yield {k: untyped(v) for k, v in raw.items()}
+        if "LastEvaluatedKey" not in page:
+            return
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def remove_item(client, table: str, stored: dict, item_id: str, max_attempts: int = 5) -> bool:
+    """Take ``item_id`` out of one stored list; True when this call removed it.
+
+    One UpdateItem ``REMOVE items[i]`` on the condition that element ``i`` is still
+    ``item_id``. A list changed meanwhile (another removal shifted it, or the export
+    re-wrote it) fails the condition and is read again, so the wrong element is never
+    removed. A list that no longer exists fails it too, and is never re-created.
+
+    Raises:
+        ServingError: the list changed on every one of ``max_attempts`` tries.
+    """
+    key = {"pk": typed(stored["pk"]), "sk": typed(stored["sk"])}
+    for _ in range(max_attempts):
+        ids = [entry.get("item_id") for entry in stored.get("items") or []]
+        if item_id not in ids:
+            return False
+        index = ids.index(item_id)
+        try:
+            client.update_item(
+                TableName=table,
+                Key=key,
+                UpdateExpression=f"REMOVE #items[{index}]",
+                ConditionExpression=f"#items[{index}].item_id = :item",
+                ExpressionAttributeNames={"#items": "items"},
+                ExpressionAttributeValues={":item": typed(item_id)},
+            )
+            return True
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+        fresh = client.get_item(TableName=table, Key=key, ConsistentRead=True).get("Item")
+        if fresh is None:
+            return False
+        stored = {k: untyped(v) for k, v in fresh.items()}
+    raise ServingError(
+        f"list {stored['pk']} of version {stored['sk']} kept changing: {item_id} not removed "
+        f"after {max_attempts} attempts"
+    )
+
+
+def remove_from_lists(
+    client, table: str, user_id: str, item_id: str, models: Iterable[str] = STORED_MODELS, rounds: int = 3
+) -> dict[str, list[str]]:
+    """Take ``item_id`` out of every stored version of the user's lists: {model: [versions]}.
+
+    Every version is cleaned, not only the one the pointer names, so a version the
+    export has written but not yet switched to is covered. When the pointer moves
+    while this runs, the lists are read and cleaned again (at most ``rounds`` times):
+    the version switched to had all its lists written before the switch. Only lists
+    are written, never the pointer, so readers still see one whole version.
+    """
+    changed: dict[str, list[str]] = {}
+    for _ in range(rounds):
+        before = current_version(client, table)
+        for model in models:
+            for stored in stored_lists(client, table, rec_key(model, user_id)):
+                if remove_item(client, table, stored, item_id):
+                    changed.setdefault(model, []).append(stored["sk"])
+        if current_version(client, table) == before:
+            break
+    return changed
+
+
+# --- requests: what a reader may ask for --------------------------------------
+
+# The models people are offered (random is the evaluation's floor, not a product).
+SERVED_MODELS = ("hybrid", "als", "content", "popular")
+# Ids of every supported source fit (Amazon 2018/2023, MovieLens, the sample); '#',
+# the key separator of rec#<model>#<user>, and white space do not.
+ID_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+ID_RULE = "1 to 128 letters, digits or . _ - : @"
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    """A value quoted for a message, cut so a huge input is never echoed back whole."""
+    text = value if isinstance(value, str) else repr(value)
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def validate_id(value: object, what: str = "user id") -> str:
+    """``value`` when it is a well-formed user or item id.
+
+    Raises:
+        RequestError: it is missing, empty, too long or has other characters.
+    """
+    if value is None or (isinstance(value, str) and not value):
+        raise RequestError(f"a {what} is required")
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+        raise RequestError(f"{_shown(value)} is not a valid {what}: use {ID_RULE}")
+    return value
+
+
+def validate_model(value: object, allowed: Iterable[str] = SERVED_MODELS) -> str:
+    """``value`` when it names a served model.
+
+    Raises:
+        RequestError: naming the models that are served.
+    """
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise RequestError(f"unknown model {_shown(value)}: one of {', '.join(allowed)}")
+    return value
+
+
+def validate_k(value: object, max_k: int) -> int:
+    """``value`` (an int, or its decimal digits as text) when it is in 1..max_k.
+
+    Raises:
+        RequestError: it is not a whole number in range.
+    """
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not text.isascii() or not text.isdigit() or not 1 <= int(text) <= max_k:
+        raise RequestError(f"k must be a whole number from 1 to {max_k}, got {_shown(value)}")
+    return int(text)
+
+
 # --- reading ----------------------------------------------------------------
 
 
@@ -347,6 +502,17 @@ class Recommendations:
     fallback: bool
 
 
+class RecommendationStore(Protocol):
+    """What a reader needs from a store; ServingStore and GoldTableStore both have it."""
+
+    @property
+    def source(self) -> str: ...
+
+    def current_version(self) -> dict | None: ...
+
+    def get_recommendations(self, user_id: str, model: str) -> Recommendations: ...
+
+
 class ServingStore:
     """Reads what the export published; the app and any serving code go through this."""
 
@@ -359,14 +525,21 @@ class ServingStore:
         settings = StoreSettings.from_config(config)
         return cls(make_client(settings), settings.table)
 
+    @property
+    def source(self) -> str:
+        endpoint = getattr(getattr(self.client, "meta", None), "endpoint_url", None)
+        return f"DynamoDB table {self.table}" + (f" at {endpoint}" if endpoint else "")
+
     def current_version(self) -> dict | None:
-        return current_version(self.client, self.table)
+        with self._reading():
+            return current_version(self.client, self.table)
 
     def get_recommendations(self, user_id: str, model: str) -> Recommendations:
         """The user's top-k from ``model`` in the current version, or the popular fallback.
 
         Raises:
             ServingError: nothing has been published yet.
+            BackendUnavailable: DynamoDB could not be reached or refused the read.
         """
         pointer = self.current_version()
         if pointer is None:
@@ -383,9 +556,25 @@ class ServingStore:
         return Recommendations(user_id, model, version, item["generated_at"], item["items"], fallback)
 
     def _get(self, pk: str, version: str) -> dict | None:
-        response = self.client.get_item(TableName=self.table, Key={"pk": typed(pk), "sk": typed(version)})
+        with self._reading():
+            response = self.client.get_item(TableName=self.table, Key={"pk": typed(pk), "sk": typed(version)})
         item = response.get("Item")
         return {k: untyped(v) for k, v in item.items()} if item else None
+
+    @contextmanager
+    def _reading(self):
+        """DynamoDB's failures as typed errors with a message a person can act on."""
+        try:
+            yield
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "ResourceNotFoundException":
+                raise ServingError(
+                    f"{self.source} does not exist: publish with export.dynamodb.enabled first"
+                ) from None
+            raise BackendUnavailable(f"{self.source} refused a read ({code})") from None
+        except BotoCoreError as exc:
+            raise BackendUnavailable(f"cannot reach {self.source}: {exc}") from None
 
 
 @lru_cache(maxsize=1)
@@ -395,7 +584,9 @@ def _default_store() -> ServingStore:
     return ServingStore.from_config(load_config(os.environ.get("AMAZON_RECS_CONFIG", "conf/local-aws.yaml")))
 
 
-def get_recommendations(user_id: str, model: str, store: ServingStore | None = None) -> Recommendations:
+def get_recommendations(
+    user_id: str, model: str, store: RecommendationStore | None = None
+) -> Recommendations:
     """One user's current top-k from ``model``; unknown users get popular products.
 
     Without ``store``, the one described by the config file named in
@@ -406,3 +597,204 @@ def get_recommendations(user_id: str, model: str, store: ServingStore | None = N
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; one of {', '.join(MODELS)}")
     return (store or _default_store()).get_recommendations(user_id, model)
+
+
+def store_from_config(config: Config) -> RecommendationStore:
+    """DynamoDB when ``export.dynamodb.enabled``, else the gold tables under ``paths.warehouse``."""
+    if config.require("export.dynamodb.enabled"):
+        return ServingStore.from_config(config)
+    return GoldTableStore.from_config(config)
+
+
+# --- the gold tables, read without Spark --------------------------------------
+
+SERVED_TABLE = "gold/user_recommendations"
+
+
+def delta_storage_options(config: Config, path: str) -> dict[str, str] | None:
+    """deltalake's options for ``path``: region and endpoint for s3://, nothing for local disk.
+
+    Credentials are not here: deltalake takes them from the AWS environment variables.
+    """
+    if not path.startswith(("s3://", "s3a://")):
+        return None
+    options = {"AWS_REGION": config.require("aws.region")}
+    endpoint = config.require("aws.s3_endpoint")
+    if endpoint:
+        options["AWS_ENDPOINT_URL"] = endpoint
+        if endpoint.startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+    return options
+
+
+def popular_reason(category: str | None) -> str:
+    """The reason the pipeline gives a popularity pick (``recommend.with_reason``)."""
+    return f"popular in {category}" if category else "popular with shoppers"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class GoldTableStore:
+    """The lists and their context from the warehouse's Delta tables, without Spark.
+
+    The same ``get_recommendations``/``current_version`` as ``ServingStore``, read
+    from ``gold/user_recommendations`` (unknown users get the version's ``k`` most
+    popular products, as the export publishes them), plus what an app shows beside a
+    list: the user's history, ``gold/metrics`` and sample users. Tables are loaded
+    once, on first use, and kept: a store is one snapshot; make a new one to see a
+    newer run.
+    """
+
+    def __init__(
+        self, warehouse: str, models: str, k: int = 10, storage_options: dict[str, str] | None = None
+    ):
+        self.warehouse = warehouse.rstrip("/")
+        self.models = models.rstrip("/")
+        self.k = k
+        self.storage_options = storage_options
+        self._cache: dict[tuple, Any] = {}
+        self._lock = threading.RLock()  # the app's sessions share a store
+
+    @classmethod
+    def from_config(cls, config: Config) -> GoldTableStore:
+        warehouse = config.require("paths.warehouse")
+        return cls(
+            warehouse,
+            config.require("paths.models"),
+            config.require("recommend.k"),
+            delta_storage_options(config, warehouse),
+        )
+
+    @property
+    def source(self) -> str:
+        return f"gold tables under {self.warehouse}"
+
+    # The store interface.
+
+    def current_version(self) -> dict | None:
+        versions = self._table(SERVED_TABLE, ["model_version"]).column("model_version").unique().to_pylist()
+        if not versions:
+            return None
+        committed = self._commit_time(SERVED_TABLE)
+        return {"model_version": sorted(versions)[-1], "generated_at": committed}
+
+    def get_recommendations(self, user_id: str, model: str) -> Recommendations:
+        """The user's list as the export wrote it (ordered by rank), or the popular fallback.
+
+        Raises:
+            ServingError: a table is missing (the pipeline has not run) or empty.
+            BackendUnavailable: a table could not be read.
+        """
+        import pyarrow.compute as pc
+
+        pointer = self.current_version()
+        if pointer is None:
+            raise ServingError(f"{self._path(SERVED_TABLE)} is empty: run the export stage")
+        served = self._table(SERVED_TABLE, ["user_id", "model_version", "items"], model)
+        rows = served.filter(pc.equal(served["user_id"], user_id)).to_pylist()
+        if rows:
+            items = sorted(rows[0]["items"], key=lambda i: i["rank"])
+            return Recommendations(
+                user_id, model, rows[0]["model_version"], pointer["generated_at"], items, False
+            )
+        version = pointer["model_version"]
+        return Recommendations(user_id, model, version, pointer["generated_at"], self.popular(version), True)
+
+    # What the app shows beside a list.
+
+    def popular(self, version: str) -> list[dict]:
+        """``version``'s k most popular products, ranked as ``stages.popular_fallback`` ranks them."""
+        popularity = self._table(f"{self.models}/{version}/popularity", ["item_idx", "score"], absolute=True)
+        top = popularity.sort_by([("score", "descending"), ("item_idx", "ascending")]).slice(0, self.k)
+        catalogue = self._items("item_idx")
+        out = []
+        for rank, row in enumerate(top.to_pylist(), start=1):
+            item = catalogue.get(row["item_idx"])
+            if item is None:
+                continue
+            reason = popular_reason(item["category"])
+            out.append({"rank": rank, **item, "score": row["score"], "reason": reason})
+        return out
+
+    def history(self, user_id: str) -> list[dict]:
+        """The user's interactions, newest first: ts, item_id, title, category, rating, split."""
+        import pyarrow.compute as pc
+
+        interactions = self._table("silver/interactions", ["user_id", "item_id", "rating", "ts", "split"])
+        mine = interactions.filter(pc.equal(interactions["user_id"], user_id))
+        rows = mine.sort_by([("ts", "descending"), ("item_id", "ascending")]).to_pylist()
+        catalogue = self._items("item_id")
+        return [
+            {**{k: r[k] for k in ("ts", "item_id", "rating", "split")}, **_named(catalogue, r["item_id"])}
+            for r in rows
+        ]
+
+    def metrics(self) -> list[dict]:
+        """``gold/metrics`` rows (model, metric, k, value, users, model_version)."""
+        rows = self._table("gold/metrics", None).to_pylist()
+        return sorted(rows, key=lambda r: (r["model"], r["metric"]))
+
+    def sample_users(self, n: int) -> list[str]:
+        """Up to ``n`` user ids with lists, spread evenly over the sorted ids."""
+        users = sorted(self._table(SERVED_TABLE, ["user_id"]).column("user_id").unique().to_pylist())
+        step = max(1, len(users) // max(n, 1))
+        return users[::step][:n]
+
+    # Loading.
+
+    def _path(self, name: str) -> str:
+        return f"{self.warehouse}/{name}"
+
+    def _table(self, name: str, columns: list[str] | None, model: str | None = None, absolute: bool = False):
+        path = name if absolute else self._path(name)
+        key = ("table", path, tuple(columns or ()), model)
+        with self._lock:
+            if key not in self._cache:
+                filters = [("model", "=", model)] if model else None
+                self._cache[key] = self._reading(
+                    path, lambda t: t.to_pyarrow_table(columns=columns, filters=filters)
+                )
+            return self._cache[key]
+
+    def _commit_time(self, name: str) -> str:
+        path = self._path(name)
+        key = ("commit", path)
+        with self._lock:
+            if key not in self._cache:
+                ms = self._reading(path, lambda t: t.history(1)[0]["timestamp"])
+                self._cache[key] = datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds")
+            return self._cache[key]
+
+    def _items(self, by: str) -> dict:
+        """silver/items as {item_idx or item_id: {item_id, title, category}}."""
+        key = ("items", by)
+        with self._lock:
+            if key not in self._cache:
+                rows = self._table("silver/items", ["item_id", "item_idx", "title", "category"]).to_pylist()
+                self._cache[key] = {
+                    r[by]: {"item_id": r["item_id"], "title": r["title"], "category": r["category"]}
+                    for r in rows
+                }
+            return self._cache[key]
+
+    def _reading(self, path: str, read: Callable[[Any], Any]) -> Any:
+        """``read(DeltaTable(path))`` with deltalake's and the storage's failures as typed errors."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaError, TableNotFoundError
+
+        try:
+            return read(DeltaTable(path, storage_options=self.storage_options))
+        except TableNotFoundError:
+            raise ServingError(f"no Delta table at {path}: run the pipeline first (make run)") from None
+        except (DeltaError, OSError, ValueError) as exc:  # object store, protocol and arrow failures
+            endpoint = (self.storage_options or {}).get("AWS_ENDPOINT_URL")
+            where = f" (S3 endpoint {endpoint})" if endpoint else ""
+            raise BackendUnavailable(f"cannot read {path}{where}: {_first_line(exc)}") from None
+
+
+def _named(catalogue: dict, item_id: str) -> dict:
+    item = catalogue.get(item_id, {})
+    return {"title": item.get("title"), "category": item.get("category")}

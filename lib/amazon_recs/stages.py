@@ -150,11 +150,12 @@ def run_train(spark: SparkSession, config: Config) -> dict:
     version = model_version(config, train)
     out = model_dir(config, version)
 
-    tuning = tuning_mod.tune(spark, train, items, config) if config.require("tune.enabled") else None
+    content = training.fit_content(spark, items, config)  # the items alone: fitted once
+    tuning = tuning_mod.tune(spark, train, items, config, content) if config.require("tune.enabled") else None
     if tuning:
         config = config.with_overrides([f"als.{key}={value}" for key, value in tuning["als"].items()])
         io.write_text(spark, f"{out}/tuning.json", json.dumps(tuning, indent=2, sort_keys=True))
-    models = training.fit_models(spark, train, items, config)
+    models = training.fit_models(spark, train, items, config, content=content)
     models.als.write().overwrite().save(f"{out}/als")
     if models.tfidf is not None:
         models.tfidf.write().overwrite().save(f"{out}/tfidf")
@@ -289,8 +290,8 @@ def popular_fallback(spark: SparkSession, config: Config, version: str) -> list[
         .withColumn(RANK, F.row_number().over(Window.orderBy(F.desc(SCORE), ITEM_IDX)))
         .withColumn(rc.BECAUSE, F.lit(None).cast("int"))
     )
-    named = rc.with_reason(top, items).join(items.select(ITEM_IDX, ITEM, "title"), ITEM_IDX)
-    rows = named.select(RANK, ITEM, "title", SCORE, "reason").collect()
+    named = rc.with_reason(top, items).join(items.select(ITEM_IDX, ITEM, "title", "category"), ITEM_IDX)
+    rows = named.select(RANK, ITEM, "title", "category", SCORE, "reason").collect()
     return [r.asDict() for r in rows]
 
 

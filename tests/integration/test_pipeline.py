@@ -189,3 +189,37 @@ def test_tuning_on_validation_is_recorded_and_used(spark, pipeline):
     assert hybrid_weights(spark, config, version) == tuning["hybrid_weights"]
     report = io.read_text(spark, summaries["evaluate"]["report"])
     assert "## Tuning" in report and "validation" in report
+
+
+def test_the_gold_table_store_serves_the_export_without_spark(spark, pipeline):
+    from amazon_recs import serving
+    from amazon_recs.stages import popular_fallback
+
+    config, summaries = pipeline
+    version = summaries["train"]["model_version"]
+    store = serving.store_from_config(config)
+    assert isinstance(store, serving.GoldTableStore)
+    assert store.current_version()["model_version"] == version
+
+    served = sorted(
+        io.read_table(spark, config, "gold/user_recommendations").collect(), key=lambda r: tuple(r[:2])
+    )
+    for row in served[:: max(1, len(served) // 60)]:
+        got = store.get_recommendations(row["user_id"], row["model"])
+        assert (got.fallback, got.model_version) == (False, version)
+        assert got.items == [item.asDict() for item in row["items"]]
+
+    # An unknown user gets what the export publishes to DynamoDB as the fallback.
+    unknown = store.get_recommendations("never-seen-user", "hybrid")
+    published = sorted(popular_fallback(spark, config, version), key=lambda r: r["rank"])
+    assert unknown.fallback and len(unknown.items) == K
+    assert [{k: v for k, v in i.items() if k != "score"} for i in unknown.items] == [
+        {k: v for k, v in r.items() if k != "score"} for r in published
+    ]
+    assert [i["score"] for i in unknown.items] == pytest.approx([r["score"] for r in published])
+
+    user = served[0]["user_id"]
+    interactions = io.read_table(spark, config, "silver/interactions").filter(F.col("user_id") == user)
+    newest_first = [r["item_id"] for r in interactions.orderBy(F.desc("ts"), "item_id").collect()]
+    assert [r["item_id"] for r in store.history(user)] == newest_first
+    assert len(store.metrics()) == io.read_table(spark, config, "gold/metrics").count()

@@ -14,7 +14,15 @@ Against a real local DynamoDB (dynalite, started for the test session by the
 ``local_aws`` fixture), each test on its own table: ``ensure_table`` is idempotent, the
 pointer moves only from the version it is expected to name, and readers get
 the lists of the current version or its popular fallback, never another
-version's.
+version's; a purchase leaves every stored version of the user's lists, and a
+list rewritten or a pointer switched meanwhile is read again, never corrupted.
+
+Requests: user and item ids, model names and k are checked with messages.
+
+``GoldTableStore`` on a small warehouse written with deltalake
+(tests/gold_tables.py): the same lists in rank order, the popular fallback, the
+history newest first, the metrics, sample users, one snapshot per store, and
+missing tables as messages.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import itertools
 import random
 import uuid
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -664,3 +673,406 @@ def test_a_version_without_a_fallback_list_is_an_error_for_unknown_users(local):
     assert store.get_recommendations("u1", "als").fallback is False
     with pytest.raises(ServingError, match="no popular fallback"):
         store.get_recommendations("nobody", "als")
+
+
+def test_list_item_keeps_the_category_of_the_serving_layout():
+    items = [
+        {"rank": 1, "item_id": "a", "title": "A", "category": "Skin Care", "score": 0.5, "reason": "r"},
+        {"rank": 2, "item_id": "b", "title": None, "category": None, "score": 0.4, "reason": "r"},
+    ]
+
+    stored = untyped(list_item("rec#als#u1", "v1", items, "g", 1)["items"])
+
+    assert [i["category"] for i in stored] == ["Skin Care", None]
+    assert stored[0] == {
+        "rank": 1,
+        "item_id": "a",
+        "title": "A",
+        "category": "Skin Care",
+        "score": 0.5,
+        "reason": "r",
+    }
+
+
+# --- requests -------------------------------------------------------------------
+
+
+def test_the_served_and_stored_models_are_the_pipelines():
+    assert set(serving.SERVED_MODELS) < set(MODELS)
+    assert "random" not in serving.SERVED_MODELS
+    assert set(serving.STORED_MODELS) == set(MODELS)
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    ["U000000R", "AGBFYI2DDIKXC5Y4FARTYDTQBMFQ", "A3SGXH7AUHU8GW", "42", "first.last@shop:eu_1-2", "u" * 128],
+)
+def test_ids_of_every_supported_source_are_accepted(user_id):
+    assert serving.validate_id(user_id) == user_id
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (None, "a user id is required"),
+        ("", "a user id is required"),
+        (" u1", "' u1' is not a valid user id"),
+        ("u1\n", "is not a valid user id"),
+        ("a#b", "'a#b' is not a valid user id"),  # the key separator
+        ("a/b", "is not a valid user id"),
+        ("ü1", "is not a valid user id"),
+        ("u" * 129, "'" + "u" * 40 + "...' is not a valid user id"),
+        (42, "'42' is not a valid user id"),
+    ],
+)
+def test_malformed_ids_are_refused_with_the_rule(value, message):
+    with pytest.raises(serving.RequestError) as raised:
+        serving.validate_id(value)
+    assert message in str(raised.value)
+    if value:
+        assert str(raised.value).endswith("use 1 to 128 letters, digits or . _ - : @")
+
+
+def test_an_item_id_is_named_as_such():
+    with pytest.raises(serving.RequestError, match="'x y' is not a valid item id"):
+        serving.validate_id("x y", "item id")
+
+
+@pytest.mark.parametrize("model", serving.SERVED_MODELS)
+def test_served_models_are_accepted(model):
+    assert serving.validate_model(model) == model
+
+
+@pytest.mark.parametrize("model", ["random", "nope", "HYBRID", None, ""])
+def test_other_models_are_refused_naming_the_served_ones(model):
+    with pytest.raises(serving.RequestError) as raised:
+        serving.validate_model(model)
+    assert str(raised.value).endswith("one of hybrid, als, content, popular")
+
+
+@pytest.mark.parametrize(("value", "k"), [(1, 1), ("1", 1), ("10", 10), (10, 10), ("07", 7)])
+def test_k_from_one_to_the_list_length_is_accepted(value, k):
+    assert serving.validate_k(value, 10) == k
+
+
+@pytest.mark.parametrize("value", [0, "0", 11, "11", "x", "1.5", " 5", "-1", True, None, 5.0, "５", ""])
+def test_other_k_are_refused(value):
+    with pytest.raises(serving.RequestError, match="k must be a whole number from 1 to 10"):
+        serving.validate_k(value, 10)
+
+
+# --- activity: a purchase leaves the user's lists (dynalite) ------------------------
+
+
+def ids(client, table: str, pk: str, version: str) -> list[str] | None:
+    item = client.get_item(TableName=table, Key={"pk": typed(pk), "sk": typed(version)}).get("Item")
+    return [i["item_id"] for i in untyped(item["items"])] if item else None
+
+
+def publish_lists(client, store_settings, lists: dict[tuple[str, str], list[str]]) -> None:
+    """{(pk, version): item ids} written as stored lists."""
+    write_items(
+        client,
+        store_settings,
+        [
+            list_item(pk, version, top_k(*items, shuffle=False), f"gen-{version}", 2**31)
+            for (pk, version), items in lists.items()
+        ],
+    )
+
+
+def test_a_purchase_leaves_every_stored_version_of_the_users_lists(local):
+    store_settings, client = local
+    table = store_settings.table
+    als, hybrid, other = rec_key("als", "u1"), rec_key("hybrid", "u1"), rec_key("als", "u2")
+    lists = {
+        (als, "v1"): ["a", "x", "b", "c"],
+        (als, "v2"): ["x", "d"],  # written by an export that has not switched yet
+        (hybrid, "v1"): ["e", "f", "x"],
+        (rec_key("content", "u1"), "v1"): ["g", "h"],  # does not hold x
+        (other, "v1"): ["x", "a"],  # another user's
+    }
+    publish_lists(client, store_settings, lists)
+    switch_version(client, table, "v1", "gen-v1", expected=None)
+
+    removed = serving.remove_from_lists(client, table, "u1", "x")
+
+    assert {model: sorted(versions) for model, versions in removed.items()} == {
+        "als": ["v1", "v2"],
+        "hybrid": ["v1"],
+    }
+    assert ids(client, table, als, "v1") == ["a", "b", "c"]
+    assert ids(client, table, als, "v2") == ["d"]
+    assert ids(client, table, hybrid, "v1") == ["e", "f"]
+    assert ids(client, table, rec_key("content", "u1"), "v1") == ["g", "h"]
+    assert ids(client, table, other, "v1") == ["x", "a"]
+    assert serving.current_version(client, table)["model_version"] == "v1"
+    served = ServingStore(client, table).get_recommendations("u1", "als")
+    assert [(i["rank"], i["item_id"]) for i in served.items] == [(1, "a"), (3, "b"), (4, "c")]
+
+    assert serving.remove_from_lists(client, table, "u1", "x") == {}, "a second purchase changes nothing"
+    assert serving.remove_from_lists(client, table, "nobody", "x") == {}
+
+
+class Racing:
+    """A real client that runs ``before_update`` (another writer) ahead of each of the
+    first ``times`` UpdateItem calls, as if it had won the race."""
+
+    def __init__(self, inner, before_update, times: int = 1):
+        self.inner = inner
+        self.before_update = before_update
+        self.left = times
+        self.updates = 0
+
+    def update_item(self, **kwargs):
+        self.updates += 1
+        if self.left:
+            self.left -= 1
+            self.before_update()
+        return self.inner.update_item(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_list_rewritten_meanwhile_is_read_again_and_the_right_product_removed(local):
+    store_settings, client = local
+    table, pk = store_settings.table, rec_key("als", "u1")
+    publish_lists(client, store_settings, {(pk, "v1"): ["a", "x", "b"]})
+    # The export re-publishes v1 between the read and the write: x moves to index 2.
+    racing = Racing(client, lambda: publish_lists(client, store_settings, {(pk, "v1"): ["b", "a", "x", "c"]}))
+
+    assert serving.remove_from_lists(racing, table, "u1", "x", models=["als"]) == {"als": ["v1"]}
+
+    assert ids(client, table, pk, "v1") == [
+        "b",
+        "a",
+        "c",
+    ]  # not "b", "x", "c": index 1 was not removed blindly
+    assert racing.updates == 2
+
+
+def test_a_list_deleted_meanwhile_is_not_created_again(local):
+    store_settings, client = local
+    table, pk = store_settings.table, rec_key("als", "u1")
+    publish_lists(client, store_settings, {(pk, "v1"): ["x", "a"]})
+    key = {"pk": typed(pk), "sk": typed("v1")}
+    racing = Racing(client, lambda: client.delete_item(TableName=table, Key=key))
+
+    assert serving.remove_from_lists(racing, table, "u1", "x", models=["als"]) == {}
+    assert "Item" not in client.get_item(TableName=table, Key=key)
+
+
+def test_a_switch_while_removing_cleans_the_version_switched_to(local):
+    store_settings, client = local
+    table, pk = store_settings.table, rec_key("als", "u1")
+    publish_lists(client, store_settings, {(pk, "v1"): ["x", "a"]})
+    switch_version(client, table, "v1", "gen-v1", expected=None)
+
+    def export_v2():  # writes v2 (after the lists were read) and switches to it
+        publish_lists(client, store_settings, {(pk, "v2"): ["b", "x"]})
+        switch_version(client, table, "v2", "gen-v2", expected="v1")
+
+    removed = serving.remove_from_lists(Racing(client, export_v2), table, "u1", "x", models=["als"])
+
+    assert removed == {"als": ["v1", "v2"]}
+    assert ids(client, table, pk, "v2") == ["b"]
+    assert ServingStore(client, table).get_recommendations("u1", "als").model_version == "v2"
+
+
+def test_a_list_that_keeps_changing_stops_with_an_error(local):
+    store_settings, client = local
+    table, pk = store_settings.table, rec_key("als", "u1")
+    orders = itertools.cycle([["a", "x"], ["x", "a"]])
+    publish_lists(client, store_settings, {(pk, "v1"): next(orders)})
+    racing = Racing(
+        client, lambda: publish_lists(client, store_settings, {(pk, "v1"): next(orders)}), times=99
+    )
+
+    with pytest.raises(ServingError, match="kept changing: x not removed after 5 attempts"):
+        serving.remove_item(racing, table, next(serving.stored_lists(client, table, pk)), "x")
+
+
+def test_an_unreachable_dynamodb_is_a_typed_error_naming_the_endpoint():
+    endpoint = "http://127.0.0.1:9"  # discard: nothing listens
+    client = make_client(StoreSettings(table=TABLE, region="us-east-1", endpoint_url=endpoint))
+
+    with pytest.raises(
+        serving.BackendUnavailable, match=f"cannot reach DynamoDB table {TABLE} at {endpoint}"
+    ):
+        ServingStore(client, TABLE).get_recommendations("u1", "als")
+
+
+def test_a_missing_table_says_to_publish_first(endpoint):
+    client = make_client(StoreSettings(table="no-such-table", region="us-east-1", endpoint_url=endpoint))
+
+    with pytest.raises(ServingError, match="DynamoDB table no-such-table at .* does not exist: publish"):
+        ServingStore(client, "no-such-table").current_version()
+
+
+# --- GoldTableStore: the gold tables without Spark ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def gold(tmp_path_factory):
+    from tests.gold_tables import write_gold_tables
+
+    return write_gold_tables(tmp_path_factory.mktemp("gold"))
+
+
+def gold_store(gold, k: int = 10) -> serving.GoldTableStore:
+    return serving.GoldTableStore(str(gold.warehouse), str(gold.models), k)
+
+
+def test_gold_lists_are_served_in_rank_order_for_every_user_and_model(gold):
+    from tests.gold_tables import VERSION
+
+    store = gold_store(gold)
+    assert store.current_version()["model_version"] == VERSION
+    for (user, model), expected in gold.lists.items():
+        got = serving.get_recommendations(user, model, store=store)
+        assert (got.user_id, got.model, got.model_version, got.fallback) == (user, model, VERSION, False)
+        assert [i["rank"] for i in got.items] == list(range(1, 11))
+        assert got.items == [
+            {k: i[k] for k in ("rank", "item_id", "title", "category", "score", "reason")} for i in expected
+        ]
+
+
+def test_unknown_users_get_the_versions_most_popular_products(gold):
+    got = gold_store(gold).get_recommendations("U9999999", "als")
+    assert got.fallback is True
+    assert got.items == gold.popular
+    assert [i["rank"] for i in got.items] == list(range(1, 11))
+    assert len(gold_store(gold, k=3).get_recommendations("U9999999", "hybrid").items) == 3
+
+
+def test_history_is_newest_first_with_titles(gold):
+    from tests.gold_tables import NO_METADATA_ITEM, USERS
+
+    store = gold_store(gold)
+    for user in USERS[:3]:
+        rows = store.history(user)
+        assert [(r["ts"], r["item_id"], r["split"]) for r in rows] == [
+            (r["ts"], r["item_id"], r["split"]) for r in gold.history[user]
+        ]
+        assert [r["title"] for r in rows] == [gold.items[r["item_id"]]["title"] for r in rows]
+    assert NO_METADATA_ITEM in [r["item_id"] for r in store.history(USERS[0])]
+    assert store.history("U9999999") == []
+
+
+def test_metrics_and_sample_users(gold):
+    from tests.gold_tables import USERS
+
+    store = gold_store(gold)
+    assert store.metrics() == sorted(gold.metrics, key=lambda r: (r["model"], r["metric"]))
+    assert store.sample_users(100) == sorted(USERS)
+    some = store.sample_users(4)
+    assert len(some) == 4 and set(some) < set(USERS) and some == sorted(some)
+    assert some[0] == min(USERS) and some[-1] != sorted(USERS)[3], "spread over the ids, not the first four"
+
+
+def test_a_store_is_one_snapshot_and_a_new_store_sees_a_new_run(gold, tmp_path):
+    import shutil
+
+    from deltalake import DeltaTable, write_deltalake
+
+    from tests.gold_tables import USERS, VERSION
+
+    root = tmp_path / "copy"
+    shutil.copytree(gold.root, root)
+    old = serving.GoldTableStore(str(root / "warehouse"), str(root / "models"))
+    user = USERS[0]
+    before = old.get_recommendations(user, "als").items
+
+    path = str(root / "warehouse" / "gold" / "user_recommendations")
+    table = DeltaTable(path).to_pyarrow_table()
+    rows = [{**r, "model_version": "next"} for r in table.to_pylist() if r["user_id"] != user]
+    write_deltalake(
+        path, type(table).from_pylist(rows, schema=table.schema), mode="overwrite", partition_by=["model"]
+    )
+    shutil.copytree(root / "models" / VERSION, root / "models" / "next")
+
+    assert old.get_recommendations(user, "als").items == before
+    new = serving.GoldTableStore(str(root / "warehouse"), str(root / "models"))
+    assert new.current_version()["model_version"] == "next"
+    assert new.get_recommendations(user, "als").fallback is True
+
+
+def test_missing_tables_are_messages_naming_them(gold, tmp_path):
+    from tests.gold_tables import USERS
+
+    empty = serving.GoldTableStore(str(tmp_path / "warehouse"), str(tmp_path / "models"))
+    with pytest.raises(
+        ServingError, match=r"no Delta table at .*/gold/user_recommendations: run the pipeline first"
+    ):
+        empty.get_recommendations("u1", "als")
+    with pytest.raises(ServingError, match=r"no Delta table at .*/silver/interactions"):
+        empty.history("u1")
+
+    no_models = serving.GoldTableStore(str(gold.warehouse), str(tmp_path / "models"))
+    assert no_models.get_recommendations(USERS[0], "als").fallback is False  # known users need no model files
+    with pytest.raises(ServingError, match=r"no Delta table at .*/popularity"):
+        no_models.get_recommendations("U9999999", "als")
+
+
+def test_store_from_config_picks_dynamodb_only_when_enabled(config):
+    assert isinstance(serving.store_from_config(config), serving.GoldTableStore)
+    enabled = config.with_overrides(
+        ["export.dynamodb.enabled=true", "aws.dynamodb_endpoint=http://127.0.0.1:9"]
+    )
+    store = serving.store_from_config(enabled)
+    assert isinstance(store, ServingStore) and store.table == config.require("export.dynamodb.table")
+
+
+def test_gold_tables_in_a_bucket_get_the_endpoint_but_no_credentials(config):
+    local = config.with_overrides(["aws.s3_endpoint=http://127.0.0.1:9000", "aws.region=eu-west-1"])
+    assert serving.delta_storage_options(local, "/data/warehouse") is None
+    assert serving.delta_storage_options(local, "s3://b/warehouse") == {
+        "AWS_REGION": "eu-west-1",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "AWS_ALLOW_HTTP": "true",
+    }
+    assert serving.delta_storage_options(config, "s3://b/warehouse") == {"AWS_REGION": "us-east-1"}
+
+
+def test_gold_tables_in_a_bucket_read_the_same_as_on_disk(gold, config, local_aws):
+    import boto3
+    from deltalake import DeltaTable, write_deltalake
+
+    from tests.gold_tables import USERS, VERSION
+
+    bucket = f"gold-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=local_aws["s3"], region_name="us-east-1").create_bucket(Bucket=bucket)
+    aws = config.with_overrides(
+        [
+            f"aws.s3_endpoint={local_aws['s3']}",
+            f"paths.warehouse=s3://{bucket}/warehouse",
+            f"paths.models=s3://{bucket}/models",
+        ]
+    )
+    options = serving.delta_storage_options(aws, "s3://")
+    copies = {
+        f"warehouse/{n}": ["model"] if n == "gold/user_recommendations" else None
+        for n in ("gold/user_recommendations", "gold/metrics", "silver/interactions", "silver/items")
+    }
+    copies[f"models/{VERSION}/popularity"] = None
+    for name, partition_by in copies.items():
+        table = DeltaTable(str(gold.root / name)).to_pyarrow_table()
+        write_deltalake(f"s3://{bucket}/{name}", table, partition_by=partition_by, storage_options=options)
+
+    in_bucket, on_disk = serving.GoldTableStore.from_config(aws), gold_store(gold)
+    assert in_bucket.source == f"gold tables under s3://{bucket}/warehouse"
+    for user, model in [(USERS[0], "als"), (USERS[5], "hybrid"), ("U9999999", "content")]:
+        got, expected = in_bucket.get_recommendations(user, model), on_disk.get_recommendations(user, model)
+        assert replace(got, generated_at="") == replace(expected, generated_at="")  # written at other times
+    assert in_bucket.history(USERS[1]) == on_disk.history(USERS[1])
+    assert in_bucket.metrics() == on_disk.metrics()
+
+    unreachable = serving.GoldTableStore.from_config(
+        aws.with_overrides(["aws.s3_endpoint=http://127.0.0.1:9"])
+    )
+    with pytest.raises(
+        serving.BackendUnavailable,
+        match=r"cannot read s3://.*/gold/metrics \(S3 endpoint http://127.0.0.1:9\)",
+    ):
+        unreachable.metrics()
