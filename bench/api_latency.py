@@ -44,6 +44,8 @@ from importlib.metadata import version
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from report_block import write_block
+
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ROOT / "bootstrap" / "local" / "services.sh"
 LOCAL_ENV = {  # the local servers take any key; the caller's AWS credentials are never used
@@ -56,7 +58,6 @@ LOCAL_ENV = {  # the local servers take any key; the caller's AWS credentials ar
 VERSION = "bench-v1"
 K = 10
 MODELS = ("hybrid", "als", "content", "popular")
-MARKERS = ("<!-- bench:api-latency start -->", "<!-- bench:api-latency end -->")
 
 
 def free_port() -> int:
@@ -233,19 +234,6 @@ def node_version() -> str:
         return "?"
 
 
-def write_block(path: Path, body: str) -> None:
-    """Put ``body`` between this benchmark's markers in ``path``: replaced if there, else appended."""
-    start, end = MARKERS
-    block = f"{start}\n{body.strip()}\n{end}"
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + block + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="timed calls (default 2000)")
@@ -282,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     body = report(args, argv, calls, seconds, load)
     print(body)
     if args.out:
-        write_block(args.out, body)
+        write_block(args.out, "api-latency", body)
         print(f"\nwritten to {args.out}")
     return 0
 

@@ -43,6 +43,7 @@ from implicit.cpu.als import AlternatingLeastSquares
 from implicit.cpu.bpr import BayesianPersonalizedRanking
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from report_block import write_block
 from threadpoolctl import threadpool_limits
 
 from amazon_recs import io
@@ -338,22 +339,6 @@ def versions() -> str:
     return ", ".join([f"Python {platform.python_version()}", *(f"{lib} {version(lib)}" for lib in LIBRARIES)])
 
 
-def write_block(path: Path, name: str, body: str) -> None:
-    """Put ``body`` between this data set's markers in ``path``: replaced if there, else appended."""
-    start, end = f"<!-- bench:compare:{name} start -->", f"<!-- bench:compare:{name} end -->"
-    block = f"{start}\n{body.strip()}\n{end}"
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + block + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
-# --- main ---------------------------------------------------------------------
-
-
 def with_tuned_als(spark: SparkSession, config: Config, gold: pd.DataFrame | None) -> tuple[Config, str]:
     """The config with the ALS settings our pipeline tuned on validation, so both ALS get them.
 
@@ -464,7 +449,7 @@ def main(argv: Sequence[str]) -> int:
     )
     print(body)
     if args.out:
-        write_block(args.out, name, body)
+        write_block(args.out, f"compare:{name}", body)
         print(f"\nwrote the {name} block of {args.out}")
     return 0 if sanity_ok else 1
 
