@@ -213,6 +213,16 @@ def pipeline_summary(spark, config: Config, summaries: dict) -> str:
     ]
     lines.append(f"Report:  {evaluation.get('report')}")
     lines.append(f"Models:  {summaries.get('train', {}).get('model_dir')}")
+    export = summaries.get("export", {})
+    if export.get("athena_ddl"):
+        lines.append(f"Athena:  {export['athena_ddl']}")
+    if export.get("dynamodb"):
+        d = export["dynamodb"]
+        lines.append(
+            f"DynamoDB: version {d['model_version']} published to table {d['table']} "
+            f"({d['lists']} lists in {d['batches']} batches, {d['retries']} retries; "
+            f"previous version {d['previous_version'] or 'none'})"
+        )
     sample_user = (
         spark.read.format("delta")
         .load(io.table_path(config, "gold/recommendations"))
