@@ -24,7 +24,7 @@ from typing import TypeVar
 import pandas as pd
 import streamlit as st
 
-from amazon_recs import serving
+from amazon_recs import gold_store, serving
 from amazon_recs.config import Config, load_config
 from amazon_recs.errors import RecsError
 
@@ -64,7 +64,7 @@ def app_args(argv: list[str]) -> argparse.Namespace:
 class Stores:
     config: Config
     recs: serving.RecommendationStore  # the lists: DynamoDB or the gold tables
-    tables: serving.GoldTableStore  # history, metrics, sample users
+    tables: gold_store.GoldTableStore  # history, metrics, sample users
 
 
 @st.cache_resource(show_spinner=False)
@@ -72,7 +72,9 @@ def open_stores(config_path: str, overrides: tuple[str, ...]) -> Stores:
     """Shared by every session; tables load on first use and stay until "Reload data"."""
     config = load_config(config_path, overrides)
     recs = serving.store_from_config(config)
-    tables = recs if isinstance(recs, serving.GoldTableStore) else serving.GoldTableStore.from_config(config)
+    tables = (
+        recs if isinstance(recs, gold_store.GoldTableStore) else gold_store.GoldTableStore.from_config(config)
+    )
     return Stores(config, recs, tables)
 
 

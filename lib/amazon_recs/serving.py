@@ -1,5 +1,5 @@
-"""The serving stores: versioned top-k lists in DynamoDB with an atomic version switch,
-the same lists read from the gold Delta tables without Spark, and the reader over both.
+"""The serving store: versioned top-k lists in DynamoDB with an atomic version switch,
+the reader, and the request validation every front end shares.
 
 One table, key ``pk`` (partition) + ``sk`` (sort), holds three kinds of item:
 
@@ -15,10 +15,8 @@ with a condition on the version it replaces. A reader reads the pointer, then
 items of that version only, so it sees the old lists or the new ones, never a
 mix. Old versions stay readable until DynamoDB's TTL removes them.
 
-``GoldTableStore`` serves the same lists from ``gold/user_recommendations``
-(local or s3://, through ``deltalake``), plus what an app shows beside them: the
-user's history, the evaluation metrics and sample users. ``store_from_config``
-picks DynamoDB when ``export.dynamodb.enabled``, else the gold tables.
+``gold_store.GoldTableStore`` serves the same lists from the gold Delta tables;
+``store_from_config`` picks DynamoDB when ``export.dynamodb.enabled``, else those.
 """
 
 from __future__ import annotations
@@ -28,12 +26,10 @@ import math
 import os
 import random
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Protocol
@@ -603,198 +599,6 @@ def store_from_config(config: Config) -> RecommendationStore:
     """DynamoDB when ``export.dynamodb.enabled``, else the gold tables under ``paths.warehouse``."""
     if config.require("export.dynamodb.enabled"):
         return ServingStore.from_config(config)
+    from amazon_recs.gold_store import GoldTableStore  # deltalake is only needed here
+
     return GoldTableStore.from_config(config)
-
-
-# --- the gold tables, read without Spark --------------------------------------
-
-SERVED_TABLE = "gold/user_recommendations"
-
-
-def delta_storage_options(config: Config, path: str) -> dict[str, str] | None:
-    """deltalake's options for ``path``: region and endpoint for s3://, nothing for local disk.
-
-    Credentials are not here: deltalake takes them from the AWS environment variables.
-    """
-    if not path.startswith(("s3://", "s3a://")):
-        return None
-    options = {"AWS_REGION": config.require("aws.region")}
-    endpoint = config.require("aws.s3_endpoint")
-    if endpoint:
-        options["AWS_ENDPOINT_URL"] = endpoint
-        if endpoint.startswith("http://"):
-            options["AWS_ALLOW_HTTP"] = "true"
-    return options
-
-
-def popular_reason(category: str | None) -> str:
-    """The reason the pipeline gives a popularity pick (``recommend.with_reason``)."""
-    return f"popular in {category}" if category else "popular with shoppers"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-class GoldTableStore:
-    """The lists and their context from the warehouse's Delta tables, without Spark.
-
-    The same ``get_recommendations``/``current_version`` as ``ServingStore``, read
-    from ``gold/user_recommendations`` (unknown users get the version's ``k`` most
-    popular products, as the export publishes them), plus what an app shows beside a
-    list: the user's history, ``gold/metrics`` and sample users. Tables are loaded
-    once, on first use, and kept: a store is one snapshot; make a new one to see a
-    newer run.
-    """
-
-    def __init__(
-        self, warehouse: str, models: str, k: int = 10, storage_options: dict[str, str] | None = None
-    ):
-        self.warehouse = warehouse.rstrip("/")
-        self.models = models.rstrip("/")
-        self.k = k
-        self.storage_options = storage_options
-        self._cache: dict[tuple, Any] = {}
-        self._lock = threading.RLock()  # the app's sessions share a store
-
-    @classmethod
-    def from_config(cls, config: Config) -> GoldTableStore:
-        warehouse = config.require("paths.warehouse")
-        return cls(
-            warehouse,
-            config.require("paths.models"),
-            config.require("recommend.k"),
-            delta_storage_options(config, warehouse),
-        )
-
-    @property
-    def source(self) -> str:
-        return f"gold tables under {self.warehouse}"
-
-    # The store interface.
-
-    def current_version(self) -> dict | None:
-        versions = self._table(SERVED_TABLE, ["model_version"]).column("model_version").unique().to_pylist()
-        if not versions:
-            return None
-        committed = self._commit_time(SERVED_TABLE)
-        return {"model_version": sorted(versions)[-1], "generated_at": committed}
-
-    def get_recommendations(self, user_id: str, model: str) -> Recommendations:
-        """The user's list as the export wrote it (ordered by rank), or the popular fallback.
-
-        Raises:
-            ServingError: a table is missing (the pipeline has not run) or empty.
-            BackendUnavailable: a table could not be read.
-        """
-        import pyarrow.compute as pc
-
-        pointer = self.current_version()
-        if pointer is None:
-            raise ServingError(f"{self._path(SERVED_TABLE)} is empty: run the export stage")
-        served = self._table(SERVED_TABLE, ["user_id", "model_version", "items"], model)
-        rows = served.filter(pc.equal(served["user_id"], user_id)).to_pylist()
-        if rows:
-            items = sorted(rows[0]["items"], key=lambda i: i["rank"])
-            return Recommendations(
-                user_id, model, rows[0]["model_version"], pointer["generated_at"], items, False
-            )
-        version = pointer["model_version"]
-        return Recommendations(user_id, model, version, pointer["generated_at"], self.popular(version), True)
-
-    # What the app shows beside a list.
-
-    def popular(self, version: str) -> list[dict]:
-        """``version``'s k most popular products, ranked as ``stages.popular_fallback`` ranks them."""
-        popularity = self._table(f"{self.models}/{version}/popularity", ["item_idx", "score"], absolute=True)
-        top = popularity.sort_by([("score", "descending"), ("item_idx", "ascending")]).slice(0, self.k)
-        catalogue = self._items("item_idx")
-        out = []
-        for rank, row in enumerate(top.to_pylist(), start=1):
-            item = catalogue.get(row["item_idx"])
-            if item is None:
-                continue
-            reason = popular_reason(item["category"])
-            out.append({"rank": rank, **item, "score": row["score"], "reason": reason})
-        return out
-
-    def history(self, user_id: str) -> list[dict]:
-        """The user's interactions, newest first: ts, item_id, title, category, rating, split."""
-        import pyarrow.compute as pc
-
-        interactions = self._table("silver/interactions", ["user_id", "item_id", "rating", "ts", "split"])
-        mine = interactions.filter(pc.equal(interactions["user_id"], user_id))
-        rows = mine.sort_by([("ts", "descending"), ("item_id", "ascending")]).to_pylist()
-        catalogue = self._items("item_id")
-        return [
-            {**{k: r[k] for k in ("ts", "item_id", "rating", "split")}, **_named(catalogue, r["item_id"])}
-            for r in rows
-        ]
-
-    def metrics(self) -> list[dict]:
-        """``gold/metrics`` rows (model, metric, k, value, users, model_version)."""
-        rows = self._table("gold/metrics", None).to_pylist()
-        return sorted(rows, key=lambda r: (r["model"], r["metric"]))
-
-    def sample_users(self, n: int) -> list[str]:
-        """Up to ``n`` user ids with lists, spread evenly over the sorted ids."""
-        users = sorted(self._table(SERVED_TABLE, ["user_id"]).column("user_id").unique().to_pylist())
-        step = max(1, len(users) // max(n, 1))
-        return users[::step][:n]
-
-    # Loading.
-
-    def _path(self, name: str) -> str:
-        return f"{self.warehouse}/{name}"
-
-    def _table(self, name: str, columns: list[str] | None, model: str | None = None, absolute: bool = False):
-        path = name if absolute else self._path(name)
-        key = ("table", path, tuple(columns or ()), model)
-        with self._lock:
-            if key not in self._cache:
-                filters = [("model", "=", model)] if model else None
-                self._cache[key] = self._reading(
-                    path, lambda t: t.to_pyarrow_table(columns=columns, filters=filters)
-                )
-            return self._cache[key]
-
-    def _commit_time(self, name: str) -> str:
-        path = self._path(name)
-        key = ("commit", path)
-        with self._lock:
-            if key not in self._cache:
-                ms = self._reading(path, lambda t: t.history(1)[0]["timestamp"])
-                self._cache[key] = datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds")
-            return self._cache[key]
-
-    def _items(self, by: str) -> dict:
-        """silver/items as {item_idx or item_id: {item_id, title, category}}."""
-        key = ("items", by)
-        with self._lock:
-            if key not in self._cache:
-                rows = self._table("silver/items", ["item_id", "item_idx", "title", "category"]).to_pylist()
-                self._cache[key] = {
-                    r[by]: {"item_id": r["item_id"], "title": r["title"], "category": r["category"]}
-                    for r in rows
-                }
-            return self._cache[key]
-
-    def _reading(self, path: str, read: Callable[[Any], Any]) -> Any:
-        """``read(DeltaTable(path))`` with deltalake's and the storage's failures as typed errors."""
-        from deltalake import DeltaTable
-        from deltalake.exceptions import DeltaError, TableNotFoundError
-
-        try:
-            return read(DeltaTable(path, storage_options=self.storage_options))
-        except TableNotFoundError:
-            raise ServingError(f"no Delta table at {path}: run the pipeline first (make run)") from None
-        except (DeltaError, OSError, ValueError) as exc:  # object store, protocol and arrow failures
-            endpoint = (self.storage_options or {}).get("AWS_ENDPOINT_URL")
-            where = f" (S3 endpoint {endpoint})" if endpoint else ""
-            raise BackendUnavailable(f"cannot read {path}{where}: {_first_line(exc)}") from None
-
-
-def _named(catalogue: dict, item_id: str) -> dict:
-    item = catalogue.get(item_id, {})
-    return {"title": item.get("title"), "category": item.get("category")}

@@ -192,13 +192,13 @@ def test_tuning_on_validation_is_recorded_and_used(spark, pipeline):
 
 
 def test_the_gold_table_store_serves_the_export_without_spark(spark, pipeline):
-    from amazon_recs import serving
+    from amazon_recs import gold_store, serving
     from amazon_recs.stages import popular_fallback
 
     config, summaries = pipeline
     version = summaries["train"]["model_version"]
     store = serving.store_from_config(config)
-    assert isinstance(store, serving.GoldTableStore)
+    assert isinstance(store, gold_store.GoldTableStore)
     assert store.current_version()["model_version"] == version
 
     served = sorted(

@@ -36,7 +36,7 @@ from decimal import Decimal
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from amazon_recs import serving
+from amazon_recs import gold_store, serving
 from amazon_recs.schemas import MODELS
 from amazon_recs.serving import (
     BATCH_SIZE,
@@ -920,14 +920,14 @@ def gold(tmp_path_factory):
     return write_gold_tables(tmp_path_factory.mktemp("gold"))
 
 
-def gold_store(gold, k: int = 10) -> serving.GoldTableStore:
-    return serving.GoldTableStore(str(gold.warehouse), str(gold.models), k)
+def store_over(gold, k: int = 10) -> gold_store.GoldTableStore:
+    return gold_store.GoldTableStore(str(gold.warehouse), str(gold.models), k)
 
 
 def test_gold_lists_are_served_in_rank_order_for_every_user_and_model(gold):
     from tests.gold_tables import VERSION
 
-    store = gold_store(gold)
+    store = store_over(gold)
     assert store.current_version()["model_version"] == VERSION
     for (user, model), expected in gold.lists.items():
         got = serving.get_recommendations(user, model, store=store)
@@ -939,17 +939,17 @@ def test_gold_lists_are_served_in_rank_order_for_every_user_and_model(gold):
 
 
 def test_unknown_users_get_the_versions_most_popular_products(gold):
-    got = gold_store(gold).get_recommendations("U9999999", "als")
+    got = store_over(gold).get_recommendations("U9999999", "als")
     assert got.fallback is True
     assert got.items == gold.popular
     assert [i["rank"] for i in got.items] == list(range(1, 11))
-    assert len(gold_store(gold, k=3).get_recommendations("U9999999", "hybrid").items) == 3
+    assert len(store_over(gold, k=3).get_recommendations("U9999999", "hybrid").items) == 3
 
 
 def test_history_is_newest_first_with_titles(gold):
     from tests.gold_tables import NO_METADATA_ITEM, USERS
 
-    store = gold_store(gold)
+    store = store_over(gold)
     for user in USERS[:3]:
         rows = store.history(user)
         assert [(r["ts"], r["item_id"], r["split"]) for r in rows] == [
@@ -963,7 +963,7 @@ def test_history_is_newest_first_with_titles(gold):
 def test_metrics_and_sample_users(gold):
     from tests.gold_tables import USERS
 
-    store = gold_store(gold)
+    store = store_over(gold)
     assert store.metrics() == sorted(gold.metrics, key=lambda r: (r["model"], r["metric"]))
     assert store.sample_users(100) == sorted(USERS)
     some = store.sample_users(4)
@@ -980,7 +980,7 @@ def test_a_store_is_one_snapshot_and_a_new_store_sees_a_new_run(gold, tmp_path):
 
     root = tmp_path / "copy"
     shutil.copytree(gold.root, root)
-    old = serving.GoldTableStore(str(root / "warehouse"), str(root / "models"))
+    old = gold_store.GoldTableStore(str(root / "warehouse"), str(root / "models"))
     user = USERS[0]
     before = old.get_recommendations(user, "als").items
 
@@ -993,7 +993,7 @@ def test_a_store_is_one_snapshot_and_a_new_store_sees_a_new_run(gold, tmp_path):
     shutil.copytree(root / "models" / VERSION, root / "models" / "next")
 
     assert old.get_recommendations(user, "als").items == before
-    new = serving.GoldTableStore(str(root / "warehouse"), str(root / "models"))
+    new = gold_store.GoldTableStore(str(root / "warehouse"), str(root / "models"))
     assert new.current_version()["model_version"] == "next"
     assert new.get_recommendations(user, "als").fallback is True
 
@@ -1001,7 +1001,7 @@ def test_a_store_is_one_snapshot_and_a_new_store_sees_a_new_run(gold, tmp_path):
 def test_missing_tables_are_messages_naming_them(gold, tmp_path):
     from tests.gold_tables import USERS
 
-    empty = serving.GoldTableStore(str(tmp_path / "warehouse"), str(tmp_path / "models"))
+    empty = gold_store.GoldTableStore(str(tmp_path / "warehouse"), str(tmp_path / "models"))
     with pytest.raises(
         ServingError, match=r"no Delta table at .*/gold/user_recommendations: run the pipeline first"
     ):
@@ -1009,14 +1009,14 @@ def test_missing_tables_are_messages_naming_them(gold, tmp_path):
     with pytest.raises(ServingError, match=r"no Delta table at .*/silver/interactions"):
         empty.history("u1")
 
-    no_models = serving.GoldTableStore(str(gold.warehouse), str(tmp_path / "models"))
+    no_models = gold_store.GoldTableStore(str(gold.warehouse), str(tmp_path / "models"))
     assert no_models.get_recommendations(USERS[0], "als").fallback is False  # known users need no model files
     with pytest.raises(ServingError, match=r"no Delta table at .*/popularity"):
         no_models.get_recommendations("U9999999", "als")
 
 
 def test_store_from_config_picks_dynamodb_only_when_enabled(config):
-    assert isinstance(serving.store_from_config(config), serving.GoldTableStore)
+    assert isinstance(serving.store_from_config(config), gold_store.GoldTableStore)
     enabled = config.with_overrides(
         ["export.dynamodb.enabled=true", "aws.dynamodb_endpoint=http://127.0.0.1:9"]
     )
@@ -1026,13 +1026,13 @@ def test_store_from_config_picks_dynamodb_only_when_enabled(config):
 
 def test_gold_tables_in_a_bucket_get_the_endpoint_but_no_credentials(config):
     local = config.with_overrides(["aws.s3_endpoint=http://127.0.0.1:9000", "aws.region=eu-west-1"])
-    assert serving.delta_storage_options(local, "/data/warehouse") is None
-    assert serving.delta_storage_options(local, "s3://b/warehouse") == {
+    assert gold_store.delta_storage_options(local, "/data/warehouse") is None
+    assert gold_store.delta_storage_options(local, "s3://b/warehouse") == {
         "AWS_REGION": "eu-west-1",
         "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
         "AWS_ALLOW_HTTP": "true",
     }
-    assert serving.delta_storage_options(config, "s3://b/warehouse") == {"AWS_REGION": "us-east-1"}
+    assert gold_store.delta_storage_options(config, "s3://b/warehouse") == {"AWS_REGION": "us-east-1"}
 
 
 def test_gold_tables_in_a_bucket_read_the_same_as_on_disk(gold, config, local_aws):
@@ -1050,7 +1050,7 @@ def test_gold_tables_in_a_bucket_read_the_same_as_on_disk(gold, config, local_aw
             f"paths.models=s3://{bucket}/models",
         ]
     )
-    options = serving.delta_storage_options(aws, "s3://")
+    options = gold_store.delta_storage_options(aws, "s3://")
     copies = {
         f"warehouse/{n}": ["model"] if n == "gold/user_recommendations" else None
         for n in ("gold/user_recommendations", "gold/metrics", "silver/interactions", "silver/items")
@@ -1060,7 +1060,7 @@ def test_gold_tables_in_a_bucket_read_the_same_as_on_disk(gold, config, local_aw
         table = DeltaTable(str(gold.root / name)).to_pyarrow_table()
         write_deltalake(f"s3://{bucket}/{name}", table, partition_by=partition_by, storage_options=options)
 
-    in_bucket, on_disk = serving.GoldTableStore.from_config(aws), gold_store(gold)
+    in_bucket, on_disk = gold_store.GoldTableStore.from_config(aws), store_over(gold)
     assert in_bucket.source == f"gold tables under s3://{bucket}/warehouse"
     for user, model in [(USERS[0], "als"), (USERS[5], "hybrid"), ("U9999999", "content")]:
         got, expected = in_bucket.get_recommendations(user, model), on_disk.get_recommendations(user, model)
@@ -1068,7 +1068,7 @@ def test_gold_tables_in_a_bucket_read_the_same_as_on_disk(gold, config, local_aw
     assert in_bucket.history(USERS[1]) == on_disk.history(USERS[1])
     assert in_bucket.metrics() == on_disk.metrics()
 
-    unreachable = serving.GoldTableStore.from_config(
+    unreachable = gold_store.GoldTableStore.from_config(
         aws.with_overrides(["aws.s3_endpoint=http://127.0.0.1:9"])
     )
     with pytest.raises(
