@@ -7,9 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from pyspark import SparkContext
 
 from amazon_recs.config import Config, load_config
-from amazon_recs.spark import get_spark
+from amazon_recs.spark import get_spark, release_caches
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = ROOT / "conf" / "test.yaml"
@@ -42,6 +43,15 @@ def spark(tmp_path_factory):
     session = get_spark(config)
     yield session
     session.stop()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_leaves_nothing_cached(request):
+    """What a test module cached ends with it, as a stage's caches end with the
+    stage: one driver runs the whole suite, and caches hold its heap."""
+    yield
+    if SparkContext._active_spark_context is not None:
+        release_caches(request.getfixturevalue("spark"))
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pyspark.sql import SparkSession
 
@@ -95,3 +97,32 @@ def get_spark(config: Config) -> SparkSession:
     if checkpoint_dir:
         spark.sparkContext.setCheckpointDir(checkpoint_dir)
     return spark
+
+
+def persisted_rdd_ids(spark: SparkSession) -> set[int]:
+    """Ids of the RDDs persisted now: DataFrame caches, ALS's factors, Delta's snapshot state."""
+    return set(spark.sparkContext._jsc.getPersistentRDDs().keys())
+
+
+def release_caches(spark: SparkSession, keep: set[int] | frozenset[int] = frozenset()) -> None:
+    """Drop every DataFrame cache and unpersist every persisted RDD but those in ``keep``."""
+    spark.catalog.clearCache()
+    for rdd_id, rdd in spark.sparkContext._jsc.getPersistentRDDs().items():
+        if rdd_id not in keep:
+            rdd.unpersist(False)
+
+
+@contextmanager
+def releasing_caches(spark: SparkSession) -> Iterator[None]:
+    """On the way out, drop every DataFrame cache and unpersist the RDDs persisted inside.
+
+    One driver runs every stage of a pipeline (and a test session runs dozens of
+    pipelines). A cached DataFrame keeps its physical plan, and the plan keeps
+    the broadcast hash tables of its joins in the driver's memory; without this
+    they pile up, run after run, until the heap is exhausted.
+    """
+    keep = persisted_rdd_ids(spark)
+    try:
+        yield
+    finally:
+        release_caches(spark, keep)

@@ -10,8 +10,9 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import partial, reduce
+from functools import partial, reduce, wraps
 from pathlib import Path
 
 from pyspark.ml.recommendation import ALSModel
@@ -29,12 +30,26 @@ from amazon_recs.errors import ConfigError, InputError, StageOrderError
 from amazon_recs.models import baseline as m_baseline
 from amazon_recs.sample import META_FILE, REVIEWS_FILE, generate_sample
 from amazon_recs.schemas import ITEM, ITEM_IDX, MODEL, RANK, SCORE, SPLIT, TS, USER, USER_IDX, WEIGHT
+from amazon_recs.spark import releasing_caches
 from amazon_recs.topk import max_seen_per_user
 
 log = logging.getLogger(__name__)
 
 CURRENT_POINTER = "CURRENT"
 VERSION_SECTIONS = ("split", "als", "content", "popular", "recommend", "tune")
+
+Stage = Callable[[SparkSession, Config], dict]
+
+
+def stage(run: Stage) -> Stage:
+    """A stage leaves nothing cached behind: what it cached ends with it."""
+
+    @wraps(run)
+    def released(spark: SparkSession, config: Config) -> dict:
+        with releasing_caches(spark):
+            return run(spark, config)
+
+    return released
 
 
 # --- ingest -----------------------------------------------------------------
@@ -54,6 +69,7 @@ def input_globs(config: Config) -> dict[str, str]:
     return {kind: glob for kind, glob in globs.items() if glob}
 
 
+@stage
 def run_ingest(spark: SparkSession, config: Config) -> dict:
     sources = {kind: io.list_files(spark, glob) for kind, glob in input_globs(config).items()}
     run_id = io.fingerprint([f for files in sources.values() for f in files])
@@ -80,6 +96,7 @@ def _existing(spark: SparkSession, config: Config, name: str) -> DataFrame | Non
     return spark.read.format("delta").load(path) if io.table_exists(spark, path) else None
 
 
+@stage
 def run_features(spark: SparkSession, config: Config) -> dict:
     reviews = io.read_table(spark, config, "bronze/reviews")
     products = _existing(spark, config, "bronze/products")
@@ -143,6 +160,7 @@ def current_version(spark: SparkSession, config: Config) -> str:
     return version.strip()
 
 
+@stage
 def run_train(spark: SparkSession, config: Config) -> dict:
     interactions = io.read_table(spark, config, "silver/interactions")
     items = io.read_table(spark, config, "silver/items")
@@ -177,6 +195,7 @@ def hybrid_weights(spark: SparkSession, config: Config, version: str) -> dict[st
 # --- recommend --------------------------------------------------------------
 
 
+@stage
 def run_recommend(spark: SparkSession, config: Config) -> dict:
     version = current_version(spark, config)
     src = model_dir(config, version)
@@ -214,6 +233,7 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
 # --- evaluate ---------------------------------------------------------------
 
 
+@stage
 def run_evaluate(spark: SparkSession, config: Config) -> dict:
     k = config.require("evaluate.k")
     recs = io.read_table(spark, config, "gold/recommendations")
@@ -254,6 +274,7 @@ def _metrics_against_k(recs: DataFrame, truth: DataFrame, config: Config) -> lis
 # --- export -----------------------------------------------------------------
 
 
+@stage
 def run_export(spark: SparkSession, config: Config) -> dict:
     """Serving layout: one row per (user, model) holding the ordered top-k with titles;
     the Athena DDL beside the gold tables; and, when enabled, the DynamoDB serving store."""

@@ -14,6 +14,7 @@ from amazon_recs import io
 from amazon_recs.cli import STAGE_ORDER
 from amazon_recs.config import load_config
 from amazon_recs.schemas import MODELS
+from amazon_recs.spark import persisted_rdd_ids
 from amazon_recs.stages import STAGES, hybrid_weights
 from tests.conftest import ROOT, TEST_CONFIG
 
@@ -44,7 +45,9 @@ def pipeline(spark, tmp_path_factory):
             f"paths.reports={root / 'reports'}",
         ],
     )
+    before = persisted_rdd_ids(spark)
     summaries = run_all(spark, config)
+    summaries["left_persisted"] = persisted_rdd_ids(spark) - before
     return config, summaries
 
 
@@ -57,6 +60,13 @@ def test_ingest_reconciles_every_line(spark, pipeline):
         assert f["lines_read"] == f["accepted"] + f["rejected"] + f["blank"]
     rejects = io.read_table(spark, config, "bronze/rejects").count()
     assert rejects == sum(f["rejected"] for f in files) > 0  # the sample plants bad lines
+
+
+def test_the_pipeline_leaves_nothing_persisted(pipeline):
+    # Caches (and the broadcast tables their plans hold) would otherwise pile
+    # up in a driver that runs pipeline after pipeline, until its heap is gone.
+    _, summaries = pipeline
+    assert summaries["left_persisted"] == set()
 
 
 def test_every_user_gets_ten_distinct_unseen_products_per_model(spark, pipeline):
