@@ -1,8 +1,8 @@
 """A small warehouse for the serving tests, written without Spark.
 
 The tables the app and ``GoldTableStore`` read (``gold/user_recommendations``,
-``gold/metrics``, ``silver/interactions``, ``silver/items`` and the version's
-``popularity``), in the schemas Spark writes them in (the arrow types deltalake
+``gold/popular_fallback``, ``gold/metrics``, ``silver/interactions`` and
+``silver/items``), in the schemas Spark writes them in (the arrow types deltalake
 reads back from a ``make run``; tests/integration/test_pipeline.py checks the
 store on the real thing). Products are named like the sample shop's; every list
 is deterministic, so a test knows what each user must be shown.
@@ -85,9 +85,7 @@ SCHEMAS = {
             ("has_metadata", pa.bool_()),
         ]
     ),
-    "popularity": pa.schema(
-        [("item_idx", pa.int32()), ("score", pa.float64()), ("interactions", pa.int64())]
-    ),
+    "gold/popular_fallback": pa.schema([*((f.name, f.type) for f in ITEM), ("model_version", pa.string())]),
 }
 METRIC_VALUES = {  # model -> ndcg; the other metrics are scaled from it
     "hybrid": 0.21,
@@ -201,7 +199,7 @@ def write(path: Path, name: str, rows: list[dict], partition_by: list[str] | Non
 
 
 def write_gold_tables(root: Path, version: str = VERSION) -> Warehouse:
-    """The warehouse under ``root/warehouse`` and the version's popularity under ``root/models``."""
+    """The warehouse under ``root/warehouse``, every list in it from ``version``."""
     items = catalogue()
     by_id = {i["item_id"]: i for i in items}
     rows = interactions(items)
@@ -231,11 +229,7 @@ def write_gold_tables(root: Path, version: str = VERSION) -> Warehouse:
             ]
 
     popularity = [
-        {
-            "item_idx": i["item_idx"],
-            "score": counts.get(i["item_id"], 0) + i["item_idx"] / 1000,
-            "interactions": counts.get(i["item_id"], 0),
-        }
+        {"item_idx": i["item_idx"], "score": counts.get(i["item_id"], 0) + i["item_idx"] / 1000}
         for i in items
     ]
     top = sorted(popularity, key=lambda p: (-p["score"], p["item_idx"]))[:K]
@@ -312,7 +306,8 @@ def write_gold_tables(root: Path, version: str = VERSION) -> Warehouse:
         for i in items
     ]
     write(warehouse.warehouse / "silver/items", "silver/items", item_rows)
-    write(warehouse.models / version / "popularity", "popularity", popularity)
+    fallback = [{**p, "model_version": version} for p in popular]
+    write(warehouse.warehouse / "gold/popular_fallback", "gold/popular_fallback", fallback)
     return warehouse
 
 

@@ -32,6 +32,7 @@ SUMMARY_TABLES = (
     "silver/users",
     "gold/recommendations",
     "gold/user_recommendations",
+    "gold/popular_fallback",
     "gold/metrics",
 )
 

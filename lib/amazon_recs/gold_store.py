@@ -17,6 +17,7 @@ from amazon_recs.config import Config
 from amazon_recs.serving import BackendUnavailable, Recommendations, ServingError
 
 SERVED_TABLE = "gold/user_recommendations"
+FALLBACK_TABLE = "gold/popular_fallback"
 
 
 def delta_storage_options(config: Config, path: str) -> dict[str, str] | None:
@@ -35,11 +36,6 @@ def delta_storage_options(config: Config, path: str) -> dict[str, str] | None:
     return options
 
 
-def popular_reason(category: str | None) -> str:
-    """The reason the pipeline gives a popularity pick (``recommend.with_reason``)."""
-    return f"popular in {category}" if category else "popular with shoppers"
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -49,19 +45,15 @@ class GoldTableStore:
     """The lists and their context from the warehouse's Delta tables, without Spark.
 
     The same ``get_recommendations``/``current_version`` as ``ServingStore``, read
-    from ``gold/user_recommendations`` (unknown users get the version's ``k`` most
-    popular products, as the export publishes them), plus what an app shows beside a
+    from ``gold/user_recommendations`` (unknown users get ``gold/popular_fallback``,
+    the list the export also publishes to DynamoDB), plus what an app shows beside a
     list: the user's history, ``gold/metrics`` and sample users. Tables are loaded
     once, on first use, and kept: a store is one snapshot; make a new one to see a
     newer run.
     """
 
-    def __init__(
-        self, warehouse: str, models: str, k: int = 10, storage_options: dict[str, str] | None = None
-    ):
+    def __init__(self, warehouse: str, storage_options: dict[str, str] | None = None):
         self.warehouse = warehouse.rstrip("/")
-        self.models = models.rstrip("/")
-        self.k = k
         self.storage_options = storage_options
         self._cache: dict[tuple, Any] = {}
         self._lock = threading.RLock()  # the app's sessions share a store
@@ -69,12 +61,7 @@ class GoldTableStore:
     @classmethod
     def from_config(cls, config: Config) -> GoldTableStore:
         warehouse = config.require("paths.warehouse")
-        return cls(
-            warehouse,
-            config.require("paths.models"),
-            config.require("recommend.k"),
-            delta_storage_options(config, warehouse),
-        )
+        return cls(warehouse, delta_storage_options(config, warehouse))
 
     @property
     def source(self) -> str:
@@ -114,18 +101,15 @@ class GoldTableStore:
     # What the app shows beside a list.
 
     def popular(self, version: str) -> list[dict]:
-        """``version``'s k most popular products, ranked as ``stages.popular_fallback`` ranks them."""
-        popularity = self._table(f"{self.models}/{version}/popularity", ["item_idx", "score"], absolute=True)
-        top = popularity.sort_by([("score", "descending"), ("item_idx", "ascending")]).slice(0, self.k)
-        catalogue = self._items("item_idx")
-        out = []
-        for rank, row in enumerate(top.to_pylist(), start=1):
-            item = catalogue.get(row["item_idx"])
-            if item is None:
-                continue
-            reason = popular_reason(item["category"])
-            out.append({"rank": rank, **item, "score": row["score"], "reason": reason})
-        return out
+        """``version``'s popular list, as the export wrote it to ``gold/popular_fallback``."""
+        import pyarrow.compute as pc
+
+        fallback = self._table(FALLBACK_TABLE, None)
+        rows = fallback.filter(pc.equal(fallback["model_version"], version)).to_pylist()
+        if not rows:
+            raise ServingError(f"{self._path(FALLBACK_TABLE)} has no list for version {version}")
+        ranked = sorted(rows, key=lambda r: r["rank"])
+        return [{k: v for k, v in r.items() if k != "model_version"} for r in ranked]
 
     def history(self, user_id: str) -> list[dict]:
         """The user's interactions, newest first: ts, item_id, title, category, rating, split."""
@@ -156,8 +140,8 @@ class GoldTableStore:
     def _path(self, name: str) -> str:
         return f"{self.warehouse}/{name}"
 
-    def _table(self, name: str, columns: list[str] | None, model: str | None = None, absolute: bool = False):
-        path = name if absolute else self._path(name)
+    def _table(self, name: str, columns: list[str] | None, model: str | None = None):
+        path = self._path(name)
         key = ("table", path, tuple(columns or ()), model)
         with self._lock:
             if key not in self._cache:

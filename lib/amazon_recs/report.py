@@ -7,7 +7,7 @@ from pyspark.sql import SparkSession
 from amazon_recs import io, plots
 from amazon_recs.config import Config
 
-GOLD_TABLES = ("recommendations", "user_recommendations", "metrics")
+GOLD_TABLES = ("recommendations", "user_recommendations", "popular_fallback", "metrics")
 BY_MODEL_PNG = "metrics_by_model.png"
 AGAINST_K_PNG = "metrics_at_k.png"
 

@@ -23,7 +23,7 @@ def spark_conf(config: Config) -> dict[str, str]:
         "spark.app.name": config.require("spark.app_name"),
         "spark.driver.memory": config.require("spark.driver_memory"),
         "spark.sql.shuffle.partitions": str(config.require("spark.shuffle_partitions")),
-        "spark.ui.enabled": "false",
+        "spark.ui.enabled": str(config.require("spark.ui")).lower(),
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.session.timeZone": "UTC",
         # Delta writes stay deterministic and small on a laptop.

@@ -36,6 +36,7 @@ from amazon_recs.topk import max_seen_per_user
 log = logging.getLogger(__name__)
 
 CURRENT_POINTER = "CURRENT"
+FALLBACK_TABLE = "gold/popular_fallback"
 VERSION_SECTIONS = ("split", "als", "content", "popular", "recommend", "tune")
 
 Stage = Callable[[SparkSession, Config], dict]
@@ -276,8 +277,9 @@ def _metrics_against_k(recs: DataFrame, truth: DataFrame, config: Config) -> lis
 
 @stage
 def run_export(spark: SparkSession, config: Config) -> dict:
-    """Serving layout: one row per (user, model) holding the ordered top-k with titles;
-    the Athena DDL beside the gold tables; and, when enabled, the DynamoDB serving store."""
+    """Serving layout: one row per (user, model) holding the ordered top-k with titles,
+    and the popular list for users the version does not know; the Athena DDL beside
+    the gold tables; and, when enabled, the DynamoDB serving store."""
     recs = io.read_table(spark, config, "gold/recommendations")
     version = recs.select("model_version").first()[0]
     items = io.read_table(spark, config, "silver/items").select(ITEM, "title", "category")
@@ -291,6 +293,7 @@ def run_export(spark: SparkSession, config: Config) -> dict:
         )
     )
     path = io.overwrite_table(serving_rows, config, "gold/user_recommendations", partition_by=[MODEL])
+    io.overwrite_table(popular_fallback(spark, config, version), config, FALLBACK_TABLE)
     ddl_path = f"{config.require('paths.warehouse').rstrip('/')}/gold/athena_ddl.sql"
     io.write_text(spark, ddl_path, report.athena_ddl(config))
     summary = {"serving_table": path, "athena_ddl": ddl_path}
@@ -300,8 +303,9 @@ def run_export(spark: SparkSession, config: Config) -> dict:
     return summary
 
 
-def popular_fallback(spark: SparkSession, config: Config, version: str) -> list[dict]:
-    """The version's k most popular products, for users it does not know."""
+def popular_fallback(spark: SparkSession, config: Config, version: str) -> DataFrame:
+    """The version's k most popular products with their reasons: what an unknown user
+    is shown, from DynamoDB or from the gold tables alike."""
     k = config.require("recommend.k")
     popularity = spark.read.format("delta").load(f"{model_dir(config, version)}/popularity")
     items = io.read_table(spark, config, "silver/items")
@@ -312,7 +316,14 @@ def popular_fallback(spark: SparkSession, config: Config, version: str) -> list[
         .withColumn(rc.BECAUSE, F.lit(None).cast("int"))
     )
     named = rc.with_reason(top, items).join(items.select(ITEM_IDX, ITEM, "title", "category"), ITEM_IDX)
-    rows = named.select(RANK, ITEM, "title", "category", SCORE, "reason").collect()
+    return named.select(
+        RANK, ITEM, "title", "category", SCORE, "reason", F.lit(version).alias("model_version")
+    )
+
+
+def fallback_items(spark: SparkSession, config: Config) -> list[dict]:
+    """``gold/popular_fallback`` in rank order, in the serving layout's fields."""
+    rows = io.read_table(spark, config, FALLBACK_TABLE).orderBy(RANK).drop("model_version").collect()
     return [r.asDict() for r in rows]
 
 
@@ -354,7 +365,7 @@ def publish(
     if stats.items != expected:
         raise serving.ServingError(f"wrote {stats.items} lists to DynamoDB but the version has {expected}")
     fallback = serving.list_item(
-        serving.FALLBACK_PK, version, popular_fallback(spark, config, version), generated_at, expires_at
+        serving.FALLBACK_PK, version, fallback_items(spark, config), generated_at, expires_at
     )
     stats += serving.write_items(client, settings, [fallback])
     serving.switch_version(

@@ -27,7 +27,7 @@ from botocore.exceptions import ClientError
 from deltalake import DeltaTable
 from pyspark import cloudpickle
 
-from amazon_recs import io, serving
+from amazon_recs import io, report, serving
 from amazon_recs.cli import STAGE_ORDER
 from amazon_recs.config import load_config
 from amazon_recs.schemas import MODELS
@@ -129,6 +129,7 @@ def test_gold_tables_in_the_bucket_read_the_same_without_spark(spark, aws_config
         ("gold/recommendations", ("model", "user_id", "rank")),
         ("gold/metrics", ("model", "metric", "k")),
         ("gold/user_recommendations", ("model", "user_id")),
+        ("gold/popular_fallback", ("rank",)),
     ):
         by_spark = [r.asDict(recursive=True) for r in io.read_table(session, aws_config, name).collect()]
         by_deltalake = DeltaTable(f"{warehouse}/{name}", storage_options=storage_options(aws_config))
@@ -138,9 +139,9 @@ def test_gold_tables_in_the_bucket_read_the_same_without_spark(spark, aws_config
 
     ddl = io.read_text(session, f"{warehouse}/gold/athena_ddl.sql")
     assert f"LOCATION '{warehouse}/gold/recommendations'" in ddl
-    assert ddl.count("TBLPROPERTIES ('table_type'='DELTA')") == 3
-    report = io.read_text(session, f"{aws_config.require('paths.reports')}/metrics.md")
-    assert "| hybrid |" in report
+    assert ddl.count("TBLPROPERTIES ('table_type'='DELTA')") == len(report.GOLD_TABLES) == 4
+    metrics_md = io.read_text(session, f"{aws_config.require('paths.reports')}/metrics.md")
+    assert "| hybrid |" in metrics_md
 
 
 def test_dynamodb_holds_every_users_ten_products_in_order(spark, aws_config, first_run):
@@ -165,6 +166,9 @@ def test_dynamodb_holds_every_users_ten_products_in_order(spark, aws_config, fir
     stranger = reader.get_recommendations("never-seen-user", "hybrid")
     assert stranger.fallback and len(stranger.items) == K
     assert [i["rank"] for i in stranger.items] == list(range(1, K + 1))
+    # DynamoDB's fallback is gold/popular_fallback, the list the gold-table reader serves.
+    gold_fallback = io.read_table(get_spark(aws_config), aws_config, "gold/popular_fallback").orderBy("rank")
+    assert [i["item_id"] for i in stranger.items] == [r["item_id"] for r in gold_fallback.collect()]
 
 
 class Poller(threading.Thread):

@@ -203,7 +203,7 @@ def test_tuning_on_validation_is_recorded_and_used(spark, pipeline):
 
 def test_the_gold_table_store_serves_the_export_without_spark(spark, pipeline):
     from amazon_recs import gold_store, serving
-    from amazon_recs.stages import popular_fallback
+    from amazon_recs.stages import model_dir
 
     config, summaries = pipeline
     version = summaries["train"]["model_version"]
@@ -219,14 +219,21 @@ def test_the_gold_table_store_serves_the_export_without_spark(spark, pipeline):
         assert (got.fallback, got.model_version) == (False, version)
         assert got.items == [item.asDict() for item in row["items"]]
 
-    # An unknown user gets what the export publishes to DynamoDB as the fallback.
+    # An unknown user gets gold/popular_fallback, the list the export also
+    # publishes to DynamoDB: the version's k highest popularity scores.
     unknown = store.get_recommendations("never-seen-user", "hybrid")
-    published = sorted(popular_fallback(spark, config, version), key=lambda r: r["rank"])
+    fallback = io.read_table(spark, config, "gold/popular_fallback").orderBy("rank").collect()
+    assert {r["model_version"] for r in fallback} == {version}
     assert unknown.fallback and len(unknown.items) == K
-    assert [{k: v for k, v in i.items() if k != "score"} for i in unknown.items] == [
-        {k: v for k, v in r.items() if k != "score"} for r in published
-    ]
-    assert [i["score"] for i in unknown.items] == pytest.approx([r["score"] for r in published])
+    assert unknown.items == [{k: v for k, v in r.asDict().items() if k != "model_version"} for r in fallback]
+    popularity = spark.read.format("delta").load(f"{model_dir(config, version)}/popularity")
+    top = (
+        popularity.join(io.read_table(spark, config, "silver/items"), "item_idx")
+        .orderBy(F.desc("score"), "item_idx")
+        .limit(K)
+    )
+    assert [i["item_id"] for i in unknown.items] == [r["item_id"] for r in top.collect()]
+    assert all(i["reason"].startswith("popular ") for i in unknown.items)
 
     user = served[0]["user_id"]
     interactions = io.read_table(spark, config, "silver/interactions").filter(F.col("user_id") == user)

@@ -284,3 +284,9 @@ def test_s3a_settings_only_when_asked_and_never_credentials(local):
     assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
     assert not any("key" in k.lower() or "secret" in k.lower() for k in conf)
     assert aws.require("paths.warehouse") == f"s3://{aws.require('aws.bucket')}/warehouse"
+
+
+def test_the_spark_ui_is_off_locally_and_on_for_emr(local):
+    assert spark_conf(local)["spark.ui.enabled"] == "false"
+    assert spark_conf(load_config(CONF / "emr.yaml"))["spark.ui.enabled"] == "true"
+    assert spark_conf(local.with_overrides(["spark.ui=true"]))["spark.ui.enabled"] == "true"

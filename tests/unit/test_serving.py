@@ -920,8 +920,8 @@ def gold(tmp_path_factory):
     return write_gold_tables(tmp_path_factory.mktemp("gold"))
 
 
-def store_over(gold, k: int = 10) -> gold_store.GoldTableStore:
-    return gold_store.GoldTableStore(str(gold.warehouse), str(gold.models), k)
+def store_over(gold) -> gold_store.GoldTableStore:
+    return gold_store.GoldTableStore(str(gold.warehouse))
 
 
 def test_gold_lists_are_served_in_rank_order_for_every_user_and_model(gold):
@@ -943,7 +943,6 @@ def test_unknown_users_get_the_versions_most_popular_products(gold):
     assert got.fallback is True
     assert got.items == gold.popular
     assert [i["rank"] for i in got.items] == list(range(1, 11))
-    assert len(store_over(gold, k=3).get_recommendations("U9999999", "hybrid").items) == 3
 
 
 def test_history_is_newest_first_with_titles(gold):
@@ -976,11 +975,11 @@ def test_a_store_is_one_snapshot_and_a_new_store_sees_a_new_run(gold, tmp_path):
 
     from deltalake import DeltaTable, write_deltalake
 
-    from tests.gold_tables import USERS, VERSION
+    from tests.gold_tables import USERS
 
     root = tmp_path / "copy"
     shutil.copytree(gold.root, root)
-    old = gold_store.GoldTableStore(str(root / "warehouse"), str(root / "models"))
+    old = gold_store.GoldTableStore(str(root / "warehouse"))
     user = USERS[0]
     before = old.get_recommendations(user, "als").items
 
@@ -990,18 +989,27 @@ def test_a_store_is_one_snapshot_and_a_new_store_sees_a_new_run(gold, tmp_path):
     write_deltalake(
         path, type(table).from_pylist(rows, schema=table.schema), mode="overwrite", partition_by=["model"]
     )
-    shutil.copytree(root / "models" / VERSION, root / "models" / "next")
+    path = str(root / "warehouse" / "gold" / "popular_fallback")
+    table = DeltaTable(path).to_pyarrow_table()
+    rows = [{**r, "model_version": "next"} for r in table.to_pylist()]
+    write_deltalake(path, type(table).from_pylist(rows, schema=table.schema), mode="overwrite")
 
     assert old.get_recommendations(user, "als").items == before
-    new = gold_store.GoldTableStore(str(root / "warehouse"), str(root / "models"))
+    new = gold_store.GoldTableStore(str(root / "warehouse"))
     assert new.current_version()["model_version"] == "next"
-    assert new.get_recommendations(user, "als").fallback is True
+    unknown = new.get_recommendations(user, "als")
+    assert (unknown.fallback, unknown.model_version) == (True, "next")
+    assert unknown.items == gold.popular
 
 
 def test_missing_tables_are_messages_naming_them(gold, tmp_path):
+    import shutil
+
+    from deltalake import DeltaTable, write_deltalake
+
     from tests.gold_tables import USERS
 
-    empty = gold_store.GoldTableStore(str(tmp_path / "warehouse"), str(tmp_path / "models"))
+    empty = gold_store.GoldTableStore(str(tmp_path / "warehouse"))
     with pytest.raises(
         ServingError, match=r"no Delta table at .*/gold/user_recommendations: run the pipeline first"
     ):
@@ -1009,10 +1017,21 @@ def test_missing_tables_are_messages_naming_them(gold, tmp_path):
     with pytest.raises(ServingError, match=r"no Delta table at .*/silver/interactions"):
         empty.history("u1")
 
-    no_models = gold_store.GoldTableStore(str(gold.warehouse), str(tmp_path / "models"))
-    assert no_models.get_recommendations(USERS[0], "als").fallback is False  # known users need no model files
-    with pytest.raises(ServingError, match=r"no Delta table at .*/popularity"):
-        no_models.get_recommendations("U9999999", "als")
+    copy = tmp_path / "copy"
+    shutil.copytree(gold.warehouse, copy)
+    fallback = copy / "gold" / "popular_fallback"
+    shutil.rmtree(fallback)
+    no_fallback = gold_store.GoldTableStore(str(copy))
+    assert no_fallback.get_recommendations(USERS[0], "als").fallback is False  # known users need no fallback
+    with pytest.raises(ServingError, match=r"no Delta table at .*/gold/popular_fallback"):
+        no_fallback.get_recommendations("U9999999", "als")
+
+    # A fallback table from another version than the lists is refused, not served.
+    stale = DeltaTable(str(gold.warehouse / "gold" / "popular_fallback")).to_pyarrow_table()
+    rows = [{**r, "model_version": "older"} for r in stale.to_pylist()]
+    write_deltalake(str(fallback), type(stale).from_pylist(rows, schema=stale.schema))
+    with pytest.raises(ServingError, match=r"popular_fallback has no list for version fixture0001"):
+        gold_store.GoldTableStore(str(copy)).get_recommendations("U9999999", "als")
 
 
 def test_store_from_config_picks_dynamodb_only_when_enabled(config):
@@ -1039,7 +1058,7 @@ def test_gold_tables_in_a_bucket_read_the_same_as_on_disk(gold, config, local_aw
     import boto3
     from deltalake import DeltaTable, write_deltalake
 
-    from tests.gold_tables import USERS, VERSION
+    from tests.gold_tables import USERS
 
     bucket = f"gold-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=local_aws["s3"], region_name="us-east-1").create_bucket(Bucket=bucket)
@@ -1053,9 +1072,14 @@ def test_gold_tables_in_a_bucket_read_the_same_as_on_disk(gold, config, local_aw
     options = gold_store.delta_storage_options(aws, "s3://")
     copies = {
         f"warehouse/{n}": ["model"] if n == "gold/user_recommendations" else None
-        for n in ("gold/user_recommendations", "gold/metrics", "silver/interactions", "silver/items")
+        for n in (
+            "gold/user_recommendations",
+            "gold/popular_fallback",
+            "gold/metrics",
+            "silver/interactions",
+            "silver/items",
+        )
     }
-    copies[f"models/{VERSION}/popularity"] = None
     for name, partition_by in copies.items():
         table = DeltaTable(str(gold.root / name)).to_pyarrow_table()
         write_deltalake(f"s3://{bucket}/{name}", table, partition_by=partition_by, storage_options=options)
