@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -210,9 +211,21 @@ def test_select_a_model_enter_a_user_and_see_ten_titles(app_url, browser, wareho
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys("U9999999", Keys.ENTER)
     told = "U9999999 is not a user of model version"
-    wait.until(lambda d: told in d.find_element(By.CSS_SELECTOR, ".st-key-recommendations").text)
-    assert [row[1] for row in visible_rows(browser, "recommendations")] == [
-        p["title"] for p in warehouse.popular
-    ]
+    popular = [p["title"] for p in warehouse.popular]
+
+    def shows_the_popular_list(d) -> bool:
+        # Streamlit draws the message before the table replaces the last list.
+        try:
+            text = d.find_element(By.CSS_SELECTOR, ".st-key-recommendations").text
+            return told in text and [row[1] for row in visible_rows(d, "recommendations")] == popular
+        except StaleElementReferenceException:  # redrawn while being read
+            return False
+
+    try:
+        wait.until(shows_the_popular_list)
+    except TimeoutException:
+        assert told in browser.find_element(By.CSS_SELECTOR, ".st-key-recommendations").text
+        assert [row[1] for row in visible_rows(browser, "recommendations")] == popular
+        raise
 
     assert hosts_requested(browser) == {"127.0.0.1"}
