@@ -18,6 +18,7 @@ from amazon_recs.serving import BackendUnavailable, Recommendations, ServingErro
 
 SERVED_TABLE = "gold/user_recommendations"
 FALLBACK_TABLE = "gold/popular_fallback"
+UNNAMED = {"title": None, "category": None}  # an interaction with a product silver/items lacks
 
 
 def delta_storage_options(config: Config, path: str) -> dict[str, str] | None:
@@ -118,9 +119,9 @@ class GoldTableStore:
         interactions = self._table("silver/interactions", ["user_id", "item_id", "rating", "ts", "split"])
         mine = interactions.filter(pc.equal(interactions["user_id"], user_id))
         rows = mine.sort_by([("ts", "descending"), ("item_id", "ascending")]).to_pylist()
-        catalogue = self._items("item_id")
+        names = self._items()
         return [
-            {**{k: r[k] for k in ("ts", "item_id", "rating", "split")}, **_named(catalogue, r["item_id"])}
+            {**{k: r[k] for k in ("ts", "item_id", "rating", "split")}, **names.get(r["item_id"], UNNAMED)}
             for r in rows
         ]
 
@@ -160,15 +161,14 @@ class GoldTableStore:
                 self._cache[key] = datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds")
             return self._cache[key]
 
-    def _items(self, by: str) -> dict:
-        """silver/items as {item_idx or item_id: {item_id, title, category}}."""
-        key = ("items", by)
+    def _items(self) -> dict:
+        """silver/items as {item_id: {title, category}}."""
+        key = ("items",)
         with self._lock:
             if key not in self._cache:
-                rows = self._table("silver/items", ["item_id", "item_idx", "title", "category"]).to_pylist()
+                rows = self._table("silver/items", ["item_id", "title", "category"]).to_pylist()
                 self._cache[key] = {
-                    r[by]: {"item_id": r["item_id"], "title": r["title"], "category": r["category"]}
-                    for r in rows
+                    r["item_id"]: {"title": r["title"], "category": r["category"]} for r in rows
                 }
             return self._cache[key]
 
@@ -185,8 +185,3 @@ class GoldTableStore:
             endpoint = (self.storage_options or {}).get("AWS_ENDPOINT_URL")
             where = f" (S3 endpoint {endpoint})" if endpoint else ""
             raise BackendUnavailable(f"cannot read {path}{where}: {_first_line(exc)}") from None
-
-
-def _named(catalogue: dict, item_id: str) -> dict:
-    item = catalogue.get(item_id, {})
-    return {"title": item.get("title"), "category": item.get("category")}

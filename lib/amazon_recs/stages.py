@@ -27,6 +27,7 @@ from amazon_recs import recommend as rc
 from amazon_recs import tuning as tuning_mod
 from amazon_recs.config import Config
 from amazon_recs.errors import ConfigError, InputError, StageOrderError
+from amazon_recs.gold_store import FALLBACK_TABLE
 from amazon_recs.models import baseline as m_baseline
 from amazon_recs.sample import META_FILE, REVIEWS_FILE, generate_sample
 from amazon_recs.schemas import ITEM, ITEM_IDX, MODEL, RANK, SCORE, SPLIT, TS, USER, USER_IDX, WEIGHT
@@ -36,7 +37,6 @@ from amazon_recs.topk import max_seen_per_user
 log = logging.getLogger(__name__)
 
 CURRENT_POINTER = "CURRENT"
-FALLBACK_TABLE = "gold/popular_fallback"
 VERSION_SECTIONS = ("split", "als", "content", "popular", "recommend", "tune")
 
 Stage = Callable[[SparkSession, Config], dict]
