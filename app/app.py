@@ -24,9 +24,10 @@ from typing import TypeVar
 import pandas as pd
 import streamlit as st
 
-from amazon_recs import gold_store, serving
 from amazon_recs.config import Config, load_config
 from amazon_recs.errors import RecsError
+from amazon_recs.serving import gold_tables, interface, validation
+from amazon_recs.serving.stores import get_recommendations, store_from_config
 
 log = logging.getLogger("amazon_recs.app")
 T = TypeVar("T")
@@ -63,17 +64,19 @@ def app_args(argv: list[str]) -> argparse.Namespace:
 @dataclass(frozen=True)
 class Stores:
     config: Config
-    recs: serving.RecommendationStore  # the lists: DynamoDB or the gold tables
-    tables: gold_store.GoldTableStore  # history, metrics, sample users
+    recs: interface.RecommendationStore  # the lists: DynamoDB or the gold tables
+    tables: gold_tables.GoldTableStore  # history, metrics, sample users
 
 
 @st.cache_resource(show_spinner=False)
 def open_stores(config_path: str, overrides: tuple[str, ...]) -> Stores:
     """Shared by every session; tables load on first use and stay until "Reload data"."""
     config = load_config(config_path, overrides)
-    recs = serving.store_from_config(config)
+    recs = store_from_config(config)
     tables = (
-        recs if isinstance(recs, gold_store.GoldTableStore) else gold_store.GoldTableStore.from_config(config)
+        recs
+        if isinstance(recs, gold_tables.GoldTableStore)
+        else gold_tables.GoldTableStore.from_config(config)
     )
     return Stores(config, recs, tables)
 
@@ -223,8 +226,8 @@ def show_recommendations(stores: Stores, user: str, model: str) -> None:
     if not user:
         st.info("Enter a user id, or pick one of the sample users.")
         return
-    user = serving.validate_id(user)  # a RequestError is shown as it is
-    recs = serving.get_recommendations(user, model, store=stores.recs)
+    user = validation.validate_id(user)  # a RequestError is shown as it is
+    recs = get_recommendations(user, model, store=stores.recs)
     left, right = st.columns([4, 3], gap="medium")
     with left.container(key="recommendations"):
         st.subheader(md(f"Top {len(recs.items)} for {user} · {MODEL_LABELS[model]}"))

@@ -2,7 +2,7 @@
 
 Publishes a synthetic version (``--users`` users x the four served models, ten
 products each, and the popular fallback) to a fresh table, then calls
-``amazon_recs.api.recommendations_handler`` in this process with API Gateway
+``amazon_recs.serving.api.recommendations_handler`` in this process with API Gateway
 proxy events, one after another: ``--warmup`` calls first (not counted), then
 ``--requests`` timed ones. A seeded mix: ``--unknown-share`` of the calls ask for a
 user the version does not know (the fallback path: three reads instead of two),
@@ -93,12 +93,12 @@ def local_dynamodb(endpoint: str | None) -> Iterator[str]:
 
 def publish(endpoint: str, users: int, seed: int) -> tuple[str, list[str]]:
     """A fresh table with ``users`` users' lists for every served model: (table, user ids)."""
-    from amazon_recs import serving
+    from amazon_recs.serving import dynamodb, writer
 
     table = f"bench-{uuid.uuid4().hex[:10]}"
-    settings = serving.StoreSettings(table=table, region=LOCAL_ENV["AWS_REGION"], endpoint_url=endpoint)
-    client = serving.make_client(settings)
-    serving.ensure_table(client, table)
+    settings = dynamodb.StoreSettings(table=table, region=LOCAL_ENV["AWS_REGION"], endpoint_url=endpoint)
+    client = dynamodb.make_client(settings)
+    dynamodb.ensure_table(client, table)
     rng = random.Random(seed)
     catalogue = [
         (f"B{n:09d}", f"Product {n} with a title of usual length", f"Category {n % 10}") for n in range(500)
@@ -121,13 +121,13 @@ def publish(endpoint: str, users: int, seed: int) -> tuple[str, list[str]]:
     ids = [f"U{n:07d}" for n in range(users)]
     generated = "2026-01-01T00:00:00+00:00"
     items = [
-        serving.list_item(serving.rec_key(m, u), VERSION, ranked(), generated, 2**31, user_id=u, model=m)
+        writer.list_item(dynamodb.rec_key(m, u), VERSION, ranked(), generated, 2**31, user_id=u, model=m)
         for u in ids
         for m in MODELS
     ]
-    items.append(serving.list_item(serving.FALLBACK_PK, VERSION, ranked(), generated, 2**31))
-    serving.write_items(client, settings, items)
-    serving.switch_version(client, table, VERSION, generated, expected=None)
+    items.append(writer.list_item(dynamodb.FALLBACK_PK, VERSION, ranked(), generated, 2**31))
+    writer.write_items(client, settings, items)
+    dynamodb.switch_version(client, table, VERSION, generated, expected=None)
     return table, ids
 
 
@@ -257,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.update(LOCAL_ENV)
     logging.getLogger("amazon_recs").setLevel(logging.ERROR)  # dynalite has no TTL: known, not news
     load = machine()
-    from amazon_recs import api
+    from amazon_recs.serving import api
 
     with local_dynamodb(args.endpoint) as endpoint:
         table, users = publish(endpoint, args.users, args.seed)

@@ -13,7 +13,7 @@ fits, times and evaluates
 and sets them beside our own models' rows of ``gold/metrics``. Every list is
 ranked over the full catalogue of items the models know (items with at least
 one train interaction, as MLlib ALS ranks), with the user's train items removed.
-The metrics are those of ``amazon_recs.evaluate`` (see its docstring),
+The metrics are those of ``amazon_recs.evaluation.metrics`` (see its docstring),
 recomputed here in numpy/python; as a check, the same code is run on our
 ``als`` rows of ``gold/recommendations`` and must give ``gold/metrics``' values.
 
@@ -48,11 +48,12 @@ from threadpoolctl import threadpool_limits
 
 from amazon_recs import io
 from amazon_recs.config import Config, load_config
-from amazon_recs.features import TEST, TRAIN
+from amazon_recs.features.split import TEST, TRAIN
 from amazon_recs.models.als import fit_als
+from amazon_recs.pipeline.params import als_params
+from amazon_recs.pipeline.versions import model_dir, model_version
 from amazon_recs.schemas import ITEM, ITEM_IDX, MODEL, MODELS, RANK, SPLIT, USER, USER_IDX, WEIGHT
 from amazon_recs.spark import get_spark
-from amazon_recs.stages import model_dir, model_version
 
 METRICS = ("ndcg", "precision", "recall", "map", "hit_rate", "mrr")
 NUM_THREADS = 2
@@ -93,7 +94,7 @@ class Result:
 
 
 def user_metrics(ranked: Sequence[Hashable], relevant: set, k: int) -> dict[str, float]:
-    """One user's metrics at ``k``, exactly as in ``amazon_recs.evaluate``."""
+    """One user's metrics at ``k``, exactly as in ``amazon_recs.evaluation.metrics``."""
     hits = np.array([item in relevant for item in ranked[:k]], dtype=np.float64)
     ranks = np.arange(1, hits.size + 1)
     cutoff = min(len(relevant), k)
@@ -228,7 +229,7 @@ def time_our_als(train: DataFrame, config: Config) -> float:
     """Seconds of ``amazon_recs.models.als.fit_als`` on the (cached) train rows."""
     train = train.cache()
     train.count()
-    _, seconds = timed(lambda: fit_als(train, config))
+    _, seconds = timed(lambda: fit_als(train, als_params(config)))
     return seconds
 
 

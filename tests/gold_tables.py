@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from amazon_recs.sample import CATALOGUE
+from amazon_recs.ingest.sample import CATALOGUE
 from tests.conftest import ROOT
 
 VERSION = "fixture0001"

@@ -11,6 +11,7 @@ one-line message naming the key.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import posixpath
 import re
@@ -23,6 +24,7 @@ import yaml
 from amazon_recs.errors import ConfigError
 
 EXTENDS_KEY = "extends"
+DEFAULT_CONFIG = "conf/local.yaml"
 
 
 class Config(Mapping):
@@ -308,3 +310,20 @@ def _coerce(dotted: str, default: Any, value: Any, where: str) -> Any:
             f"setting '{dotted}' in {where} must be {expected.__name__}, got {type(value).__name__} {value!r}"
         )
     return value
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser, default: str = DEFAULT_CONFIG, what: str = ""
+) -> None:
+    """``--config``, repeatable ``--set KEY=VALUE`` and ``--debug``, as every command takes them."""
+    what = what or "environment YAML, a path or an s3:// URI"
+    parser.add_argument("--config", default=default, help=f"{what} (default {default})")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set als.rank=64 (repeatable)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")

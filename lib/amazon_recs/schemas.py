@@ -6,6 +6,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from amazon_recs.errors import SchemaError
+from amazon_recs.models import MODELS  # noqa: F401 (re-exported: the models of gold tables)
 
 USER = "user_id"
 ITEM = "item_id"
@@ -21,7 +22,6 @@ REASON = "reason"
 MODEL_VERSION = "model_version"
 SPLIT = "split"
 
-MODELS = ("als", "content", "popular", "hybrid", "random")
 
 BRONZE_REVIEWS = T.StructType(
     [

@@ -1,7 +1,7 @@
-"""The Lambda handlers (amazon_recs.api) against the local DynamoDB and S3 servers.
+"""The Lambda handlers (amazon_recs.serving.api) against the local DynamoDB and S3 servers.
 
 A small version (the lists of tests/gold_tables.py) is published to a table of
-its own with ``serving.write_items`` + ``switch_version``; the handlers are
+its own with ``writer.write_items`` + ``switch_version``; the handlers are
 configured as on Lambda, through environment variables, and called with API
 Gateway proxy events (REST v1 and HTTP API v2):
 
@@ -30,8 +30,8 @@ from datetime import UTC, datetime
 import boto3
 import pytest
 
-from amazon_recs import api, serving
 from amazon_recs.config import load_config
+from amazon_recs.serving import api, dynamodb, writer
 from tests.conftest import LOCAL_AWS_ENV, ROOT
 from tests.gold_tables import USERS, write_gold_tables
 
@@ -52,18 +52,18 @@ def fixture_lists(tmp_path_factory):
 def publish(endpoint: str, warehouse) -> str:
     """A fresh table holding ``warehouse``'s lists as version VERSION, current."""
     table = f"api-test-{uuid.uuid4().hex[:10]}"
-    settings = serving.StoreSettings(table=table, region=REGION, endpoint_url=endpoint)
-    client = serving.make_client(settings)
-    serving.ensure_table(client, table)
+    settings = dynamodb.StoreSettings(table=table, region=REGION, endpoint_url=endpoint)
+    client = dynamodb.make_client(settings)
+    dynamodb.ensure_table(client, table)
     items = [
-        serving.list_item(
-            serving.rec_key(model, user), VERSION, listed, GENERATED, 2**31, user_id=user, model=model
+        writer.list_item(
+            dynamodb.rec_key(model, user), VERSION, listed, GENERATED, 2**31, user_id=user, model=model
         )
         for (user, model), listed in warehouse.lists.items()
     ]
-    items.append(serving.list_item(serving.FALLBACK_PK, VERSION, warehouse.popular, GENERATED, 2**31))
-    serving.write_items(client, settings, items)
-    serving.switch_version(client, table, VERSION, GENERATED, expected=None)
+    items.append(writer.list_item(dynamodb.FALLBACK_PK, VERSION, warehouse.popular, GENERATED, 2**31))
+    writer.write_items(client, settings, items)
+    dynamodb.switch_version(client, table, VERSION, GENERATED, expected=None)
     return table
 
 
@@ -253,10 +253,10 @@ def test_an_unreachable_or_empty_store_is_a_503_without_internals(lambda_env, mo
 
     monkeypatch.setenv("AMAZON_RECS_DYNAMODB_ENDPOINT", local_aws["dynamodb"])
     empty = f"api-empty-{uuid.uuid4().hex[:8]}"
-    client = serving.make_client(
-        serving.StoreSettings(table=empty, region=REGION, endpoint_url=local_aws["dynamodb"])
+    client = dynamodb.make_client(
+        dynamodb.StoreSettings(table=empty, region=REGION, endpoint_url=local_aws["dynamodb"])
     )
-    serving.ensure_table(client, empty)
+    dynamodb.ensure_table(client, empty)
     monkeypatch.setenv("AMAZON_RECS_TABLE", empty)
     status, body, _ = call(api.recommendations_handler, get(READER))
     assert status == 503 and empty not in body["error"]
@@ -484,7 +484,7 @@ def test_when_s3_is_down_the_event_is_refused_and_no_list_changes(fresh_table, m
 def test_the_handlers_need_neither_spark_nor_deltalake_nor_pandas():
     """A Lambda package holds the library, boto3 and pyyaml: importing the handlers must not pull more."""
     heavy = ("pyspark", "deltalake", "pandas", "pyarrow", "streamlit")
-    script = f"import sys, amazon_recs.api; print([m for m in {heavy!r} if m in sys.modules])"
+    script = f"import sys, amazon_recs.serving.api; print([m for m in {heavy!r} if m in sys.modules])"
     loaded = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT
     )

@@ -27,12 +27,14 @@ from botocore.exceptions import ClientError
 from deltalake import DeltaTable
 from pyspark import cloudpickle
 
-from amazon_recs import io, report, serving
-from amazon_recs.cli import STAGE_ORDER
+from amazon_recs import io
+from amazon_recs.aws import athena
 from amazon_recs.config import load_config
+from amazon_recs.pipeline.export import publish
+from amazon_recs.pipeline.registry import STAGE_ORDER, stage_function
 from amazon_recs.schemas import MODELS
+from amazon_recs.serving import dynamodb, stores
 from amazon_recs.spark import get_spark
-from amazon_recs.stages import STAGES, publish
 from tests.conftest import LOCAL_AWS_ENV, ROOT, shared_data
 
 pytestmark = pytest.mark.integration
@@ -79,7 +81,7 @@ def aws_config(local_aws, tmp_path_factory):
 @pytest.fixture(scope="module")
 def first_run(spark, aws_config):
     session = get_spark(aws_config)  # the test session, now with S3A pointed at the local server
-    return {stage: STAGES[stage](session, aws_config) for stage in STAGE_ORDER}
+    return {stage: stage_function(stage)(session, aws_config) for stage in STAGE_ORDER}
 
 
 def storage_options(config) -> dict[str, str]:
@@ -96,8 +98,8 @@ def ordered(rows: list[dict], key: tuple[str, ...]) -> list[dict]:
     return sorted(rows, key=lambda row: tuple(row[c] for c in key))
 
 
-def store(config) -> serving.ServingStore:
-    return serving.ServingStore.from_config(config)
+def store(config) -> dynamodb.ServingStore:
+    return dynamodb.ServingStore.from_config(config)
 
 
 def gold_lists(spark, config) -> dict[tuple[str, str], list[str]]:
@@ -111,11 +113,11 @@ def gold_lists(spark, config) -> dict[tuple[str, str], list[str]]:
 
 def dynamodb_lists(config, version: str) -> dict[tuple[str, str], list[str]]:
     """(user, model) -> the item ids DynamoDB holds for ``version``, in stored order."""
-    client = serving.make_client(serving.StoreSettings.from_config(config))
+    client = dynamodb.make_client(dynamodb.StoreSettings.from_config(config))
     out = {}
     for page in client.get_paginator("scan").paginate(TableName=config.require("export.dynamodb.table")):
         for raw in page["Items"]:
-            item = {k: serving.untyped(v) for k, v in raw.items()}
+            item = {k: dynamodb.untyped(v) for k, v in raw.items()}
             if item["pk"].startswith("rec#") and item["sk"] == version:
                 out[(item["user_id"], item["model"])] = [i["item_id"] for i in item["items"]]
     return out
@@ -139,7 +141,7 @@ def test_gold_tables_in_the_bucket_read_the_same_without_spark(spark, aws_config
 
     ddl = io.read_text(session, f"{warehouse}/gold/athena_ddl.sql")
     assert f"LOCATION '{warehouse}/gold/recommendations'" in ddl
-    assert ddl.count("TBLPROPERTIES ('table_type'='DELTA')") == len(report.GOLD_TABLES) == 4
+    assert ddl.count("TBLPROPERTIES ('table_type'='DELTA')") == len(athena.GOLD_TABLES) == 4
     metrics_md = io.read_text(session, f"{aws_config.require('paths.reports')}/metrics.md")
     assert "| hybrid |" in metrics_md
 
@@ -187,7 +189,7 @@ class Poller(threading.Thread):
         while not self.stop.is_set():
             for user, model in self.keys:
                 try:
-                    got = serving.get_recommendations(user, model, store=self.reader)
+                    got = stores.get_recommendations(user, model, store=self.reader)
                 except Exception as exc:  # recorded, then asserted on: a reader must never fail
                     self.errors.append(repr(exc))
                     continue
@@ -205,7 +207,9 @@ def test_a_new_version_switches_over_atomically_while_a_reader_polls(spark, aws_
     poller = Poller(aws_config, keys)
     poller.start()
     config_v2 = aws_config.with_overrides(["als.rank=12"])  # another model, so another version
-    summaries = {stage: STAGES[stage](session, config_v2) for stage in ("train", "recommend", "export")}
+    summaries = {
+        stage: stage_function(stage)(session, config_v2) for stage in ("train", "recommend", "export")
+    }
     time.sleep(0.5)
     poller.stop.set()
     poller.join(timeout=30)
@@ -256,7 +260,7 @@ class ThrottlingClient:
 
 
 def throttling_client(settings):
-    return ThrottlingClient(serving.make_client(settings), seed=random.SystemRandom().randrange(1 << 30))
+    return ThrottlingClient(dynamodb.make_client(settings), seed=random.SystemRandom().randrange(1 << 30))
 
 
 def test_throttling_and_unprocessed_items_lose_nothing(spark, aws_config, first_run):

@@ -28,11 +28,11 @@ import boto3
 import pytest
 from botocore.validate import ParamValidator
 
-from amazon_recs import artifacts, cli, emr, io
-from amazon_recs.cli import STAGE_ORDER
+from amazon_recs import cli, io
+from amazon_recs.aws import artifacts, emr
 from amazon_recs.config import load_config
-from amazon_recs.sample import generate_sample
-from amazon_recs.stages import STAGES
+from amazon_recs.ingest.sample import generate_sample
+from amazon_recs.pipeline.registry import STAGE_ORDER, stage_function
 from tests.conftest import ROOT, TEST_CONFIG
 
 pytestmark = pytest.mark.integration
@@ -159,9 +159,12 @@ def test_the_wheel_alone_holds_the_library(built):
         for n in zipfile.ZipFile(wheel).namelist()
         if n.endswith(".py")
     )
-    assert {"amazon_recs.cli", "amazon_recs.stages", "amazon_recs.emr", "amazon_recs.models.als"} <= set(
-        modules
-    )
+    assert {
+        "amazon_recs.cli",
+        "amazon_recs.pipeline.train",
+        "amazon_recs.aws.emr",
+        "amazon_recs.models.als",
+    } <= set(modules)
     # -S: no site processing, so the editable install of the project is invisible;
     # third-party packages come from site-packages put on the path by hand.
     code = (
@@ -404,7 +407,7 @@ def test_the_pipeline_step_runs_locally_and_matches_an_in_process_run(
         process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=out, stderr=err, text=True)
         try:
             for stage in STAGE_ORDER:
-                STAGES[stage](spark, local_config)
+                stage_function(stage)(spark, local_config)
             returncode = process.wait(timeout=1200)
         finally:
             if process.poll() is None:

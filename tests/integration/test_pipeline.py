@@ -11,11 +11,11 @@ import pytest
 from pyspark.sql import functions as F
 
 from amazon_recs import io
-from amazon_recs.cli import STAGE_ORDER
 from amazon_recs.config import load_config
+from amazon_recs.pipeline.recommend import hybrid_weights
+from amazon_recs.pipeline.registry import STAGE_ORDER, stage_function
 from amazon_recs.schemas import MODELS
 from amazon_recs.spark import persisted_rdd_ids
-from amazon_recs.stages import STAGES, hybrid_weights
 from tests.conftest import ROOT, TEST_CONFIG
 
 pytestmark = pytest.mark.integration
@@ -25,7 +25,7 @@ REPORT_FILES = ("metrics.md", "metrics_by_model.png", "metrics_at_k.png")
 
 
 def run_all(spark, config) -> dict:
-    return {stage: STAGES[stage](spark, config) for stage in STAGE_ORDER}
+    return {stage: stage_function(stage)(spark, config) for stage in STAGE_ORDER}
 
 
 def sorted_rows(spark, config, name):
@@ -202,13 +202,13 @@ def test_tuning_on_validation_is_recorded_and_used(spark, pipeline):
 
 
 def test_the_gold_table_store_serves_the_export_without_spark(spark, pipeline):
-    from amazon_recs import gold_store, serving
-    from amazon_recs.stages import model_dir
+    from amazon_recs.pipeline.versions import model_dir
+    from amazon_recs.serving import gold_tables, stores
 
     config, summaries = pipeline
     version = summaries["train"]["model_version"]
-    store = serving.store_from_config(config)
-    assert isinstance(store, gold_store.GoldTableStore)
+    store = stores.store_from_config(config)
+    assert isinstance(store, gold_tables.GoldTableStore)
     assert store.current_version()["model_version"] == version
 
     served = sorted(

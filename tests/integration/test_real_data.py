@@ -10,10 +10,9 @@ import pytest
 from pyspark.sql import functions as F
 
 from amazon_recs import io
-from amazon_recs.cli import STAGE_ORDER
 from amazon_recs.config import load_config
+from amazon_recs.pipeline.registry import STAGE_ORDER, stage_function
 from amazon_recs.schemas import MODELS
-from amazon_recs.stages import STAGES
 from tests.conftest import ROOT, SHARED_DATA, shared_data
 
 pytestmark = pytest.mark.integration
@@ -70,11 +69,11 @@ def dataset(request, spark, tmp_path_factory):
             *FAST,
         ],
     )
-    ingest = STAGES["ingest"](spark, config)
+    ingest = stage_function("ingest")(spark, config)
     first = snapshot(spark, config)
-    second_ingest = STAGES["ingest"](spark, config)
+    second_ingest = stage_function("ingest")(spark, config)
     second = snapshot(spark, config)
-    summaries = {stage: STAGES[stage](spark, config) for stage in STAGE_ORDER if stage != "ingest"}
+    summaries = {stage: stage_function(stage)(spark, config) for stage in STAGE_ORDER if stage != "ingest"}
     return {
         "name": name,
         "config": config,

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from amazon_recs.config import Config
+from amazon_recs.models.topk import filter_seen, top_k
 from amazon_recs.schemas import ITEM_IDX, SCORE, USER_IDX, WEIGHT
-from amazon_recs.topk import filter_seen, top_k
 
 
-def fit_als(train: DataFrame, config: Config) -> ALSModel:
+@dataclass(frozen=True)
+class AlsParams:
+    """Implicit ALS's settings (``als.*`` in the configuration)."""
+
+    rank: int = 32
+    max_iter: int = 15
+    reg_param: float = 0.1
+    alpha: float = 5.0
+    checkpoint_interval: int = 5
+    seed: int = 42
+
+
+def fit_als(train: DataFrame, params: AlsParams) -> ALSModel:
     """Fit implicit ALS on (user_idx, item_idx, weight); confidence is 1 + alpha * weight.
 
     The input is sorted so that the same data gives the same factors: ALS's
@@ -22,12 +35,12 @@ def fit_als(train: DataFrame, config: Config) -> ALSModel:
         itemCol=ITEM_IDX,
         ratingCol=WEIGHT,
         implicitPrefs=True,
-        rank=config.require("als.rank"),
-        maxIter=config.require("als.max_iter"),
-        regParam=config.require("als.reg_param"),
-        alpha=config.require("als.alpha"),
-        seed=config.require("als.seed"),
-        checkpointInterval=config.require("als.checkpoint_interval"),
+        rank=params.rank,
+        maxIter=params.max_iter,
+        regParam=params.reg_param,
+        alpha=params.alpha,
+        seed=params.seed,
+        checkpointInterval=params.checkpoint_interval,
         coldStartStrategy="drop",
     )
     data = (

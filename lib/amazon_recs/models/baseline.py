@@ -5,8 +5,8 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from amazon_recs.models.topk import filter_seen, top_k
 from amazon_recs.schemas import ITEM_IDX, SCORE, USER_IDX
-from amazon_recs.topk import filter_seen, top_k
 
 
 def recommend_random(

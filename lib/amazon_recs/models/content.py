@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.feature import (
@@ -18,14 +19,27 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from amazon_recs.config import Config
+from amazon_recs.models.topk import filter_seen, top_k
 from amazon_recs.schemas import ITEM_IDX, SCORE, USER_IDX, WEIGHT
-from amazon_recs.topk import filter_seen, top_k
 
 VECTOR = "tfidf"
 NEIGHBOUR = "neighbour_idx"
 SIMILARITY = "similarity"
 NEIGHBOURS_SCHEMA = "item_idx int, neighbour_idx int, similarity double, rank int"
+
+
+@dataclass(frozen=True)
+class ContentParams:
+    """The content model's settings (``content.*``; the LSH seed is ``als.seed``)."""
+
+    num_features: int = 8192
+    min_doc_freq: int = 2
+    bucket_width: float = 0.5
+    num_hash_tables: int = 3
+    min_similarity: float = 0.1
+    neighbours: int = 30
+    recall_check_max_items: int = 5000
+    seed: int = 42
 
 
 def with_tokens(items: DataFrame) -> DataFrame:
@@ -43,18 +57,18 @@ def with_tokens(items: DataFrame) -> DataFrame:
     return tokens.filter(F.size("tokens") > 0).select(ITEM_IDX, "tokens")
 
 
-def fit_tfidf(tokens: DataFrame, config: Config) -> PipelineModel:
+def fit_tfidf(tokens: DataFrame, params: ContentParams) -> PipelineModel:
     """HashingTF -> IDF -> L2 normalisation, so that a dot product is a cosine."""
     return Pipeline(
         stages=[
-            HashingTF(inputCol="tokens", outputCol="_tf", numFeatures=config.require("content.num_features")),
-            IDF(inputCol="_tf", outputCol="_idf", minDocFreq=config.require("content.min_doc_freq")),
+            HashingTF(inputCol="tokens", outputCol="_tf", numFeatures=params.num_features),
+            IDF(inputCol="_tf", outputCol="_idf", minDocFreq=params.min_doc_freq),
             Normalizer(inputCol="_idf", outputCol=VECTOR, p=2.0),
         ]
     ).fit(tokens)
 
 
-def fit_lsh(vectors: DataFrame, config: Config) -> BucketedRandomProjectionLSHModel:
+def fit_lsh(vectors: DataFrame, params: ContentParams) -> BucketedRandomProjectionLSHModel:
     """Random projections whose buckets scale with the vectors' dimension.
 
     Projections of unit vectors on a random unit direction have standard
@@ -64,10 +78,9 @@ def fit_lsh(vectors: DataFrame, config: Config) -> BucketedRandomProjectionLSHMo
     return BucketedRandomProjectionLSH(
         inputCol=VECTOR,
         outputCol="_hashes",
-        bucketLength=config.require("content.bucket_width")
-        / math.sqrt(config.require("content.num_features")),
-        numHashTables=config.require("content.num_hash_tables"),
-        seed=config.require("als.seed"),
+        bucketLength=params.bucket_width / math.sqrt(params.num_features),
+        numHashTables=params.num_hash_tables,
+        seed=params.seed,
     ).fit(vectors)
 
 

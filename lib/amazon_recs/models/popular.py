@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from amazon_recs.models.topk import filter_seen, top_k
 from amazon_recs.schemas import ITEM_IDX, SCORE, TS, USER_IDX
-from amazon_recs.topk import filter_seen, top_k
 
 SECONDS_PER_DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class PopularParams:
+    """Popularity's settings (``popular.*``)."""
+
+    half_life_days: float = 90.0
 
 
 def fit_popularity(train: DataFrame, half_life_days: float) -> DataFrame:

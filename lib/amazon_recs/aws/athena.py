@@ -1,0 +1,21 @@
+"""Athena: the DDL that registers each gold Delta table in the Glue catalogue, in place."""
+
+from __future__ import annotations
+
+from amazon_recs.config import Config
+
+GOLD_TABLES = ("recommendations", "user_recommendations", "popular_fallback", "metrics")
+
+
+def athena_ddl(config: Config) -> str:
+    """Glue/Athena statements registering each gold Delta table in place."""
+    db = config.require("export.glue_database")
+    warehouse = config.require("paths.warehouse").rstrip("/")
+    statements = [f"CREATE DATABASE IF NOT EXISTS {db};"]
+    for table in GOLD_TABLES:
+        statements.append(
+            f"CREATE EXTERNAL TABLE IF NOT EXISTS {db}.{table}\n"
+            f"LOCATION '{warehouse}/gold/{table}'\n"
+            f"TBLPROPERTIES ('table_type'='DELTA');"
+        )
+    return "\n\n".join(statements) + "\n"

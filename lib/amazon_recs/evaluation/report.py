@@ -1,0 +1,105 @@
+"""The evaluation report: the metrics table, tuning choices and LSH recall in Markdown,
+beside its plots."""
+
+from __future__ import annotations
+
+from pyspark.sql import SparkSession
+
+from amazon_recs import io
+from amazon_recs.config import Config
+from amazon_recs.evaluation import plots
+
+BY_MODEL_PNG = "metrics_by_model.png"
+AGAINST_K_PNG = "metrics_at_k.png"
+
+
+def metrics_table(rows: list[dict]) -> str:
+    """A Markdown table, one row per model, one column per metric."""
+    metrics = sorted({r["metric"] for r in rows}, key=_metric_order)
+    models = plots.model_order({r["model"] for r in rows})
+    k = rows[0]["k"] if rows else 10
+    value = {(r["model"], r["metric"]): r["value"] for r in rows}
+    users = {r["model"]: r["users"] for r in rows if r["metric"] == "precision"}
+    header = "| model | users | " + " | ".join(f"{m}@{k}" for m in metrics) + " |"
+    rule = "|---|---:|" + "---:|" * len(metrics)
+    lines = [header, rule]
+    for model in models:
+        cells = " | ".join(f"{value.get((model, m), float('nan')):.4f}" for m in metrics)
+        lines.append(f"| {model} | {users.get(model, '')} | {cells} |")
+    return "\n".join(lines)
+
+
+def _metric_order(metric: str) -> tuple[int, str]:
+    order = ["precision", "recall", "ndcg", "map", "hit_rate", "mrr", "coverage", "novelty"]
+    return (order.index(metric) if metric in order else len(order), metric)
+
+
+def tuning_section(tuning: dict | None) -> str:
+    """What tuning chose on validation, and every ALS grid point's score."""
+    if not tuning:
+        return "Not tuned (`tune.enabled` is false): the configured settings were used.\n"
+    columns = sorted(k for k in tuning["als_grid"][0] if k != "ndcg") + ["ndcg"]
+    lines = [
+        f"Chosen on a validation split of {tuning['validation_users']} users carved from training:",
+        f"ALS {tuning['als']}, hybrid weights {tuning['hybrid_weights']} "
+        f"(validation NDCG@k {tuning['validation_ndcg']:.4f}).",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---:|" * len(columns),
+    ]
+    for point in tuning["als_grid"]:
+        cells = (f"{point[c]:.4f}" if isinstance(point[c], float) else str(point[c]) for c in columns)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def recall_line(lsh_recall: float | None) -> str:
+    if lsh_recall is None:
+        return "LSH recall not measured (no item text, or more items than content.recall_check_max_items)."
+    return (
+        f"LSH found {lsh_recall:.1%} of the exact top-`content.neighbours` cosine neighbours "
+        "(above content.min_similarity)."
+    )
+
+
+def curve_table(curve: list[dict], metric: str = "ndcg") -> str:
+    """A Markdown table of one metric at each k of the curve, one row per model."""
+    ks = sorted({r["k"] for r in curve})
+    value = {(r["model"], r["k"]): r["value"] for r in curve if r["metric"] == metric}
+    models = plots.model_order({r["model"] for r in curve})
+    lines = ["| model | " + " | ".join(f"{metric}@{k}" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
+    for model in models:
+        lines.append(
+            f"| {model} | " + " | ".join(f"{value.get((model, k), float('nan')):.4f}" for k in ks) + " |"
+        )
+    return "\n".join(lines)
+
+
+def write_metrics_report(
+    spark: SparkSession,
+    config: Config,
+    rows: list[dict],
+    tuning: dict | None = None,
+    lsh_recall: float | None = None,
+    curve: list[dict] | None = None,
+) -> str:
+    """Write ``metrics.md`` and its two PNG plots under ``paths.reports``; return the report's path."""
+    reports = config.require("paths.reports").rstrip("/")
+    version = rows[0]["model_version"] if rows else "none"
+    io.write_bytes(spark, f"{reports}/{BY_MODEL_PNG}", plots.metrics_by_model(rows))
+    sections = [
+        f"# Evaluation report\n\nModel version `{version}`, split protocol "
+        f"`{config.require('split.protocol')}` (test_fraction {config.require('split.test_fraction')}), "
+        f"full-catalogue ranking with each user's training items removed.\n\n{metrics_table(rows)}\n\n"
+        f"![metrics per model]({BY_MODEL_PNG})\n",
+    ]
+    if curve:
+        io.write_bytes(spark, f"{reports}/{AGAINST_K_PNG}", plots.metrics_against_k(curve))
+        sections.append(
+            f"## Metrics against k\n\n{curve_table(curve)}\n\n![metrics against k]({AGAINST_K_PNG})\n"
+        )
+    sections.append(f"## Tuning\n\n{tuning_section(tuning)}")
+    sections.append(f"## Content neighbours\n\n{recall_line(lsh_recall)}\n")
+    path = f"{reports}/metrics.md"
+    io.write_text(spark, path, "\n".join(sections))
+    return path

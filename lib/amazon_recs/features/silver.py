@@ -1,0 +1,151 @@
+"""Bronze -> silver: interactions, items, users and the stable integer id maps."""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from amazon_recs import schemas
+from amazon_recs.features.split import TEMPORAL, TEST, TRAIN, with_split
+from amazon_recs.schemas import ITEM, ITEM_IDX, RATING, SPLIT, TS, USER, USER_IDX, WEIGHT
+
+
+def latest_per_pair(reviews: DataFrame, col_user: str = USER, col_item: str = ITEM) -> DataFrame:
+    """One row per (user, item): the latest review wins; ties go to the higher rating.
+
+    A user who reviews a product twice changed their mind; the latest opinion is
+    the one to learn from.
+    """
+    latest = Window.partitionBy(col_user, col_item).orderBy(F.desc(TS), F.desc(RATING), F.desc("asin"))
+    return (
+        reviews.withColumn("_n", F.row_number().over(latest))
+        .filter("_n = 1")
+        .select(col_user, col_item, RATING, TS)
+    )
+
+
+def extend_id_map(existing: DataFrame | None, keys: DataFrame, col_key: str, col_idx: str) -> DataFrame:
+    """Append ids for keys not yet in the map; ids already given never change.
+
+    New keys get the next integers in key order, so the same input always gives
+    the same ids. ALS needs int32 ids, hence integers rather than hashes.
+
+    Args:
+        existing: the current map (``col_key``, ``col_idx``), or None on the first run.
+        keys: a frame with column ``col_key`` (duplicates and nulls allowed).
+
+    Returns:
+        The whole map, old rows unchanged plus the new keys.
+    """
+    distinct = keys.select(col_key).where(F.col(col_key).isNotNull()).distinct()
+    if existing is None:
+        new = distinct
+        offset = F.lit(-1)
+        old = None
+    else:
+        new = distinct.join(existing, col_key, how="left_anti")
+        offset = F.lit(existing.agg(F.max(col_idx)).first()[0] if existing.take(1) else -1)
+        old = existing.select(col_key, col_idx)
+    # A global order for new keys only: one partition, but only the new keys.
+    numbered = new.withColumn(col_idx, (offset + F.row_number().over(Window.orderBy(col_key))).cast("int"))
+    return numbered if old is None else old.unionByName(numbered)
+
+
+def build_interactions(
+    reviews: DataFrame,
+    user_ids: DataFrame,
+    item_ids: DataFrame,
+    test_fraction: float,
+    min_user: int,
+    protocol: str = TEMPORAL,
+    seed: int = 0,
+) -> DataFrame:
+    """silver.interactions: deduplicated, integer ids, implicit weight, split."""
+    pairs = latest_per_pair(reviews)
+    # Implicit confidence grows with the rating; every review is a positive signal.
+    joined = (
+        pairs.join(user_ids, USER, how="inner")
+        .join(item_ids, ITEM, how="inner")
+        .withColumn(WEIGHT, F.col(RATING))
+    )
+    return schemas.conform(
+        with_split(joined, test_fraction, min_user, protocol=protocol, seed=seed),
+        schemas.INTERACTIONS,
+        "silver/interactions",
+    )
+
+
+def clean_text(c: Column) -> Column:
+    """Strip HTML tags and entities, fold white space, trim; empty becomes null."""
+    no_tags = F.regexp_replace(c, r"<[^>]*>", " ")
+    no_entities = F.regexp_replace(no_tags, r"&[a-zA-Z]+;|&#\d+;|&#[xX][0-9a-fA-F]+;", " ")
+    folded = F.trim(F.regexp_replace(no_entities, r"\s+", " "))
+    return F.when(folded != "", folded)
+
+
+def _joined(c: Column) -> Column:
+    return clean_text(F.concat_ws(" ", F.coalesce(c, F.array().cast("array<string>"))))
+
+
+def build_items(
+    products: DataFrame, item_ids: DataFrame, interactions: DataFrame, tags: DataFrame | None = None
+) -> DataFrame:
+    """silver.items: every known item, cleaned text, category and popularity.
+
+    Text joins title, brand, categories, features, description and, where a tag
+    file was ingested, the item's distinct tags (MovieLens-style).
+
+    Items reviewed but missing from the metadata keep a row with
+    ``has_metadata`` false; the content model skips them, ALS does not.
+    """
+    popularity = (
+        interactions.filter(F.col(SPLIT) == TRAIN).groupBy(ITEM).agg(F.count(F.lit(1)).alias("popularity"))
+    )
+    products = products.withColumn("_has_metadata", F.lit(True))
+    if tags is not None:
+        item_tags = tags.groupBy(ITEM).agg(F.array_sort(F.collect_set("tag")).alias("tags"))
+        products = products.join(item_tags, ITEM, how="full")
+    else:
+        products = products.withColumn("tags", F.lit(None).cast("array<string>"))
+    cleaned = products.select(
+        ITEM,
+        clean_text("title").alias("title"),
+        F.element_at(F.col("categories"), -1).alias("category"),
+        clean_text("brand").alias("brand"),
+        "price",
+        F.concat_ws(
+            " ",
+            clean_text("title"),
+            clean_text("brand"),
+            _joined(F.col("categories")),
+            _joined(F.col("features")),
+            _joined(F.col("description")),
+            _joined(F.col("tags")),
+        ).alias("text"),
+        F.coalesce("_has_metadata", F.lit(False)).alias("has_metadata"),
+    )
+    return (
+        item_ids.join(cleaned, ITEM, how="left")
+        .join(popularity, ITEM, how="left")
+        .select(
+            ITEM,
+            ITEM_IDX,
+            "title",
+            "category",
+            "brand",
+            "price",
+            F.when(F.col("text") != "", F.col("text")).alias("text"),
+            F.coalesce("popularity", F.lit(0)).cast("long").alias("popularity"),
+            F.coalesce("has_metadata", F.lit(False)).alias("has_metadata"),
+        )
+    )
+
+
+def build_users(interactions: DataFrame) -> DataFrame:
+    """silver.users: per user, interaction counts by split and activity span."""
+    return interactions.groupBy(USER, USER_IDX).agg(
+        F.sum((F.col(SPLIT) == TRAIN).cast("long")).alias("train_interactions"),
+        F.sum((F.col(SPLIT) == TEST).cast("long")).alias("test_interactions"),
+        F.min(TS).alias("first_ts"),
+        F.max(TS).alias("last_ts"),
+    )

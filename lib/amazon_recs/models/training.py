@@ -1,0 +1,118 @@
+"""Fitting every model on a training frame, and their candidate lists for users.
+
+The train stage fits on the whole training split; tuning fits the same way on
+the part of it left after carving out a validation split. Both go through here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from pyspark.ml.recommendation import ALSModel
+from pyspark.sql import DataFrame, SparkSession
+
+from amazon_recs.models import als as m_als
+from amazon_recs.models import content as m_content
+from amazon_recs.models import lists as rc
+from amazon_recs.models import popular as m_popular
+from amazon_recs.schemas import ITEM_IDX, USER_IDX, WEIGHT
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("als", "content", "popular")
+# What fit_content returns: the TF-IDF pipeline, item neighbours, LSH recall.
+Content = tuple[object | None, DataFrame, float | None]
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Every model's settings, built once from the configuration by the train stage."""
+
+    als: m_als.AlsParams = field(default_factory=m_als.AlsParams)
+    content: m_content.ContentParams = field(default_factory=m_content.ContentParams)
+    popular: m_popular.PopularParams = field(default_factory=m_popular.PopularParams)
+
+
+@dataclass
+class Models:
+    """The fitted models of one version."""
+
+    als: ALSModel
+    neighbours: DataFrame
+    popularity: DataFrame
+    tfidf: object | None = None  # the TF-IDF PipelineModel, None without item text
+    lsh_recall: float | None = None  # share of exact neighbours LSH found (small catalogues)
+
+
+def fit_content(
+    spark: SparkSession, items: DataFrame, params: m_content.ContentParams, check_recall: bool = True
+) -> Content:
+    """TF-IDF and LSH neighbours, and LSH's recall against exact cosine.
+
+    The recall is measured when the catalogue has at most
+    ``params.recall_check_max_items`` items with text (None otherwise), and is
+    None with no rows when no item has text at all.
+    """
+    tokens = m_content.with_tokens(items).cache()
+    items_with_text = tokens.count()
+    if not items_with_text:
+        # Reviews without metadata: the content model has nothing to say, and
+        # its lists are filled from popularity.
+        log.warning("no item has text: the content model is empty")
+        return None, spark.createDataFrame([], m_content.NEIGHBOURS_SCHEMA), None
+    tfidf = m_content.fit_tfidf(tokens, params)
+    vectors = tfidf.transform(tokens).select(ITEM_IDX, m_content.VECTOR).cache()
+    neighbours = m_content.item_neighbours(
+        m_content.fit_lsh(vectors, params), vectors, params.min_similarity, params.neighbours
+    ).cache()
+    recall = None
+    if check_recall and items_with_text <= params.recall_check_max_items:
+        exact = m_content.exact_neighbours(vectors, params.min_similarity, params.neighbours)
+        recall = m_content.neighbour_recall(neighbours, exact)
+        log.info("LSH found %.1f%% of the exact neighbours of %d items", 100 * recall, items_with_text)
+    return tfidf, neighbours, recall
+
+
+def fit_models(
+    spark: SparkSession,
+    train: DataFrame,
+    items: DataFrame,
+    params: ModelParams,
+    check_recall: bool = True,
+    content: Content | None = None,
+) -> Models:
+    """Every model on ``train``. The content model depends on the items alone, so a
+    caller fitting several times (tuning, then the final fit) passes it in once."""
+    tfidf, neighbours, recall = content or fit_content(spark, items, params.content, check_recall)
+    return Models(
+        als=m_als.fit_als(train, params.als),
+        neighbours=neighbours.cache(),
+        popularity=m_popular.fit_popularity(train, params.popular.half_life_days).cache(),
+        tfidf=tfidf,
+        lsh_recall=recall,
+    )
+
+
+def candidates(models: Models, train: DataFrame, n: int, k: int, max_seen: int) -> dict[str, DataFrame]:
+    """Each model's ``n`` best unseen items per training user, in the common candidate shape.
+
+    ALS rows in the top ``k`` carry the seen item that explains them best.
+    """
+    seen = train.select(USER_IDX, ITEM_IDX, WEIGHT)
+    users = seen.select(USER_IDX).distinct()
+    als_recs = m_als.recommend_als(models.als, users, seen, n, max_seen)
+    als_recs = als_recs.join(
+        m_als.because_item(als_recs.filter(f"rank <= {k}"), seen, models.als.itemFactors),
+        [USER_IDX, ITEM_IDX],
+        how="left",
+    )
+    return {
+        "als": rc.as_candidates(als_recs, "als").cache(),
+        "content": rc.as_candidates(
+            m_content.recommend_content(models.neighbours, seen, n), "content"
+        ).cache(),
+        "popular": rc.as_candidates(
+            m_popular.recommend_popular(models.popularity, users, seen, n, max_seen), "popular"
+        ).cache(),
+    }

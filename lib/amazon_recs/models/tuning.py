@@ -1,0 +1,162 @@
+"""Tuning on a validation split carved from training (never the test split).
+
+ALS's rank, regularisation and alpha are chosen by NDCG@k on validation over
+the grid in ``tune.als_grid``; the hybrid's fusion weights by NDCG@k over every
+weight vector on a simplex grid of step ``tune.weight_step``, all scored in one
+Spark job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from amazon_recs.evaluation import metrics as ev
+from amazon_recs.features import split as sp
+from amazon_recs.models import als as m_als
+from amazon_recs.models.topk import max_seen_per_user, minmax_per_user, top_k
+from amazon_recs.models.training import COMPONENTS, Content, ModelParams, candidates, fit_models
+from amazon_recs.schemas import ITEM_IDX, RANK, SCORE, SPLIT, USER_IDX
+
+log = logging.getLogger(__name__)
+
+COMBO = "combo"
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    """What tuning searches and how it scores (``tune.*``, ``evaluate.k``,
+    ``recommend.candidates``, and the test split's protocol for validation)."""
+
+    als_grid: Mapping[str, list] = field(
+        default_factory=lambda: {"rank": [32], "reg_param": [0.01, 0.1], "alpha": [1.0, 5.0, 20.0]}
+    )
+    weight_step: float = 0.1
+    k: int = 10
+    candidates: int = 100
+    split: sp.SplitParams = field(default_factory=sp.SplitParams)
+
+
+def carve_validation(train: DataFrame, params: sp.SplitParams) -> tuple[DataFrame, DataFrame]:
+    """Split training rows into (fit, validation) with the test protocol and fraction."""
+    split = sp.with_split(
+        train.drop(SPLIT),
+        params.test_fraction,
+        params.min_user_interactions,
+        protocol=params.protocol,
+        seed=params.seed + 1,
+    ).cache()
+    return split.filter(F.col(SPLIT) == sp.TRAIN), split.filter(F.col(SPLIT) == sp.TEST)
+
+
+def ndcg_by(recs: DataFrame, validation: DataFrame, k: int, col_model: str) -> dict:
+    """NDCG@k per value of ``col_model`` on idx columns."""
+    per_user = ev.per_user_metrics(
+        recs,
+        validation.select(USER_IDX, ITEM_IDX),
+        k,
+        col_user=USER_IDX,
+        col_item=ITEM_IDX,
+        col_model=col_model,
+    )
+    return {
+        r[col_model]: r["ndcg"]
+        for r in per_user.groupBy(col_model).agg(F.avg("ndcg").alias("ndcg")).collect()
+    }
+
+
+def als_grid(grid: Mapping[str, list]) -> list[dict]:
+    """Every combination of the grid's values, as {setting: value}."""
+    keys = sorted(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def tune_als(
+    fit: DataFrame, validation: DataFrame, als: m_als.AlsParams, grid: Mapping[str, list], k: int
+) -> tuple[dict, list[dict]]:
+    """The grid point with the best validation NDCG@k, and every point's score."""
+    users = fit.select(USER_IDX).distinct()
+    max_seen = max_seen_per_user(fit)
+    results = []
+    for point in als_grid(grid):
+        trial = dataclasses.replace(als, **point)
+        recs = m_als.recommend_als(m_als.fit_als(fit, trial), users, fit, k, max_seen)
+        score = ndcg_by(recs.withColumn(COMBO, F.lit(0)), validation, k, COMBO).get(0, 0.0)
+        log.info("tune als %s: validation ndcg@%d = %.4f", point, k, score)
+        results.append({**point, "ndcg": score})
+    best = max(results, key=lambda r: (r["ndcg"], -r.get("reg_param", 0)))
+    return {key: best[key] for key in grid}, results
+
+
+def weight_grid(step: float, names: tuple[str, ...] = COMPONENTS) -> list[dict[str, float]]:
+    """Every weight vector on the simplex with the given step (weights sum to 1)."""
+    units = round(1 / step)
+    return [
+        {name: round(c / units, 6) for name, c in zip(names, counts, strict=True)}
+        for counts in itertools.product(range(units + 1), repeat=len(names))
+        if sum(counts) == units
+    ]
+
+
+def tune_weights(
+    spark: SparkSession, lists: Mapping[str, DataFrame], validation: DataFrame, k: int, step: float
+) -> tuple[dict[str, float], list[dict]]:
+    """Fusion weights maximising validation NDCG@k, scoring every grid point in one job."""
+    grid = weight_grid(step)
+    combos = spark.createDataFrame(
+        [(i, *(w[name] for name in COMPONENTS)) for i, w in enumerate(grid)],
+        f"{COMBO} int, " + ", ".join(f"w_{name} double" for name in COMPONENTS),
+    )
+    normalised = None
+    for name in COMPONENTS:
+        part = minmax_per_user(lists[name]).select(USER_IDX, ITEM_IDX, F.col(SCORE).alias(f"s_{name}"))
+        normalised = part if normalised is None else normalised.join(part, [USER_IDX, ITEM_IDX], how="full")
+    normalised = normalised.fillna(0.0)
+    fused = normalised.crossJoin(F.broadcast(combos)).withColumn(
+        SCORE, sum(F.col(f"w_{name}") * F.col(f"s_{name}") for name in COMPONENTS)
+    )
+    ranked = top_k(fused, k, col_user=[COMBO, USER_IDX]).select(COMBO, USER_IDX, ITEM_IDX, RANK)
+    scores = ndcg_by(ranked, validation, k, COMBO)
+    results = [{**grid[i], "ndcg": scores.get(i, 0.0)} for i in range(len(grid))]
+    # Ties go to the weights closest to ALS alone, then to fewer moving parts.
+    best = max(results, key=lambda r: (round(r["ndcg"], 12), r["als"], -r["content"]))
+    return {name: best[name] for name in COMPONENTS}, results
+
+
+def tune(
+    spark: SparkSession,
+    train: DataFrame,
+    items: DataFrame,
+    models: ModelParams,
+    params: TuneParams,
+    content: Content | None = None,
+) -> dict:
+    """ALS parameters and hybrid weights chosen on validation; a summary for the report.
+
+    ``content``, when given, is the already fitted content model (it does not
+    depend on the split, so it is not refitted here).
+    """
+    k = params.k
+    fit, validation = carve_validation(train, params.split)
+    als_params, als_results = tune_als(fit, validation, models.als, params.als_grid, k)
+    tuned = dataclasses.replace(models, als=dataclasses.replace(models.als, **als_params))
+    fitted = fit_models(spark, fit, items, tuned, check_recall=False, content=content)
+    lists = candidates(fitted, fit, params.candidates, k, max_seen_per_user(fit))
+    weights, weight_results = tune_weights(spark, lists, validation, k, params.weight_step)
+    best = max(weight_results, key=lambda r: r["ndcg"])
+    log.info(
+        "tuned als %s and hybrid weights %s (validation ndcg@%d %.4f)", als_params, weights, k, best["ndcg"]
+    )
+    return {
+        "als": als_params,
+        "hybrid_weights": weights,
+        "validation_ndcg": best["ndcg"],
+        "als_grid": als_results,
+        "validation_users": validation.select(USER_IDX).distinct().count(),
+    }

@@ -1,0 +1,57 @@
+"""The evaluate stage: every model's metrics on the held-out test split into
+``gold/metrics``, the metrics at each k, and the report with its plots."""
+
+from __future__ import annotations
+
+import json
+from functools import reduce
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from amazon_recs import io, schemas
+from amazon_recs.config import Config
+from amazon_recs.errors import ConfigError
+from amazon_recs.evaluation import metrics as ev
+from amazon_recs.evaluation import report
+from amazon_recs.features.split import TEST, TRAIN
+from amazon_recs.pipeline import versions
+from amazon_recs.pipeline.base import stage
+from amazon_recs.schemas import ITEM, SPLIT, USER
+
+
+@stage
+def run_evaluate(spark: SparkSession, config: Config) -> dict:
+    k = config.require("evaluate.k")
+    recs = io.read_table(spark, config, "gold/recommendations")
+    version = recs.select("model_version").first()[0]
+    interactions = io.read_table(spark, config, "silver/interactions")
+    truth = interactions.filter(F.col(SPLIT) == TEST)
+    catalogue = io.read_table(spark, config, "silver/items").count()
+
+    train = interactions.filter(F.col(SPLIT) == TRAIN).select(USER, ITEM)
+    per_user = ev.per_user_metrics(recs, truth.select(USER, ITEM), k)
+    metrics = (
+        ev.summarise(per_user, k)
+        .unionByName(ev.coverage(recs, catalogue, k))
+        .unionByName(ev.novelty(recs, train, k))
+        .withColumn("model_version", F.lit(version))
+    )
+    io.overwrite_table(schemas.conform(metrics, schemas.METRICS, "gold/metrics"), config, "gold/metrics")
+    rows = [r.asDict() for r in io.read_table(spark, config, "gold/metrics").collect()]
+    curve = metrics_against_k(recs, truth.select(USER, ITEM), config)
+    info = json.loads(io.read_text(spark, f"{versions.model_dir(config, version)}/model_info.json") or "{}")
+    path = report.write_metrics_report(
+        spark, config, rows, versions.tuning(spark, config, version), info.get("lsh_recall"), curve
+    )
+    return {"model_version": version, "metrics": rows, "curve": curve, "report": path}
+
+
+def metrics_against_k(recs: DataFrame, truth: DataFrame, config: Config) -> list[dict]:
+    """The per-user metrics at each k of ``evaluate.curve_ks`` (for the plot), in one job."""
+    ks = sorted(set(config.require("evaluate.curve_ks")))
+    top_k = config.require("recommend.k")
+    if not ks or ks[0] < 1 or ks[-1] > top_k:
+        raise ConfigError(f"evaluate.curve_ks must be between 1 and recommend.k ({top_k}), got {ks}")
+    frames = [ev.summarise(ev.per_user_metrics(recs, truth, k), k) for k in ks]
+    return [r.asDict() for r in reduce(DataFrame.unionByName, frames).collect()]

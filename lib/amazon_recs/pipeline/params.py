@@ -1,0 +1,66 @@
+"""The models' typed parameters, built once from the configuration by the stages.
+
+Models never read the configuration themselves: a notebook or a test builds
+these dataclasses directly, the way Spark ML estimators take their params.
+"""
+
+from __future__ import annotations
+
+from amazon_recs.config import Config
+from amazon_recs.features.split import SplitParams
+from amazon_recs.models.als import AlsParams
+from amazon_recs.models.content import ContentParams
+from amazon_recs.models.popular import PopularParams
+from amazon_recs.models.training import ModelParams
+from amazon_recs.models.tuning import TuneParams
+
+
+def split_params(config: Config) -> SplitParams:
+    return SplitParams(
+        test_fraction=config.require("split.test_fraction"),
+        min_user_interactions=config.require("split.min_user_interactions"),
+        protocol=config.require("split.protocol"),
+        seed=config.require("split.seed"),
+    )
+
+
+def als_params(config: Config) -> AlsParams:
+    return AlsParams(
+        rank=config.require("als.rank"),
+        max_iter=config.require("als.max_iter"),
+        reg_param=config.require("als.reg_param"),
+        alpha=config.require("als.alpha"),
+        checkpoint_interval=config.require("als.checkpoint_interval"),
+        seed=config.require("als.seed"),
+    )
+
+
+def content_params(config: Config) -> ContentParams:
+    return ContentParams(
+        num_features=config.require("content.num_features"),
+        min_doc_freq=config.require("content.min_doc_freq"),
+        bucket_width=config.require("content.bucket_width"),
+        num_hash_tables=config.require("content.num_hash_tables"),
+        min_similarity=config.require("content.min_similarity"),
+        neighbours=config.require("content.neighbours"),
+        recall_check_max_items=config.require("content.recall_check_max_items"),
+        seed=config.require("als.seed"),
+    )
+
+
+def model_params(config: Config) -> ModelParams:
+    return ModelParams(
+        als=als_params(config),
+        content=content_params(config),
+        popular=PopularParams(half_life_days=config.require("popular.half_life_days")),
+    )
+
+
+def tune_params(config: Config) -> TuneParams:
+    return TuneParams(
+        als_grid=config.require("tune.als_grid"),
+        weight_step=config.require("tune.weight_step"),
+        k=config.require("evaluate.k"),
+        candidates=config.require("recommend.candidates"),
+        split=split_params(config),
+    )

@@ -1,0 +1,67 @@
+"""What ``make run`` prints when every stage has run: table sizes, the reconciliation
+of every input file, the metrics, and where the outputs are."""
+
+from __future__ import annotations
+
+from amazon_recs import io
+from amazon_recs.config import Config
+from amazon_recs.evaluation import report
+
+SUMMARY_TABLES = (
+    "bronze/reviews",
+    "bronze/products",
+    "bronze/rejects",
+    "silver/interactions",
+    "silver/items",
+    "silver/users",
+    "gold/recommendations",
+    "gold/user_recommendations",
+    "gold/popular_fallback",
+    "gold/metrics",
+)
+
+
+def pipeline_summary(spark, config: Config, summaries: dict) -> str:
+    """What ``make run`` prints at the end: table sizes, metrics, where things are."""
+    lines = ["", "== amazon-recs: pipeline finished ==", "", "Rows per table:"]
+    for name in SUMMARY_TABLES:
+        path = io.table_path(config, name)
+        rows = spark.read.format("delta").load(path).count() if io.table_exists(spark, path) else "-"
+        lines.append(f"  {name:<28} {rows:>9}  {path}")
+    for f in summaries.get("ingest", {}).get("files", []):
+        lines.append(
+            f"  ingest {f['kind']:<8} {f['source_file']}: read {f['lines_read']} = accepted {f['accepted']}"
+            f" + rejected {f['rejected']} + blank {f['blank']}"
+        )
+    evaluation = summaries.get("evaluate", {})
+    lines += [
+        "",
+        f"Metrics (model version {evaluation.get('model_version')}):",
+        "",
+        report.metrics_table(evaluation.get("metrics", [])),
+        "",
+    ]
+    lines.append(f"Report:  {evaluation.get('report')}")
+    lines.append(f"Models:  {summaries.get('train', {}).get('model_dir')}")
+    export = summaries.get("export", {})
+    if export.get("athena_ddl"):
+        lines.append(f"Athena:  {export['athena_ddl']}")
+    if export.get("dynamodb"):
+        d = export["dynamodb"]
+        lines.append(
+            f"DynamoDB: version {d['model_version']} published to table {d['table']} "
+            f"({d['lists']} lists in {d['batches']} batches, {d['retries']} retries; "
+            f"previous version {d['previous_version'] or 'none'})"
+        )
+    sample_user = (
+        spark.read.format("delta")
+        .load(io.table_path(config, "gold/recommendations"))
+        .select("user_id")
+        .orderBy("user_id")
+        .first()[0]
+    )
+    lines.append(
+        f"See one user's top-10:  .venv/bin/amazon-recs show --config {config.source} "
+        f"--user {sample_user} --model hybrid"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,185 @@
+"""Parity of the Spark ranking metrics with numbers worked out by hand.
+
+k = 3. Held-out items (truth), with a duplicate row for u1:
+    u1: {a, b}          (|rel| = 2)
+    u2: {c, d, e, f}    (|rel| = 4 > k)
+    u3: {g}             (|rel| = 1)
+u4 has recommendations but no held-out items, so it is not evaluated.
+
+Recommendations (rank: item; ranks beyond k are ignored):
+    m1  u1: 1 a, 2 x, 3 b, 4 y      u2: 1 x, 2 c, 3 d, 4 e      u3: (none)     u4: 1 a
+    m2  u1: 1 y, 2 z, 3 x           u2: 1 c, 2 d, 3 e           u3: 1 x, 2 g
+
+With L(r) = log2(r + 1): L(1) = 1, L(2) = log2(3), L(3) = 2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from amazon_recs.evaluation import metrics as ev
+
+K = 3
+L2 = math.log2(3)  # log2(2 + 1)
+
+# Worked by hand from the docstring formulas of amazon_recs.evaluation.metrics.
+EXPECTED_PER_USER = {
+    # m1 u1: hits at ranks 1 and 3.
+    ("m1", "u1"): {
+        "precision": 2 / 3,
+        "recall": 2 / 2,
+        "ndcg": (1 / 1 + 1 / 2) / (1 / 1 + 1 / L2),  # ideal: 2 hits at ranks 1, 2
+        "map": (1 / 1 + 2 / 3) / 2,  # precision@1 = 1, precision@3 = 2/3; min(|rel|, k) = 2
+        "hit_rate": 1.0,
+        "mrr": 1.0,
+    },
+    # m1 u2: hits at ranks 2 and 3; e at rank 4 does not count.
+    ("m1", "u2"): {
+        "precision": 2 / 3,
+        "recall": 2 / 4,
+        "ndcg": (1 / L2 + 1 / 2) / (1 + 1 / L2 + 1 / 2),  # ideal: min(4, 3) = 3 hits
+        "map": (1 / 2 + 2 / 3) / 3,
+        "hit_rate": 1.0,
+        "mrr": 1 / 2,
+    },
+    # m1 has nothing for u3: zero everywhere, but u3 still counts.
+    ("m1", "u3"): {"precision": 0.0, "recall": 0.0, "ndcg": 0.0, "map": 0.0, "hit_rate": 0.0, "mrr": 0.0},
+    # m2 u1: a list without any hit.
+    ("m2", "u1"): {"precision": 0.0, "recall": 0.0, "ndcg": 0.0, "map": 0.0, "hit_rate": 0.0, "mrr": 0.0},
+    # m2 u2: three hits out of four relevant items; a perfect list at k = 3.
+    ("m2", "u2"): {
+        "precision": 3 / 3,
+        "recall": 3 / 4,
+        "ndcg": 1.0,
+        "map": (1 + 1 + 1) / 3,
+        "hit_rate": 1.0,
+        "mrr": 1.0,
+    },
+    # m2 u3: hit at rank 2.
+    ("m2", "u3"): {
+        "precision": 1 / 3,
+        "recall": 1 / 1,
+        "ndcg": (1 / L2) / 1,
+        "map": (1 / 2) / 1,
+        "hit_rate": 1.0,
+        "mrr": 1 / 2,
+    },
+}
+
+EXPECTED_SUMMARY = {
+    ("m1", "precision"): (2 / 3 + 2 / 3 + 0) / 3,
+    ("m1", "recall"): (1 + 0.5 + 0) / 3,
+    ("m1", "ndcg"): ((1.5 / (1 + 1 / L2)) + (1 / L2 + 0.5) / (1.5 + 1 / L2) + 0) / 3,
+    ("m1", "map"): ((5 / 3) / 2 + (7 / 6) / 3 + 0) / 3,
+    ("m1", "hit_rate"): 2 / 3,
+    ("m1", "mrr"): (1 + 0.5 + 0) / 3,
+    ("m2", "precision"): (0 + 1 + 1 / 3) / 3,
+    ("m2", "recall"): (0 + 0.75 + 1) / 3,
+    ("m2", "ndcg"): (0 + 1 + 1 / L2) / 3,
+    ("m2", "map"): (0 + 1 + 0.5) / 3,
+    ("m2", "hit_rate"): 2 / 3,
+    ("m2", "mrr"): (0 + 1 + 0.5) / 3,
+}
+
+RECS = [
+    ("m1", "u1", "a", 1),
+    ("m1", "u1", "x", 2),
+    ("m1", "u1", "b", 3),
+    ("m1", "u1", "y", 4),
+    ("m1", "u2", "x", 1),
+    ("m1", "u2", "c", 2),
+    ("m1", "u2", "d", 3),
+    ("m1", "u2", "e", 4),
+    ("m1", "u4", "a", 1),
+    ("m2", "u1", "y", 1),
+    ("m2", "u1", "z", 2),
+    ("m2", "u1", "x", 3),
+    ("m2", "u2", "c", 1),
+    ("m2", "u2", "d", 2),
+    ("m2", "u2", "e", 3),
+    ("m2", "u3", "x", 1),
+    ("m2", "u3", "g", 2),
+]
+TRUTH = [
+    ("u1", "a"),
+    ("u1", "b"),
+    ("u1", "a"),  # duplicate: counts once
+    ("u2", "c"),
+    ("u2", "d"),
+    ("u2", "e"),
+    ("u2", "f"),
+    ("u3", "g"),
+]
+
+
+@pytest.fixture
+def recs(spark):
+    return spark.createDataFrame(RECS, "model string, user_id string, item_id string, rank int")
+
+
+@pytest.fixture
+def truth(spark):
+    return spark.createDataFrame(TRUTH, "user_id string, item_id string")
+
+
+def test_per_user_metrics_and_summary_match_hand_computation(recs, truth):
+    per_user = ev.per_user_metrics(recs, truth, K).cache()
+    rows = per_user.collect()
+    got = {(r.model, r.user_id): {m: r[m] for m in ev.PER_USER_METRICS} for r in rows}
+    # One row per (model, evaluated user); u4 has no truth and is left out.
+    assert sorted(got) == sorted(EXPECTED_PER_USER)
+    for key, expected in EXPECTED_PER_USER.items():
+        assert got[key] == pytest.approx(expected, abs=1e-12), key
+
+    summary = ev.summarise(per_user, K).collect()
+    assert {(r.model, r.metric): r.value for r in summary} == pytest.approx(EXPECTED_SUMMARY, abs=1e-12)
+    assert {(r.model, r.metric, r.k, r.users) for r in summary} == {
+        (model, metric, K, 3) for model, metric in EXPECTED_SUMMARY
+    }
+    per_user.unpersist()
+
+
+def test_per_user_metrics_ignore_ranks_beyond_k(recs, truth):
+    """At k = 4, m1 u2's item e (rank 4) now counts, and m1 u1's y stays a miss."""
+    got = {(r.model, r.user_id): r for r in ev.per_user_metrics(recs, truth, 4).collect()}
+    u2 = got[("m1", "u2")]
+    assert u2.precision == pytest.approx(3 / 4)
+    assert u2.recall == pytest.approx(3 / 4)
+    assert u2.map == pytest.approx((1 / 2 + 2 / 3 + 3 / 4) / 4)
+    u1 = got[("m1", "u1")]
+    assert u1.precision == pytest.approx(2 / 4)
+    assert u1.ndcg == pytest.approx((1 + 1 / 2) / (1 + 1 / L2))
+
+
+def test_coverage(recs):
+    rows = ev.coverage(recs, catalogue_size=10, k=K).collect()
+    got = {r.model: (r.metric, r.value, r.k, r.users) for r in rows}
+    assert got == {
+        # top-3 items: u1 {a, x, b}, u2 {x, c, d}, u4 {a} -> {a, b, c, d, x}; y and e are rank 4.
+        "m1": ("coverage", pytest.approx(5 / 10), K, 3),
+        # u1 {y, z, x}, u2 {c, d, e}, u3 {x, g} -> 7 items.
+        "m2": ("coverage", pytest.approx(7 / 10), K, 3),
+    }
+
+
+def test_novelty_is_mean_self_information_with_add_one_smoothing(spark):
+    # Training: 3 users; item p seen by all 3, q by 1 (twice: counted once), r by none.
+    train = spark.createDataFrame(
+        [("u1", "p"), ("u2", "p"), ("u3", "p"), ("u1", "q"), ("u1", "q")], "user_id string, item_id string"
+    )
+    recs = spark.createDataFrame(
+        [
+            ("m", "u1", "r", 1),
+            ("m", "u2", "q", 1),
+            ("m", "u2", "r", 2),
+            ("m", "u3", "p", 3),  # beyond k = 2: ignored
+            ("n", "u3", "p", 1),
+        ],
+        "model string, user_id string, item_id string, rank int",
+    )
+    got = {r.model: (r.value, r.users) for r in ev.novelty(recs, train, k=2).collect()}
+    info = {"p": -math.log2(4 / 4), "q": -math.log2(2 / 4), "r": -math.log2(1 / 4)}
+    assert got["m"] == (pytest.approx((info["r"] + info["q"] + info["r"]) / 3), 2)
+    assert got["n"] == (pytest.approx(0.0), 1)

@@ -1,0 +1,56 @@
+"""The report's Markdown tables and plots, from long-form metric rows."""
+
+from __future__ import annotations
+
+import io as stdio
+import math
+
+import pytest
+from matplotlib import image
+
+from amazon_recs.errors import ConfigError
+from amazon_recs.evaluation import plots, report
+from amazon_recs.pipeline.evaluate import metrics_against_k
+
+ROWS = [
+    {"model": m, "metric": metric, "k": 10, "value": v, "users": 3, "model_version": "v1"}
+    for m, values in {"popular": (0.1, 0.2, 0.05), "hybrid": (0.3, 0.5, 0.4)}.items()
+    for metric, v in zip(("precision", "ndcg", "coverage"), values, strict=True)
+]
+CURVE = [
+    {"model": m, "metric": "ndcg", "k": k, "value": v, "users": 3}
+    for m, points in {"als": {1: 0.5, 5: 0.25}, "random": {1: 0.0}}.items()
+    for k, v in points.items()
+]
+
+
+def test_metrics_table_orders_metrics_and_models():
+    table = report.metrics_table(ROWS).splitlines()
+    assert table[0] == "| model | users | precision@10 | ndcg@10 | coverage@10 |"
+    assert table[2:] == [
+        "| popular | 3 | 0.1000 | 0.2000 | 0.0500 |",
+        "| hybrid | 3 | 0.3000 | 0.5000 | 0.4000 |",
+    ]
+
+
+def test_curve_table_has_a_column_per_k_and_models_in_pipeline_order():
+    table = report.curve_table(CURVE).splitlines()
+    assert table[0] == "| model | ndcg@1 | ndcg@5 |"
+    assert table[2] == "| als | 0.5000 | 0.2500 |"
+    assert table[3].startswith("| random | 0.0000 | nan")
+
+
+@pytest.mark.parametrize("draw, rows", [(plots.metrics_by_model, ROWS), (plots.metrics_against_k, CURVE)])
+def test_plots_are_decodable_pngs_and_repeatable(draw, rows):
+    png = draw(rows)
+    pixels = image.imread(stdio.BytesIO(png), format="png")
+    assert pixels.shape[0] > 200 and pixels.shape[1] > 400
+    assert not math.isclose(float(pixels.std()), 0.0)  # not a blank canvas
+    assert draw(rows) == png
+
+
+@pytest.mark.parametrize("ks", [[0, 5], [5, 11], []])
+def test_curve_cut_offs_outside_the_recommendations_are_refused(config, ks):
+    config = config.with_overrides([f"evaluate.curve_ks={ks}"])
+    with pytest.raises(ConfigError, match="evaluate.curve_ks must be between 1 and recommend.k"):
+        metrics_against_k(None, None, config)
