@@ -33,7 +33,8 @@ export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(PY)
 export SPARK_LOCAL_IP  := 127.0.0.1
 export PATH            := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-SPARK_SUBMIT := $(VENV)/bin/spark-submit --packages $(PACKAGES) --conf spark.jars.ivy=$(IVY_DIR)
+# spark-submit with the config's driver memory, master, packages and jar cache (bin/spark-submit).
+SPARK_SUBMIT := bin/spark-submit
 SET_ARGS     := $(foreach s,$(SET),--set $(s))
 
 .PHONY: help setup run test lint format show clean clean-data
@@ -43,7 +44,7 @@ SET_ARGS     := $(foreach s,$(SET),--set $(s))
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed .cache/.system-deps $(IVY_DIR)/.resolved ## create .venv, install deps, native BLAS, Delta and S3A jars
+setup: $(VENV)/.installed .cache/.system-deps $(IVY_DIR)/resolved.json ## create .venv, install deps, native BLAS, Delta and S3A jars
 
 $(VENV)/.installed: setup.py constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,12 +57,12 @@ $(VENV)/.installed: setup.py constraints.txt
 	bootstrap/local/system-deps.sh
 	@touch $@
 
-$(IVY_DIR)/.resolved: $(VENV)/.installed conf/local.yaml
+$(IVY_DIR)/resolved.json: $(VENV)/.installed conf/local.yaml lib/amazon_recs/launch.py
 	@echo "resolving $(PACKAGES) into $(IVY_DIR) (once; later runs work offline)"
 	$(PY) -c "from amazon_recs.config import load_config; from amazon_recs.spark import get_spark; \
 	get_spark(load_config('$(CONFIG)', ['spark.ivy_dir=$(IVY_DIR)', 'spark.log_level=ERROR'])).stop()" \
 	  > .cache/resolve-jars.log 2>&1 || { tail -n 20 .cache/resolve-jars.log; echo "error: could not resolve $(PACKAGES) (see .cache/resolve-jars.log)"; exit 1; }
-	@touch $@
+	$(PY) -m amazon_recs.launch --record-resolved $(IVY_DIR) $(PACKAGES)
 
 run: setup ## run the whole pipeline (DATA=gift_cards|all_beauty|ml-latest-small, SET="als.rank=64 ...")
 	$(SPARK_SUBMIT) jobs/pipeline.py --config $(CONFIG) $(SET_ARGS)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from amazon_recs.aws import commands as emr_commands
 from amazon_recs.config import DEFAULT_CONFIG, Config, add_config_arguments, load_config
-from amazon_recs.errors import RecsError
+from amazon_recs.errors import RecsError, out_of_memory
 from amazon_recs.models import MODELS
 from amazon_recs.pipeline.registry import STAGE_ORDER, stage_function
 
@@ -94,48 +94,75 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _run_stages(stages: list[str], args: argparse.Namespace) -> int:
+    from amazon_recs.pipeline.base import NOW
     from amazon_recs.pipeline.summary import pipeline_summary
-    from amazon_recs.spark import get_spark
+    from amazon_recs.spark import driver_facts, get_spark
 
     config = _load(args)
     spark = get_spark(config)
+    facts = driver_facts(spark)
+    log.info(
+        "driver: %s, JVM heap at most %.1f GiB (spark.driver_memory %s)%s",
+        facts["master"],
+        facts["max_heap_bytes"] / 2**30,
+        config.require("spark.driver_memory"),
+        f"; Spark's log: {facts['log_file']}" if facts["log_file"] else "",
+    )
     summaries = {}
     for stage in sorted(stages, key=STAGE_ORDER.index):
         started = time.time()
         log.info("stage %s: starting", stage)
-        summaries[stage] = stage_function(stage)(spark, config)
-        log.info("stage %s: done in %.1fs", stage, time.time() - started)
+        try:
+            summaries[stage] = stage_function(stage)(spark, config)
+        except RecsError:
+            raise
+        except Exception as exc:
+            memory = config.require("spark.driver_memory")
+            oom = out_of_memory(exc, stage, NOW["step"], memory, facts["log_file"])
+            if oom is None:
+                raise
+            raise oom from exc
+        log.info("stage %s: done in %.1fs%s", stage, time.time() - started, headline(summaries[stage]))
     if set(stages) == set(STAGE_ORDER):
         print(pipeline_summary(spark, config, summaries))
     return 0
 
 
-def _show(args: argparse.Namespace) -> int:
-    from pyspark.sql import functions as F
-
-    from amazon_recs import io
-    from amazon_recs.spark import get_spark
-
-    config = _load(args).with_overrides(["spark.master=local[1]", "spark.log_level=ERROR"])
-    spark = get_spark(config)
-    recs = io.read_table(spark, config, "gold/recommendations")
-    items = io.read_table(spark, config, "silver/items").select("item_id", "title")
-    rows = (
-        recs.filter((F.col("user_id") == args.user) & (F.col("model") == args.model))
-        .join(items, "item_id", how="left")
-        .orderBy("rank")
-        .collect()
+def headline(summary: dict) -> str:
+    """A stage's counts in a few words for its closing line ("" when it has none)."""
+    counts = {k: v for k, v in summary.items() if isinstance(v, int) and not isinstance(v, bool)}
+    files = summary.get("files")
+    if files:
+        read = sum(f["lines_read"] for f in files)
+        accepted = sum(f["accepted"] for f in files)
+        counts = {"lines read": read, "accepted": accepted, "rejected": sum(f["rejected"] for f in files)}
+    if summary.get("model_version") and not counts:
+        counts = {"model version": summary["model_version"]}
+    shown = ", ".join(
+        f"{k.replace('_', ' ')} {v:,}" if isinstance(v, int) else f"{k} {v}" for k, v in counts.items()
     )
-    if not rows:
-        known = recs.select("user_id").distinct().orderBy("user_id").limit(3).collect()
-        raise RecsError(
-            f"no {args.model} recommendations for user '{args.user}'; "
-            f"known users look like: {', '.join(r[0] for r in known)}"
+    return f" ({shown})" if shown else ""
+
+
+def _show(args: argparse.Namespace) -> int:
+    """One user's list from the gold tables, without Spark (as the app reads it)."""
+    from amazon_recs.serving.gold_tables import GoldTableStore
+    from amazon_recs.serving.validation import validate_id
+
+    store = GoldTableStore.from_config(_load(args))
+    recs = store.get_recommendations(validate_id(args.user), args.model)
+    if recs.fallback:
+        print(
+            f"{args.user} is not a user of model version {recs.model_version}: "
+            f"the {len(recs.items)} most popular products instead (as the API answers)"
         )
-    version = rows[0]["model_version"]
-    print(f"Top {len(rows)} {args.model} recommendations for {args.user} (model version {version}):")
-    for r in rows:
-        title = r["title"] or r["item_id"]
+    else:
+        print(
+            f"Top {len(recs.items)} {args.model} recommendations for {args.user} "
+            f"(model version {recs.model_version}):"
+        )
+    for r in recs.items:
+        title = r.get("title") or r["item_id"]
         print(f"{r['rank']:>3}. {title}  [{r['item_id']}]  score {r['score']:.4f}  ({r['reason']})")
     return 0
 

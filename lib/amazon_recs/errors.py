@@ -25,3 +25,30 @@ class StageOrderError(RecsError):
 
 class RequestError(RecsError):
     """A request names a user, product, model or parameter the service cannot accept."""
+
+
+class OutOfMemory(RecsError):
+    """Spark's driver ran out of memory (or died of it) during a stage."""
+
+    exit_code = 3
+
+
+# What a Py4J error says when the JVM ran out of heap, or is gone after it did.
+OOM_SIGNS = ("java.lang.OutOfMemoryError", "Java heap space", "GC overhead limit exceeded")
+JVM_GONE_SIGNS = ("Answer from Java side is empty", "Connection refused", "Error while sending or receiving")
+
+
+def out_of_memory(
+    exc: BaseException, stage: str | None, step: str | None, memory: str, log: str | None
+) -> OutOfMemory | None:
+    """One line for a run that ran out of memory, or None when ``exc`` is something else."""
+    text = f"{type(exc).__name__}: {exc}"
+    if not any(sign in text for sign in OOM_SIGNS + JVM_GONE_SIGNS):
+        return None
+    gone = not any(sign in text for sign in OOM_SIGNS)
+    where = f"stage {stage or '?'}" + (f" ({step})" if step else "")
+    what = "the Spark driver stopped answering, most likely out of memory," if gone else "ran out of memory"
+    return OutOfMemory(
+        f"{where} {what} with spark.driver_memory={memory}: raise it, e.g. --set spark.driver_memory=8g "
+        f'(make run SET="spark.driver_memory=8g")' + (f"; Spark's log: {log}" if log else "")
+    )

@@ -41,6 +41,12 @@ def spark_conf(config: Config) -> dict[str, str]:
         conf["spark.driver.bindAddress"] = config.require("spark.driver_host")
     if config.require("aws.s3a"):
         conf.update(s3a_conf(config))
+    log_dir = config.require("spark.log_dir")
+    if log_dir:
+        # Takes effect when this process starts the JVM (bin/spark-submit passes it at launch).
+        from amazon_recs.launch import java_options, log_file
+
+        conf["spark.driver.extraJavaOptions"] = java_options(log_file(config))
     return conf
 
 
@@ -126,3 +132,13 @@ def releasing_caches(spark: SparkSession) -> Iterator[None]:
         yield
     finally:
         release_caches(spark, keep)
+
+
+def driver_facts(spark: SparkSession) -> dict:
+    """What the running driver really got: master, the JVM's heap limit, Spark's log file."""
+    jvm = spark.sparkContext._jvm
+    return {
+        "master": spark.sparkContext.master,
+        "max_heap_bytes": int(jvm.java.lang.Runtime.getRuntime().maxMemory()),
+        "log_file": jvm.java.lang.System.getProperty("amazon_recs.log_file"),
+    }

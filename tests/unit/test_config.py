@@ -69,7 +69,7 @@ def test_local_matches_base_apart_from_what_local_sets(local):
     spark_base, spark_local = base.pop("spark"), merged.pop("spark")
     assert merged == base
     changed = {k for k in spark_base if spark_base[k] != spark_local[k]}
-    assert changed == {"master", "driver_memory", "driver_host", "ivy_dir", "packages"}
+    assert changed == {"master", "driver_memory", "driver_host", "ivy_dir", "log_dir", "packages"}
 
 
 def test_extends_is_relative_to_the_extending_file(tmp_path):

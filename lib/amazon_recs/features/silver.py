@@ -46,9 +46,43 @@ def extend_id_map(existing: DataFrame | None, keys: DataFrame, col_key: str, col
         new = distinct.join(existing, col_key, how="left_anti")
         offset = F.lit(existing.agg(F.max(col_idx)).first()[0] if existing.take(1) else -1)
         old = existing.select(col_key, col_idx)
-    # A global order for new keys only: one partition, but only the new keys.
-    numbered = new.withColumn(col_idx, (offset + F.row_number().over(Window.orderBy(col_key))).cast("int"))
+    numbered = number_in_order(new, col_key, col_idx).withColumn(
+        col_idx, (offset + 1 + F.col(col_idx)).cast("int")
+    )
     return numbered if old is None else old.unionByName(numbered)
+
+
+ROW_BITS = 33  # monotonically_increasing_id(): partition index above bit 33, row within it below
+
+
+def number_in_order(keys: DataFrame, col_key: str, col_idx: str) -> DataFrame:
+    """Number distinct ``keys`` 0, 1, 2, ... in key order, across all partitions.
+
+    A global ``row_number()`` window would pull every key onto one task. Here the
+    keys are range-sorted in parallel, each partition counts its rows, and a
+    partition's numbers start after the rows of the partitions before it: the
+    driver sees one count per partition, never the keys.
+    """
+    ordered = (
+        keys.orderBy(col_key)
+        .withColumn("_id", F.monotonically_increasing_id())
+        .select(
+            col_key,
+            F.shiftright("_id", ROW_BITS).alias("_part"),
+            (F.col("_id") % (1 << ROW_BITS)).alias("_row"),
+        )
+        .cache()
+    )
+    counts = sorted((r["_part"], r["count"]) for r in ordered.groupBy("_part").count().collect())
+    starts, total = [], 0
+    for part, count in counts:
+        starts.append((part, total))
+        total += count
+    spark = keys.sparkSession
+    offsets = spark.createDataFrame(starts or [(0, 0)], "_part long, _start long")
+    return ordered.join(F.broadcast(offsets), "_part", how="inner").select(
+        col_key, (F.col("_start") + F.col("_row")).alias(col_idx)
+    )
 
 
 def build_interactions(

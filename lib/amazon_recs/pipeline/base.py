@@ -1,7 +1,9 @@
-"""What every stage shares: the signature and the cache release around each run."""
+"""What every stage shares: the signature, the cache release around each run, and
+the progress lines of long stages."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import wraps
 
@@ -12,12 +14,24 @@ from amazon_recs.spark import releasing_caches
 
 Stage = Callable[[SparkSession, Config], dict]
 
+log = logging.getLogger("amazon_recs")
+# What runs now: the stage and its step, for progress lines and for the one line an
+# error becomes (an out-of-memory error names both).
+NOW: dict[str, str | None] = {"stage": None, "step": None}
+
+
+def progress(step: str) -> None:
+    """Say what a long stage is doing now, on the console and in any error it ends with."""
+    NOW["step"] = step
+    log.info("stage %s: %s", NOW["stage"] or "-", step)
+
 
 def stage(run: Stage) -> Stage:
     """A stage leaves nothing cached behind: what it cached ends with it."""
 
     @wraps(run)
     def released(spark: SparkSession, config: Config) -> dict:
+        NOW.update(stage=run.__name__.removeprefix("run_"), step=None)
         with releasing_caches(spark):
             return run(spark, config)
 

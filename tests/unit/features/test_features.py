@@ -87,6 +87,19 @@ def test_extend_id_map_from_empty_existing_starts_at_zero(spark):
     assert _id_rows(ids, "item_id", "item_idx") == [("p", 0), ("q", 1)]
 
 
+def test_numbering_spans_many_partitions_without_a_global_window(spark):
+    # 500 keys shuffled over 7 partitions: the numbers are the keys' ranks, dense and
+    # in order across partition boundaries, and the plan has no single-partition window.
+    keys = [f"U{i:05d}" for i in range(500)]
+    shuffled = sorted(keys, key=lambda k: hash((k, 11)))
+    frame = spark.createDataFrame([(k,) for k in shuffled + shuffled[:40]], "user_id string").repartition(7)
+    numbered = fe.number_in_order(frame.distinct(), "user_id", "user_idx")
+    assert _id_rows(numbered) == [(k, i) for i, k in enumerate(keys)]
+    ids = fe.extend_id_map(None, frame, "user_id", "user_idx")
+    assert _id_rows(ids) == [(k, i) for i, k in enumerate(keys)]
+    assert "Window" not in ids._jdf.queryExecution().executedPlan().toString()
+
+
 # --- with_split -------------------------------------------------------------------
 
 
