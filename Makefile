@@ -38,7 +38,7 @@ SPARK_SUBMIT := bin/spark-submit
 SET_ARGS     := $(foreach s,$(SET),--set $(s))
 
 .PHONY: help setup run test lint format show clean clean-data
-.PHONY: bench up down run-aws-local app app-aws-local bench-api
+.PHONY: bench bench-scale up down run-aws-local app app-aws-local bench-api
 .PHONY: package deploy
 
 help: ## list the targets
@@ -100,6 +100,11 @@ bench-api: setup ## p50/p99 of the recommendations API against local DynamoDB (B
 $(VENV)/.installed-bench: $(VENV)/.installed setup.py constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,bench]"
 	@touch $@
+
+SIZE ?= 1m
+TUNE ?=
+bench-scale: setup $(VENV)/.installed-bench ## the whole pipeline on a generated shop (SIZE=100k|1m|10m, TUNE=1), implicit's ALS beside it (BENCHMARKS.md)
+	$(PY) bench/scale.py --size $(SIZE) $(if $(TUNE),--tune) --out BENCHMARKS.md $(SET_ARGS)
 
 bench: setup $(VENV)/.installed-bench ## compare with implicit's ALS and BPR and item-kNN on ml-latest-small (BENCHMARKS.md)
 	$(PY) bench/compare.py --config conf/ml-latest-small.yaml --out BENCHMARKS.md $(SET_ARGS)

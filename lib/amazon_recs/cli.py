@@ -20,6 +20,8 @@ from amazon_recs.errors import RecsError, out_of_memory
 from amazon_recs.models import MODELS
 from amazon_recs.pipeline.registry import STAGE_ORDER, stage_function
 
+SHOP_SIZES = ("100k", "1m", "10m")  # amazon_recs.ingest.shop.SIZES, without importing numpy here
+
 log = logging.getLogger("amazon_recs")
 
 
@@ -33,8 +35,17 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--user", required=True)
     show.add_argument("--model", default="hybrid", choices=MODELS)
     add_config_arguments(show)
-    sample = sub.add_parser("sample", help="write the generated sample shop to a folder")
+    sample = sub.add_parser("sample", help="write the generated sample shop (or a large one) to a folder")
     sample.add_argument("--out", required=True)
+    sample.add_argument(
+        "--size",
+        choices=SHOP_SIZES,
+        help="a large shop for scale runs: part files under OUT/reviews and OUT/meta (default: the sample)",
+    )
+    sample.add_argument("--reviews", type=int, help="a large shop of exactly this many reviews")
+    sample.add_argument("--users", type=int, help="with --reviews: how many users (default reviews / 4)")
+    sample.add_argument("--items", type=int, help="with --reviews: how many products (default reviews / 20)")
+    sample.add_argument("--seed", type=int, default=7)
     sample.add_argument("--config", default=DEFAULT_CONFIG)
     sample.add_argument("--set", dest="overrides", action="append", default=[])
     sample.add_argument("--debug", action="store_true")
@@ -170,10 +181,32 @@ def _show(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     from amazon_recs.ingest.sample import generate_sample
 
+    if args.size or args.reviews:
+        return _large_shop(args)
+
     summary = generate_sample(args.out, **_load(args).require("sample"))
     print(
         f"wrote {summary.review_lines} review lines ({summary.bad_review_lines} malformed on purpose) "
         f"to {summary.reviews_path} and {summary.product_lines} products to {summary.products_path}"
+    )
+    return 0
+
+
+def _large_shop(args: argparse.Namespace) -> int:
+    from amazon_recs.ingest import shop
+
+    started = time.time()
+    if args.size:
+        summary = shop.generate_size(args.out, args.size, seed=args.seed)
+    else:
+        summary = shop.generate_shop(
+            args.out, reviews=args.reviews, users=args.users, items=args.items, seed=args.seed
+        )
+    print(
+        f"wrote {summary.review_lines:,} reviews by {summary.users:,} users of {summary.items:,} products "
+        f"(heaviest user {summary.heaviest_user_reviews:,} reviews) in {summary.parts} parts, "
+        f"{time.time() - started:.0f}s:\n  input.reviews={summary.reviews_glob}\n"
+        f"  input.products={summary.products_glob}"
     )
     return 0
 

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from amazon_recs.config import Config
@@ -85,16 +85,12 @@ def read_lines(spark: SparkSession, files: list[InputFile]) -> DataFrame:
     Returns:
         Columns ``source_file``, ``line_number`` (1-based) and ``value``.
     """
-    lines = (
-        spark.read.text([f.path for f in files])
-        .withColumn("source_file", F.regexp_replace("_metadata.file_path", _LOCAL_SCHEME, "file:///"))
-        .withColumn("_pos", F.monotonically_increasing_id())
+    lines = spark.read.text([f.path for f in files]).select(
+        F.regexp_replace("_metadata.file_path", _LOCAL_SCHEME, "file:///").alias("source_file"),
+        F.monotonically_increasing_id().alias("_pos"),
+        "value",
     )
-    # Ids increase with partition index and with position inside a partition, and
-    # a file's splits are planned in offset order, so ordering by id within a
-    # file gives its line order.
-    in_file = Window.partitionBy("source_file").orderBy("_pos")
-    return lines.select("source_file", F.row_number().over(in_file).alias("line_number"), "value")
+    return lines.transform(with_line_numbers).select("source_file", "line_number", "value")
 
 
 def read_parquet_rows(spark: SparkSession, files: list[InputFile]) -> DataFrame:
@@ -110,8 +106,45 @@ def read_parquet_rows(spark: SparkSession, files: list[InputFile]) -> DataFrame:
         F.monotonically_increasing_id().alias("_pos"),
         F.to_json(F.struct(*data_columns)).alias("value"),
     )
-    in_file = Window.partitionBy("source_file").orderBy("_pos")
-    return numbered.select("source_file", F.row_number().over(in_file).alias("line_number"), "value")
+    return numbered.transform(with_line_numbers).select("source_file", "line_number", "value")
+
+
+ROW_BITS = 33  # monotonically_increasing_id(): partition index above bit 33, row inside it below
+
+
+def with_line_numbers(rows: DataFrame, col_file: str = "source_file", col_pos: str = "_pos") -> DataFrame:
+    """``line_number`` (1-based, per file) from ``_pos``, a ``monotonically_increasing_id()``.
+
+    Ids increase with the partition index and with the position inside a partition,
+    and a file's splits are planned in offset order. So a line's number is the lines
+    of its file in earlier partitions, plus its place among its file's lines in its
+    own partition. Those per (file, partition) counts are the only thing the driver
+    sees; the lines themselves stay where they are read (no shuffle, no window).
+    """
+    parts = rows.select(
+        col_file,
+        F.shiftright(col_pos, ROW_BITS).alias("_part"),
+        (F.col(col_pos) % (1 << ROW_BITS)).alias("_row"),
+    )
+    pieces = sorted(
+        (r[col_file], r["_part"], r["_first"], r["_n"])
+        for r in parts.groupBy(col_file, "_part")
+        .agg(F.min("_row").alias("_first"), F.count("*").alias("_n"))
+        .collect()
+    )
+    starts, seen = [], {}
+    for file, part, first, n in pieces:
+        starts.append((file, part, seen.get(file, 0) - first))
+        seen[file] = seen.get(file, 0) + n
+    offsets = rows.sparkSession.createDataFrame(
+        starts or [("", -1, 0)], f"{col_file} string, _part long, _shift long"
+    )
+    return (
+        rows.withColumn("_part", F.shiftright(col_pos, ROW_BITS))
+        .join(F.broadcast(offsets), [col_file, "_part"], how="inner")
+        .withColumn("line_number", (F.col(col_pos) % (1 << ROW_BITS) + F.col("_shift") + 1).cast("int"))
+        .drop("_part", "_shift", col_pos)
+    )
 
 
 def first_line(spark: SparkSession, file: InputFile) -> str | None:

@@ -318,12 +318,14 @@ def ingest_source(
 
 
 def _parse_readable(spark, config, kind, files, fmt) -> tuple[DataFrame | None, dict[str, str]]:
-    statused = with_status(parse(spark, config, kind, files, fmt), kind, config).cache()
+    statused = None
     try:
+        statused = with_status(parse(spark, config, kind, files, fmt), kind, config).cache()
         statused.count()  # reads every file once; the cache serves the rest
         return statused, {}
     except Exception:  # a file that cannot be decoded; find which, below
-        statused.unpersist()
+        if statused is not None:
+            statused.unpersist()
     unreadable = {f.uri: err for f in files if (err := io.read_error(spark, f, fmt)) is not None}
     good = [f for f in files if f.uri not in unreadable]
     if not good:

@@ -3,6 +3,8 @@ hybrid blend, the random floor, with reasons, into ``gold/recommendations``."""
 
 from __future__ import annotations
 
+import time
+
 from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -15,7 +17,7 @@ from amazon_recs.models import lists as rc
 from amazon_recs.models import training
 from amazon_recs.models.topk import max_seen_per_user
 from amazon_recs.pipeline import versions
-from amazon_recs.pipeline.base import stage
+from amazon_recs.pipeline.base import progress, stage
 from amazon_recs.schemas import ITEM_IDX, MODEL, SPLIT, USER_IDX, WEIGHT
 
 
@@ -41,6 +43,12 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
     )
 
     candidates = training.candidates(models, train, n, k, max_seen)
+    seconds = {}
+    for name, frame in candidates.items():  # cached: counting computes them once, and times each
+        started = time.perf_counter()
+        rows = frame.count()
+        seconds[name] = round(time.perf_counter() - started, 2)
+        progress(f"{name}: {rows:,} candidates (top {n} per user) in {seconds[name]:.1f}s")
     lists = {name: rc.fill_to_k(df, candidates["popular"], k) for name, df in candidates.items()}
     lists["hybrid"] = rc.blend(candidates, hybrid_weights(spark, config, version), k)
     users = train.select(USER_IDX).distinct()
@@ -57,4 +65,8 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
         gold = part if gold is None else gold.unionByName(part)
     io.overwrite_table(gold, config, "gold/recommendations", partition_by=[MODEL])
     counts = io.read_table(spark, config, "gold/recommendations").groupBy(MODEL).count().collect()
-    return {"model_version": version, **{f"rows_{r[MODEL]}": r["count"] for r in counts}}
+    return {
+        "model_version": version,
+        **{f"rows_{r[MODEL]}": r["count"] for r in counts},
+        **{f"seconds_{name}_candidates": s for name, s in seconds.items()},
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -15,7 +16,7 @@ from amazon_recs.features.split import TRAIN
 from amazon_recs.models import training
 from amazon_recs.models import tuning as tuning_mod
 from amazon_recs.pipeline import params as p
-from amazon_recs.pipeline.base import stage
+from amazon_recs.pipeline.base import progress, stage
 from amazon_recs.pipeline.versions import model_dir, model_version, pointer_path
 from amazon_recs.schemas import SPLIT
 
@@ -29,20 +30,33 @@ def run_train(spark: SparkSession, config: Config) -> dict:
     out = model_dir(config, version)
     params = p.model_params(config)
 
+    progress("fitting the content model (TF-IDF, LSH neighbours)")
     content = training.fit_content(spark, items, params.content)  # the items alone: fitted once
     tuning = None
     if config.require("tune.enabled"):
+        progress("tuning ALS and the hybrid's weights on validation")
         tuning = tuning_mod.tune(spark, train, items, params, p.tune_params(config), content)
         params = dataclasses.replace(params, als=dataclasses.replace(params.als, **tuning["als"]))
         io.write_text(spark, f"{out}/tuning.json", json.dumps(tuning, indent=2, sort_keys=True))
+    progress(f"fitting ALS (rank {params.als.rank}, {params.als.max_iter} iterations) on the training split")
+    started = time.perf_counter()
     models = training.fit_models(spark, train, items, params, content=content)
+    fit_seconds = round(time.perf_counter() - started, 2)
+    progress(f"fitted ALS in {fit_seconds:.1f}s; saving version {version}")
     models.als.write().overwrite().save(f"{out}/als")
     if models.tfidf is not None:
         models.tfidf.write().overwrite().save(f"{out}/tfidf")
     models.neighbours.write.format("delta").mode("overwrite").save(f"{out}/item_neighbours")
     models.popularity.write.format("delta").mode("overwrite").save(f"{out}/popularity")
-    io.write_text(spark, f"{out}/model_info.json", json.dumps({"lsh_recall": models.lsh_recall}))
+    info = {"lsh_recall": models.lsh_recall, "als_fit_seconds": fit_seconds}
+    io.write_text(spark, f"{out}/model_info.json", json.dumps(info))
 
     # The pointer moves last: readers see the old version or the whole new one.
     io.write_text(spark, pointer_path(config), version)
-    return {"model_version": version, "model_dir": out, "tuning": tuning, "lsh_recall": models.lsh_recall}
+    return {
+        "model_version": version,
+        "model_dir": out,
+        "tuning": tuning,
+        "lsh_recall": models.lsh_recall,
+        "als_fit_seconds": fit_seconds,
+    }

@@ -1,0 +1,335 @@
+"""``make bench-scale SIZE=1m``: the whole pipeline on a generated shop, the reference beside it.
+
+One run, on this machine, as ``make run`` would do it (``bin/spark-submit
+jobs/pipeline.py``, ``conf/scale.yaml``, tuning off unless ``--tune``):
+
+1. a shop of SIZE reviews is generated under ``data/scale-<size>/raw`` (kept and
+   reused while its parameters are the same);
+2. the pipeline runs on it from empty tables, while a sampler reads the resident
+   memory of the driver's JVM and of the Python processes every half second;
+3. on the same train split (``silver/interactions``, read without Spark), the
+   references: the ``implicit`` library's ALS at the same rank and iterations
+   (Cholesky and CG solvers, 2 threads) and an all-user top-10 with numpy/BLAS
+   over its factors, seen items excluded;
+4. BENCHMARKS.md gets a section with the command, the machine, the time per
+   stage, peak memory, rows per table, and ours / reference ratios.
+
+    python bench/scale.py --size 1m [--tune] [--out BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from report_block import write_block  # noqa: E402
+
+from amazon_recs.ingest import shop  # noqa: E402
+
+STAGE_DONE = re.compile(r"stage (\w+): done in ([\d.]+)s")
+CANDIDATES = re.compile(r"stage recommend: (\w+): ([\d,]+) candidates \(top (\d+) per user\) in ([\d.]+)s")
+TABLE_ROWS = re.compile(r"^  ((?:bronze|silver|gold)/\w+)\s+(\d+|-)\s")
+NUM_THREADS = 2
+
+
+# --- memory of the run's processes ---------------------------------------------
+
+
+@dataclass
+class Peaks:
+    java_rss: int = 0
+    python_rss: int = 0  # the driver's Python and PySpark's workers, summed at each sample
+    samples: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def _rss_and_name(pid: int) -> tuple[int, str]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return 0, ""
+    rss = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+    return rss, fields.get("Name", "").strip()
+
+
+def sample_memory(root_pid: int, peaks: Peaks, stop: threading.Event, every: float = 0.5) -> None:
+    while not stop.is_set():
+        tree, todo, java, python = _children(), [root_pid], 0, 0
+        while todo:
+            pid = todo.pop()
+            todo.extend(tree.get(pid, []))
+            rss, name = _rss_and_name(pid)
+            if name == "java":
+                java = max(java, rss)
+            elif name.startswith("python"):
+                python += rss
+        with peaks.lock:
+            peaks.java_rss, peaks.python_rss = max(peaks.java_rss, java), max(peaks.python_rss, python)
+            peaks.samples += 1
+        stop.wait(every)
+
+
+# --- the run ---------------------------------------------------------------------
+
+
+def ensure_shop(size: str, raw: Path, seed: int) -> tuple[shop.ShopSummary | dict, float]:
+    """The shop under ``raw`` (generated unless an identical one is there) and seconds spent."""
+    marker = raw / "shop.json"
+    wanted = {"size": size, "seed": seed, **shop.SIZES[size]}
+    if marker.exists() and json.loads(marker.read_text()).get("wanted") == wanted:
+        return json.loads(marker.read_text())["summary"], 0.0
+    started = time.perf_counter()
+    summary = shop.generate_size(raw, size, seed=seed)
+    seconds = time.perf_counter() - started
+    described = {k: str(v) if isinstance(v, Path) else v for k, v in summary.__dict__.items()}
+    marker.write_text(json.dumps({"wanted": wanted, "summary": described}, indent=1))
+    return described, seconds
+
+
+def run_pipeline(
+    data: Path, summary: dict, tune: bool, extra: list[str], log: Path
+) -> tuple[float, list[str], Peaks]:
+    overrides = [
+        f"paths.raw={data / 'raw'}",
+        f"paths.warehouse={data / 'warehouse'}",
+        f"paths.models={data / 'models'}",
+        f"paths.reports={data / 'reports'}",
+        f"spark.log_dir={data / 'logs'}",
+        f"spark.checkpoint_dir={data / 'checkpoints'}",
+        f"input.reviews={summary['reviews_glob']}",
+        f"input.products={summary['products_glob']}",
+        f"tune.enabled={'true' if tune else 'false'}",
+        *extra,
+    ]
+    command = [str(ROOT / "bin" / "spark-submit"), "jobs/pipeline.py", "--config", "conf/scale.yaml"]
+    command += [a for o in overrides for a in ("--set", o)]
+    peaks, stop, lines = Peaks(), threading.Event(), []
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        sampler = threading.Thread(target=sample_memory, args=(proc.pid, peaks, stop), daemon=True)
+        sampler.start()
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            out.write(line)
+            lines.append(line.rstrip("\n"))
+        code = proc.wait()
+    stop.set()
+    sampler.join()
+    wall = time.perf_counter() - started
+    if code:
+        raise SystemExit(f"the pipeline failed (exit {code}); its output is in {log}")
+    return wall, lines, peaks
+
+
+# --- the reference -----------------------------------------------------------------
+
+
+def train_matrix(warehouse: Path) -> tuple[sp.csr_matrix, dict]:
+    """The train split as a users x items CSR of weights, read with deltalake (no Spark)."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(str(warehouse / "silver" / "interactions")).to_pyarrow_table(
+        columns=["user_idx", "item_idx", "weight", "split"]
+    )
+    train = table.filter(table["split"] == "train")
+    users = train["user_idx"].to_numpy()
+    items = train["item_idx"].to_numpy()
+    weights = train["weight"].to_numpy().astype(np.float32)
+    shape = (int(users.max()) + 1, int(items.max()) + 1)
+    matrix = sp.csr_matrix((weights, (users, items)), shape=shape)
+    return matrix, {"rows": int(len(users)), "users": int(np.unique(users).size), "items": shape[1]}
+
+
+def implicit_fit(matrix: sp.csr_matrix, rank: int, iterations: int, reg: float, alpha: float, cg: bool):
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    confidence = matrix.copy()
+    confidence.data = 1.0 + alpha * confidence.data  # MLlib's implicit confidence, as bench/compare.py
+    model = AlternatingLeastSquares(
+        factors=rank,
+        iterations=iterations,
+        regularization=reg,
+        alpha=1.0,
+        use_cg=cg,
+        random_state=42,
+        num_threads=NUM_THREADS,
+    )
+    from threadpoolctl import threadpool_limits
+
+    started = time.perf_counter()
+    with threadpool_limits(1, "blas"):  # implicit's own advice: its threads, not BLAS's, do the work
+        model.fit(confidence, show_progress=False)
+    return model, time.perf_counter() - started
+
+
+def numpy_top_k(user_factors: np.ndarray, item_factors: np.ndarray, seen: sp.csr_matrix, k: int) -> float:
+    """Seconds for every user's top ``k`` unseen items: blocked products, a mask, argpartition."""
+    started = time.perf_counter()
+    users = user_factors.shape[0]
+    block = max(1, 16_000_000 // max(1, item_factors.shape[0]))
+    items_t = np.ascontiguousarray(item_factors.T)
+    for lo in range(0, users, block):
+        hi = min(users, lo + block)
+        scores = user_factors[lo:hi] @ items_t
+        part = seen[lo:hi]
+        rows = np.repeat(np.arange(hi - lo), np.diff(part.indptr))
+        scores[rows, part.indices] = -np.inf
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
+        np.take_along_axis(top, order, axis=1)
+    return time.perf_counter() - started
+
+
+# --- the report ----------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        "?",
+    )
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, {platform.system()} {platform.release()}"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def report(args, summary, gen_seconds, wall, lines, peaks, info, reference, rank, iterations) -> str:
+    stages = [(m.group(1), float(m.group(2))) for m in map(STAGE_DONE.search, lines) if m]
+    candidates = {
+        m.group(1): (int(m.group(2).replace(",", "")), int(m.group(3)), float(m.group(4)))
+        for m in map(CANDIDATES.search, lines)
+        if m
+    }
+    tables = [(m.group(1), m.group(2)) for m in map(TABLE_ROWS.match, lines) if m]
+    fit = info.get("als_fit_seconds")
+    als_rows, als_n, als_topk = candidates.get("als", (0, 0, float("nan")))
+    chol, cg, topk = reference["cholesky_s"], reference["cg_s"], reference["top10_s"]
+    tuned = "on" if args.tune else "off"
+    out = [
+        f"### {args.size} reviews (tuning {tuned})",
+        "",
+        f"`make bench-scale SIZE={args.size}{' TUNE=1' if args.tune else ''}` "
+        f"on {datetime.now(tz=UTC):%Y-%m-%d}, "
+        f"commit {git_commit()}; machine: {machine()}. Driver: `conf/scale.yaml` (local[2], "
+        f"spark.driver_memory 6g) through `bin/spark-submit`.",
+        "",
+        f"Shop: {summary['review_lines']:,} review lines by {summary['users']:,} users over "
+        f"{summary['items']:,} products (heaviest user {summary['heaviest_user_reviews']:,} reviews), "
+        f"{summary['parts']} part files"
+        + (f", generated in {gen_seconds:.0f} s" if gen_seconds else " (reused)")
+        + ".",
+        "",
+        "| stage | seconds |",
+        "|---|---:|",
+        *(f"| {name} | {seconds:.1f} |" for name, seconds in stages),
+        f"| **whole run** (wall, JVM start included) | **{wall:.1f}** |",
+        "",
+        f"Peak resident memory: driver JVM {gib(peaks.java_rss)}, Python processes (driver and workers, "
+        f"summed) {gib(peaks.python_rss)}; {peaks.samples} samples.",
+        "",
+        "Rows per table: " + ", ".join(f"{name} {rows}" for name, rows in tables) + ".",
+        "",
+        f"Reference on the same train split ({reference['rows']:,} rows, {reference['users']:,} users, "
+        f"{reference['items']:,} items), rank {rank}, {iterations} iterations, {NUM_THREADS} threads, "
+        "in this run:",
+        "",
+        "| | ours (s) | reference (s) | ours / reference |",
+        "|---|---:|---:|---:|",
+        f"| ALS fit vs `implicit` Cholesky | {fit:.1f} | {chol:.1f} | {fit / chol:.1f}x |",
+        f"| ALS fit vs `implicit` CG | {fit:.1f} | {cg:.1f} | {fit / cg:.1f}x |",
+        f"| ALS all-user top-{als_n} (ours) vs numpy top-10 | {als_topk:.1f} | {topk:.1f} "
+        f"| {als_topk / topk:.1f}x |",
+        "",
+        f"Our ALS top-{als_n} for every user took {als_topk / fit:.2f}x its fit ({als_rows:,} rows).",
+    ]
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=tuple(shop.SIZES), default="1m")
+    parser.add_argument("--tune", action="store_true", help="run with tuning on (the default config's)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+
+    data = ROOT / "data" / f"scale-{args.size}"
+    for folder in ("warehouse", "models", "reports", "checkpoints"):
+        shutil.rmtree(data / folder, ignore_errors=True)
+    summary, gen_seconds = ensure_shop(args.size, data / "raw", args.seed)
+    (data / "logs").mkdir(parents=True, exist_ok=True)
+    wall, lines, peaks = run_pipeline(
+        data, summary, args.tune, args.overrides, data / "logs" / "bench-scale.out"
+    )
+
+    version = (data / "models" / "CURRENT").read_text().strip()
+    info = json.loads((data / "models" / version / "model_info.json").read_text())
+    from amazon_recs.config import load_config
+
+    config = load_config(ROOT / "conf" / "scale.yaml", args.overrides)
+    rank, iterations = config.require("als.rank"), config.require("als.max_iter")
+    reg, alpha = config.require("als.reg_param"), config.require("als.alpha")
+    matrix, shape = train_matrix(data / "warehouse")
+    print(f"reference: implicit ALS on {shape['rows']:,} train rows ...", flush=True)
+    _, chol = implicit_fit(matrix, rank, iterations, reg, alpha, cg=False)
+    model, cg = implicit_fit(matrix, rank, iterations, reg, alpha, cg=True)
+    top10 = numpy_top_k(np.asarray(model.user_factors), np.asarray(model.item_factors), matrix, 10)
+    reference = {**shape, "cholesky_s": chol, "cg_s": cg, "top10_s": top10}
+    print(f"reference: cholesky {chol:.1f}s, cg {cg:.1f}s, numpy top-10 {top10:.1f}s", flush=True)
+
+    body = report(args, summary, gen_seconds, wall, lines, peaks, info, reference, rank, iterations)
+    marker = f"scale:{args.size}" + (":tuned" if args.tune else "")
+    write_block(args.out, marker, body)
+    print(f"\n{body}\n\nwritten to {args.out} (block {marker})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
