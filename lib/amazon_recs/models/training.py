@@ -101,7 +101,7 @@ def candidates(models: Models, train: DataFrame, n: int, k: int, max_seen: int) 
     """
     seen = train.select(USER_IDX, ITEM_IDX, WEIGHT)
     users = seen.select(USER_IDX).distinct()
-    als_recs = m_als.recommend_als(models.als, users, seen, n, max_seen)
+    als_recs = m_als.recommend_als(models.als, users, seen, n)
     als_recs = als_recs.join(
         m_als.because_item(als_recs.filter(f"rank <= {k}"), seen, models.als.itemFactors),
         [USER_IDX, ITEM_IDX],

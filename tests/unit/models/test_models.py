@@ -45,8 +45,7 @@ def test_als_recommends_unseen_items_from_the_users_block(spark, small_als):
     train = planted_train(spark).cache()
     n = 3
     users = train.select("user_idx").distinct()
-    max_seen = max_seen_per_user(train)
-    recs = m_als.recommend_als(m_als.fit_als(train, small_als), users, train, n, max_seen).collect()
+    recs = m_als.recommend_als(m_als.fit_als(train, small_als), users, train, n).collect()
 
     seen = {(r.user_idx, r.item_idx) for r in train.collect()}
     by_user: dict[int, list] = {}
@@ -66,11 +65,39 @@ def test_als_recommends_unseen_items_from_the_users_block(spark, small_als):
     train.unpersist()
 
 
+def test_recommend_als_scores_are_mllibs(spark, small_als):
+    """Against MLlib's own recommendForUserSubset over the whole catalogue, seen items
+    removed by hand: the same scores rank by rank, each the dot product of the factors."""
+    train = planted_train(spark).cache()
+    model = m_als.fit_als(train, small_als)
+    users = train.select("user_idx").distinct()
+    n_items = model.itemFactors.count()
+    seen = {(r.user_idx, r.item_idx) for r in train.collect()}
+    mllib: dict[int, list[float]] = {}
+    for row in model.recommendForUserSubset(users, n_items).collect():
+        unseen = [r for r in row.recommendations if (row.user_idx, r.item_idx) not in seen]
+        mllib[row.user_idx] = [r.rating for r in unseen][:5]
+    user_f = {r.id: r.features for r in model.userFactors.collect()}
+    item_f = {r.id: r.features for r in model.itemFactors.collect()}
+
+    got: dict[int, list] = {}
+    for r in sorted(m_als.recommend_als(model, users, train, 5).collect(), key=lambda r: r["rank"]):
+        got.setdefault(r.user_idx, []).append(r)
+        assert r.score == pytest.approx(
+            sum(a * b for a, b in zip(user_f[r.user_idx], item_f[r.item_idx], strict=True)), abs=1e-5
+        )
+    assert sorted(got) == sorted(mllib)
+    for u, rows in got.items():
+        assert [r["rank"] for r in rows] == list(range(1, len(mllib[u]) + 1))
+        assert [r.score for r in rows] == pytest.approx(mllib[u], abs=1e-5)
+    train.unpersist()
+
+
 def test_fit_als_is_deterministic(spark, small_als):
     train = planted_train(spark).cache()
     users = train.select("user_idx").distinct()
-    first = m_als.recommend_als(m_als.fit_als(train, small_als), users, train, 3, SEEN_PER_USER)
-    second = m_als.recommend_als(m_als.fit_als(train, small_als), users, train, 3, SEEN_PER_USER)
+    first = m_als.recommend_als(m_als.fit_als(train, small_als), users, train, 3)
+    second = m_als.recommend_als(m_als.fit_als(train, small_als), users, train, 3)
     assert_approx_df_equality(first, second, 1e-6, ignore_row_order=True, ignore_nullable=True)
     train.unpersist()
 

@@ -1,15 +1,25 @@
-"""Per-user exclusion of seen items: the numpy kernels against brute-force references."""
+"""Per-user exclusion of seen items: the numpy kernels and ALS's blocked top-n against
+brute-force references on small inline data."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from chispa import assert_approx_df_equality, assert_df_equality
 
+from amazon_recs.models import als as m_als
 from amazon_recs.models import topk
+
+RANKED = "user_idx int, item_idx int, score double, rank int"
 
 
 def reference_top_n(scores: dict[int, float], seen: set[int], n: int) -> list[tuple[int, float]]:
     """Brute force: every unseen item, by score descending then item ascending, first n."""
     return sorted(((i, s) for i, s in scores.items() if i not in seen), key=lambda p: (-p[1], p[0]))[:n]
+
+
+def ranked_rows(per_user: dict[int, list[tuple[int, float]]]) -> list[tuple]:
+    return [(u, i, float(s), r) for u, pairs in per_user.items() for r, (i, s) in enumerate(pairs, 1)]
 
 
 # --- numpy kernels --------------------------------------------------------------------------
@@ -66,3 +76,94 @@ def test_with_seen_items_keeps_users_without_any(spark):
     got = {r.user_idx: r[topk.SEEN] for r in topk.with_seen_items(users, seen).collect()}
     assert sorted(got) == [1, 2]
     assert sorted(got[1]) == [5, 6] and got[2] is None
+
+
+# --- ALS: blocked scores against every dot product ------------------------------------------
+
+# Small integer factors: every float32 dot product is exact, so ties are real ties.
+ITEM_FACTORS = {
+    0: [1, 0],
+    2: [0, 1],
+    3: [1, 1],
+    5: [1, 1],  # ties with 3
+    6: [2, -1],
+    7: [-1, 2],
+    8: [0, 0],
+    9: [2, 2],
+    11: [1, 1],  # ties with 3 and 5
+    12: [-2, 0],
+}
+USER_FACTORS = {
+    0: [1, 1],  # no seen items at all
+    1: [1, 2],  # has seen all but two items
+    2: [3, 1],  # has seen every item
+    3: [1, 1],  # duplicate seen rows, and an item the model does not know
+    4: [0, 0],  # every score ties
+    5: [-1, 0],
+    6: [2, -3],
+    7: [1, 0],
+    8: [0, 1],  # not asked for
+}
+SEEN_ALS = (
+    [(1, i) for i in ITEM_FACTORS if i not in (7, 12)]
+    + [(2, i) for i in ITEM_FACTORS]
+    + [(3, 9), (3, 9), (3, 3), (3, 99)]
+    + [(5, 12), (6, 6), (7, 0), (8, 2)]
+)
+ASKED = [0, 1, 2, 3, 4, 5, 6, 7, 10]  # 10 has no factors
+
+
+def als_reference(n: int) -> list[tuple]:
+    out = {}
+    for u in ASKED:
+        if u in USER_FACTORS:
+            scores = {i: float(np.dot(USER_FACTORS[u], f)) for i, f in ITEM_FACTORS.items()}
+            out[u] = reference_top_n(scores, {i for v, i in SEEN_ALS if v == u}, n)
+    return ranked_rows(out)
+
+
+def factors_frame(spark, factors: dict):
+    rows = [(k, [float(x) for x in v]) for k, v in reversed(list(factors.items()))]  # not in id order
+    return spark.createDataFrame(rows, "id int, features array<float>")
+
+
+# One user per block, two per block, and every user in one block.
+@pytest.mark.parametrize(
+    ("n", "block_floats"),
+    [(4, len(ITEM_FACTORS)), (1, 2 * len(ITEM_FACTORS) + 1), (20, topk.BLOCK_FLOATS)],
+)
+def test_recommend_from_factors_matches_brute_force(spark, n, block_floats):
+    users = spark.createDataFrame([(u,) for u in ASKED + ASKED], "user_idx int").repartition(3)
+    seen = spark.createDataFrame(SEEN_ALS, "user_idx int, item_idx int")
+    got = m_als.recommend_from_factors(
+        factors_frame(spark, USER_FACTORS), factors_frame(spark, ITEM_FACTORS), users, seen, n, block_floats
+    )
+    expected = spark.createDataFrame(als_reference(n), RANKED)
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+    assert got.columns == ["user_idx", "item_idx", "score", "rank"]
+
+
+def test_recommend_from_factors_random_floats_several_blocks(spark):
+    rng = np.random.default_rng(3)
+    items = {i: rng.normal(size=8).astype(np.float32) for i in range(0, 300, 3)}
+    users = {u: rng.normal(size=8).astype(np.float32) for u in range(60)}
+    seen = [(u, i) for u in users for i in items if rng.random() < 0.2]
+    got = m_als.recommend_from_factors(
+        factors_frame(spark, users),
+        factors_frame(spark, items),
+        spark.createDataFrame([(u,) for u in users], "user_idx int"),
+        spark.createDataFrame(seen, "user_idx int, item_idx int"),
+        10,
+        block_floats=7 * len(items),  # blocks of 7 users
+    )
+    seen_by = {}
+    for u, i in seen:
+        seen_by.setdefault(u, set()).add(i)
+    ref = {
+        u: reference_top_n(
+            {i: float(np.dot(f.astype(np.float64), v)) for i, v in items.items()}, seen_by.get(u, set()), 10
+        )
+        for u, f in users.items()
+    }
+    expected = spark.createDataFrame(ranked_rows(ref), RANKED)
+    assert_approx_df_equality(got, expected, 1e-5, ignore_row_order=True, ignore_nullable=True)
