@@ -13,7 +13,6 @@ from amazon_recs.models import als as m_als
 from amazon_recs.models import baseline as m_baseline
 from amazon_recs.models import content as m_content
 from amazon_recs.models import popular as m_popular
-from amazon_recs.models.topk import max_seen_per_user
 from amazon_recs.pipeline.params import als_params, content_params
 
 # --- ALS ----------------------------------------------------------------------------------
@@ -233,7 +232,7 @@ def test_recommend_popular_excludes_seen(spark):
     )
     seen = spark.createDataFrame([(1, 1), (1, 2), (2, 3), (2, 3)], "user_idx int, item_idx int")
     users = spark.createDataFrame([(1,), (2,), (3,), (3,)], "user_idx int")
-    recs = m_popular.recommend_popular(popularity, users, seen, 3, max_seen_per_user(seen))
+    recs = m_popular.recommend_popular(popularity, users, seen, 3)
     got = sorted((r.user_idx, r["rank"], r.item_idx, r.score) for r in recs.collect())
     assert got == [
         (1, 1, 3, 7.0),
@@ -255,9 +254,9 @@ def test_random_baseline_draws_distinct_unseen_items_reproducibly(spark):
     seen = spark.createDataFrame(
         [(u, u + d) for u in range(6) for d in range(3)] + [(0, 0)], "user_idx int, item_idx int"
     )
-    first = m_baseline.recommend_random(items, users, seen, 5, 3, seed=1).collect()
-    again = m_baseline.recommend_random(items, users, seen, 5, 3, seed=1).collect()
-    other = m_baseline.recommend_random(items, users, seen, 5, 3, seed=2).collect()
+    first = m_baseline.recommend_random(items, users, seen, 5, seed=1).collect()
+    again = m_baseline.recommend_random(items, users, seen, 5, seed=1).collect()
+    other = m_baseline.recommend_random(items, users, seen, 5, seed=2).collect()
 
     def lists(rows):
         out = {}

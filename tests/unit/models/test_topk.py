@@ -1,5 +1,5 @@
-"""Per-user exclusion of seen items: the numpy kernels and ALS's blocked top-n against
-brute-force references on small inline data."""
+"""Per-user exclusion of seen items: the numpy kernels, and ALS, popularity and random
+recommendations against brute-force references on small inline data."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
 
 from amazon_recs.models import als as m_als
+from amazon_recs.models import baseline as m_baseline
+from amazon_recs.models import popular as m_popular
 from amazon_recs.models import topk
 
 RANKED = "user_idx int, item_idx int, score double, rank int"
@@ -167,3 +169,91 @@ def test_recommend_from_factors_random_floats_several_blocks(spark):
     }
     expected = spark.createDataFrame(ranked_rows(ref), RANKED)
     assert_approx_df_equality(got, expected, 1e-5, ignore_row_order=True, ignore_nullable=True)
+
+
+# --- popularity ----------------------------------------------------------------------------
+
+POPULARITY = [(1, 5.0), (2, 9.0), (3, 5.0), (4, 7.0), (5, 1.0), (6, 5.0), (7, 0.5)]  # 1, 3, 6 tie
+SEEN_POP = (
+    [(10, 2), (10, 4), (10, 4), (10, 42)]  # duplicates, and an item without popularity
+    + [(11, i) for i, _ in POPULARITY if i != 5]  # one item left
+    + [(12, i) for i, _ in POPULARITY]  # none left
+    + [(14, 3), (15, 1)]  # 15 is not asked for
+)
+ASKED_POP = [10, 11, 12, 13, 14]  # 13 has seen nothing
+
+
+@pytest.mark.parametrize("n", [3, 10])
+def test_recommend_popular_walks_the_ranking_per_user(spark, n):
+    popularity = spark.createDataFrame(
+        [(i, s, 1) for i, s in POPULARITY], "item_idx int, score double, interactions long"
+    )
+    users = spark.createDataFrame([(u,) for u in ASKED_POP + [13]], "user_idx int")
+    seen = spark.createDataFrame(SEEN_POP, "user_idx int, item_idx int")
+    got = m_popular.recommend_popular(popularity, users, seen, n)
+    scores = dict(POPULARITY)
+    ref = {u: reference_top_n(scores, {i for v, i in SEEN_POP if v == u}, n) for u in ASKED_POP}
+    expected = spark.createDataFrame(ranked_rows(ref), RANKED)
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+# --- random ----------------------------------------------------------------------------------
+
+
+def random_reference(spark, items: list[int], users: list[int], seen: set, n: int, seed: int) -> list[tuple]:
+    """Today's definition, walked by hand: the catalogue ordered by (xxhash64(seed, item),
+    item); each user reads from pmod(xxhash64(seed, user), size), wrapping, skipping seen."""
+    hashes = spark.createDataFrame([(i,) for i in items], "v int").selectExpr("v", f"xxhash64({seed}, v) h")
+    order = [r.v for r in sorted(hashes.collect(), key=lambda r: (r.h, r.v))]
+    starts = spark.createDataFrame([(u,) for u in users], "v int").selectExpr("v", f"xxhash64({seed}, v) h")
+    out = {}
+    for r in starts.collect():
+        start = r.h % len(order)  # Python's % is pmod
+        walk = [order[(start + s) % len(order)] for s in range(len(order))]
+        picked = [i for i in walk if (r.v, i) not in seen][:n]
+        out[r.v] = [(i, 1.0 - k / n) for k, i in enumerate(picked)]
+    return ranked_rows(out)
+
+
+def test_recommend_random_matches_a_walk_by_hand(spark):
+    items = list(range(0, 40, 2))
+    users = list(range(8))
+    seen = (
+        [(0, i) for i in items[:-2]]  # two left
+        + [(1, i) for i in items]  # none left
+        + [(2, 4), (2, 4), (2, 6), (2, 99)]
+        + [(5, i) for i in items[::3]]
+    )  # users 3, 4, 6, 7 have seen nothing
+    got = m_baseline.recommend_random(
+        spark.createDataFrame([(i,) for i in items + items[:3]], "item_idx int"),  # duplicates
+        spark.createDataFrame([(u,) for u in users], "user_idx int"),
+        spark.createDataFrame(seen, "user_idx int, item_idx int"),
+        5,
+        seed=11,
+    )
+    expected = spark.createDataFrame(random_reference(spark, items, users, set(seen), 5, 11), RANKED)
+    assert_approx_df_equality(got, expected, 1e-12, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_recommendations_do_not_depend_on_partitioning(spark):
+    users = spark.createDataFrame([(u,) for u in ASKED], "user_idx int")
+    seen = spark.createDataFrame(SEEN_ALS, "user_idx int, item_idx int")
+    items = spark.createDataFrame([(i,) for i in ITEM_FACTORS], "item_idx int")
+    popularity = spark.createDataFrame(
+        [(i, float(i % 4), 1) for i in ITEM_FACTORS], "item_idx int, score double, interactions long"
+    )
+
+    def runs(parts: int) -> list:
+        u, s = users.repartition(parts), seen.repartition(parts)
+        return [
+            sorted(df.collect())
+            for df in (
+                m_als.recommend_from_factors(
+                    factors_frame(spark, USER_FACTORS), factors_frame(spark, ITEM_FACTORS), u, s, 3, 10
+                ),
+                m_popular.recommend_popular(popularity, u, s, 3),
+                m_baseline.recommend_random(items, u, s, 3, seed=5),
+            )
+        ]
+
+    assert runs(1) == runs(4)
