@@ -4,12 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+import pandas as pd
 from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from amazon_recs.models.topk import filter_seen, top_k
+from amazon_recs.models.topk import (
+    BLOCK_FLOATS,
+    SEEN,
+    collect_columns,
+    flat_seen,
+    ranked_schema,
+    top_k,
+    top_n_per_row,
+    with_seen_items,
+)
 from amazon_recs.schemas import ITEM_IDX, SCORE, USER_IDX, WEIGHT
+
+FACTORS = "_factors"
 
 
 @dataclass(frozen=True)
@@ -51,20 +64,94 @@ def fit_als(train: DataFrame, params: AlsParams) -> ALSModel:
     return als.fit(data)
 
 
-def recommend_als(model: ALSModel, users: DataFrame, seen: DataFrame, n: int, max_seen: int) -> DataFrame:
-    """Each user's ``n`` best unseen items by predicted preference.
+def recommend_als(
+    model: ALSModel, users: DataFrame, seen: DataFrame, n: int, block_floats: int = BLOCK_FLOATS
+) -> DataFrame:
+    """Each user's ``n`` best unseen items by predicted preference (MLlib's scores).
 
-    ALS is asked for ``n + max_seen`` items so that ``n`` remain after removing
-    the user's own, whoever the user is.
+    See ``recommend_from_factors``; users without factors (unknown to the model)
+    get no rows, as with MLlib's ``recommendForUserSubset``.
 
     Returns:
         Columns user_idx, item_idx, score, rank.
     """
-    raw = model.recommendForUserSubset(users.select(USER_IDX).distinct(), n + max_seen)
-    exploded = raw.select(USER_IDX, F.explode("recommendations").alias("r")).select(
-        USER_IDX, F.col("r")[ITEM_IDX].alias(ITEM_IDX), F.col("r.rating").cast("double").alias(SCORE)
+    return recommend_from_factors(model.userFactors, model.itemFactors, users, seen, n, block_floats)
+
+
+def recommend_from_factors(
+    user_factors: DataFrame,
+    item_factors: DataFrame,
+    users: DataFrame,
+    seen: DataFrame,
+    n: int,
+    block_floats: int = BLOCK_FLOATS,
+    col_user: str = USER_IDX,
+    col_item: str = ITEM_IDX,
+    col_score: str = SCORE,
+) -> DataFrame:
+    """Each user's ``n`` highest unseen dot products with every item: a blocked matrix product.
+
+    The item factors (items x rank float32, sorted by item) are broadcast: 500k
+    items at rank 64 is 128 MB, the most this is meant for. Each user arrives
+    with their factors and seen items; within an Arrow batch users are scored in
+    blocks of at most ``block_floats`` scores (block users x items), their seen
+    items set to -inf, and the top ``n`` taken per row (score descending, item
+    ascending, as ``top_k``). A user's work is the catalogue's scores plus their
+    own seen items; a user with fewer than ``n`` unseen items gets what remains.
+
+    Args:
+        user_factors, item_factors: ``id``, ``features`` (array<float>), as ALSModel's.
+
+    Returns:
+        Columns user_idx, item_idx, score (the float32 dot product, as a double), rank.
+    """
+    spark = users.sparkSession
+    schema = ranked_schema(col_user, col_item, col_score)
+    ids, factors = collect_columns(item_factors, "id", "features")
+    if n <= 0 or not len(ids):
+        return spark.createDataFrame([], schema)
+    by_id = np.argsort(ids, kind="stable")
+    shared = spark.sparkContext.broadcast(
+        (ids[by_id].astype(np.int32), np.ascontiguousarray(factors[by_id], dtype=np.float32))
     )
-    return top_k(filter_seen(exploded, seen), n)
+    block_users = max(1, block_floats // len(ids))
+
+    def score(batches):
+        item_ids, item_matrix = shared.value
+        for batch in batches:
+            if len(batch):
+                yield from _top_n_blocks(batch, item_ids, item_matrix, n, block_users, schema.names)
+
+    per_user = with_seen_items(users, seen, col_user, col_item).join(
+        user_factors.select(F.col("id").alias(col_user), F.col("features").alias(FACTORS)),
+        col_user,
+        how="inner",
+    )
+    return per_user.select(col_user, FACTORS, SEEN).mapInPandas(score, schema)
+
+
+def _top_n_blocks(batch, item_ids, item_matrix, n: int, block_users: int, names: list[str]):
+    """One Arrow batch of (user, factors, seen), scored ``block_users`` users at a time."""
+    col_user, col_item, col_score, col_rank = names
+    users = batch[col_user].to_numpy()
+    user_matrix = np.stack(batch[FACTORS].to_numpy()).astype(np.float32, copy=False)
+    seen = batch[SEEN].to_numpy()
+    for start in range(0, len(users), block_users):
+        block = slice(start, start + block_users)
+        scores = user_matrix[block] @ item_matrix.T
+        rows, at = flat_seen(seen[block], item_ids)
+        scores[rows, at] = -np.inf
+        cols, valid = top_n_per_row(scores, n)
+        row, place = np.nonzero(valid)
+        chosen = cols[row, place]
+        yield pd.DataFrame(
+            {
+                col_user: users[block][row].astype(np.int32),
+                col_item: item_ids[chosen],
+                col_score: scores[row, chosen].astype(np.float64),
+                col_rank: (place + 1).astype(np.int32),
+            }
+        )
 
 
 def dot(a: str, b: str):

@@ -2,44 +2,45 @@
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, Window
+import numpy as np
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from amazon_recs.models.topk import filter_seen, top_k
+from amazon_recs.models.topk import collect_columns, walk_unseen, with_seen_items
 from amazon_recs.schemas import ITEM_IDX, SCORE, USER_IDX
+
+START = "_start"
 
 
 def recommend_random(
-    items: DataFrame, users: DataFrame, seen: DataFrame, n: int, max_seen: int, seed: int
+    items: DataFrame,
+    users: DataFrame,
+    seen: DataFrame,
+    n: int,
+    seed: int,
+    col_user: str = USER_IDX,
+    col_item: str = ITEM_IDX,
+    col_score: str = SCORE,
 ) -> DataFrame:
     """``n`` unseen items per user, drawn without replacement, the same for the same seed.
 
-    Items are shuffled once (by a seeded hash); each user reads ``n + max_seen``
-    consecutive items of that shuffle from a seeded offset of their own, so the
-    work is users x (n + max_seen), never users x catalogue.
+    The catalogue is shuffled once (ordered by a seeded hash of the item, then
+    the item) and broadcast; each user reads consecutive items of it from a
+    seeded offset of their own, wrapping round, skipping their seen items until
+    ``n`` are taken: ``n`` + their seen items of work per user.
 
     Returns:
-        Columns user_idx, item_idx, score (1 down to 0 along the list), rank.
+        Columns user_idx, item_idx, score (1 down towards 0 along the list:
+        1 - (rank - 1) / n), rank.
     """
-    catalogue = items.select(ITEM_IDX).distinct()
-    size = catalogue.count()
-    shuffled = catalogue.withColumn(
-        "_pos", F.row_number().over(Window.orderBy(F.xxhash64(F.lit(seed), ITEM_IDX), ITEM_IDX)) - 1
+    catalogue = items.select(col_item).distinct()
+    ids, hashes = collect_columns(
+        catalogue.withColumn("_hash", F.xxhash64(F.lit(seed), col_item)), col_item, "_hash"
     )
-    span = min(n + max_seen, size)
-    reads = (
-        users.select(USER_IDX)
-        .distinct()
-        .select(
-            USER_IDX,
-            F.pmod(F.xxhash64(F.lit(seed), USER_IDX), F.lit(size)).alias("_offset"),
-            F.explode(F.sequence(F.lit(0), F.lit(span - 1))).alias("_step"),
-        )
+    shuffled = ids[np.lexsort((ids, hashes))]
+    per_user = with_seen_items(users, seen, col_user, col_item).withColumn(
+        START, F.pmod(F.xxhash64(F.lit(seed), col_user), F.lit(max(len(shuffled), 1)))
     )
-    candidates = (
-        reads.withColumn("_pos", F.pmod(F.col("_offset") + F.col("_step"), F.lit(size)))
-        .join(F.broadcast(shuffled), "_pos", how="inner")
-        .withColumn(SCORE, 1.0 - F.col("_step") / F.lit(float(span)))
-        .select(USER_IDX, ITEM_IDX, SCORE)
+    return walk_unseen(
+        per_user, shuffled, n, col_start=START, col_user=col_user, col_item=col_item, col_score=col_score
     )
-    return top_k(filter_seen(candidates, seen), n)

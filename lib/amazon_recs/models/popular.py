@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from amazon_recs.models.topk import filter_seen, top_k
+from amazon_recs.models.topk import collect_columns, walk_unseen, with_seen_items
 from amazon_recs.schemas import ITEM_IDX, SCORE, TS, USER_IDX
 
 SECONDS_PER_DAY = 86_400.0
@@ -38,18 +39,31 @@ def fit_popularity(train: DataFrame, half_life_days: float) -> DataFrame:
 
 
 def recommend_popular(
-    popularity: DataFrame, users: DataFrame, seen: DataFrame, n: int, max_seen: int
+    popularity: DataFrame,
+    users: DataFrame,
+    seen: DataFrame,
+    n: int,
+    col_user: str = USER_IDX,
+    col_item: str = ITEM_IDX,
+    col_score: str = SCORE,
 ) -> DataFrame:
     """The ``n`` most popular items each user has not seen.
 
-    Only the ``n + max_seen`` most popular items can make anyone's list, so the
-    cross join is users x that many, never users x catalogue.
+    The ranking (score descending, item ascending) is item-sized and broadcast;
+    each user walks it from the top, skipping their own seen items, so a user
+    costs ``n`` + their seen items, whoever else there is.
 
     Returns:
         Columns user_idx, item_idx, score, rank.
     """
-    head = top_k(popularity.withColumn("_all", F.lit(0)), n + max_seen, col_user="_all").select(
-        ITEM_IDX, SCORE
+    items, scores = collect_columns(popularity, col_item, col_score)
+    order = np.lexsort((items, -scores.astype(np.float64)))
+    return walk_unseen(
+        with_seen_items(users, seen, col_user, col_item),
+        items[order],
+        n,
+        order_scores=scores[order].astype(np.float64),
+        col_user=col_user,
+        col_item=col_item,
+        col_score=col_score,
     )
-    candidates = users.select(USER_IDX).distinct().crossJoin(F.broadcast(head))
-    return top_k(filter_seen(candidates, seen), n)

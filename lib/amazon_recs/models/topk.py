@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from amazon_recs.schemas import ITEM_IDX, RANK, SCORE, USER_IDX
 
@@ -45,3 +48,183 @@ def minmax_per_user(scored: DataFrame, col_user: str = USER_IDX, col_score: str 
     return scored.withColumn(
         col_score, F.when(hi > lo, (F.col(col_score) - lo) / (hi - lo)).otherwise(F.lit(1.0))
     )
+
+
+# --- per-user exclusion on executors ------------------------------------------------------------
+#
+# Seen items are excluded user by user, so a user's work is bounded by the
+# user's own history (n + seen_u), never by the heaviest user's. The arrays
+# shared by every user (item factors, a popularity ranking, a shuffle of the
+# catalogue) are item-sized: they are collected once and broadcast.
+
+SEEN = "_seen"
+# The largest score matrix (users x items, float32) a block may hold. With
+# argpartition's int64 indices and a boolean mask beside it, a block costs about
+# 14 bytes per float: ~110 MB of Python worker memory at 8M floats.
+BLOCK_FLOATS = 8 * 1024 * 1024
+
+
+def ranked_schema(col_user: str = USER_IDX, col_item: str = ITEM_IDX, col_score: str = SCORE) -> T.StructType:
+    """What the per-user recommenders promise: user, item, score (double), rank 1..n."""
+    return T.StructType(
+        [
+            T.StructField(col_user, T.IntegerType(), False),
+            T.StructField(col_item, T.IntegerType(), False),
+            T.StructField(col_score, T.DoubleType(), False),
+            T.StructField(RANK, T.IntegerType(), False),
+        ]
+    )
+
+
+def with_seen_items(
+    users: DataFrame, seen: DataFrame, col_user: str = USER_IDX, col_item: str = ITEM_IDX
+) -> DataFrame:
+    """Each distinct user of ``users`` with the array of items they have seen in ``seen``
+    (column ``SEEN``; null for a user with none). One groupBy and one join: linear."""
+    per_user = seen.groupBy(col_user).agg(F.collect_set(col_item).alias(SEEN))
+    return users.select(col_user).distinct().join(per_user, col_user, how="left")
+
+
+def collect_columns(df: DataFrame, *cols: str) -> list[np.ndarray]:
+    """Columns of an item-sized frame as numpy arrays on the driver; an array column
+    becomes a 2-D array. Rows become numpy on the executors, one array per partition,
+    so the driver never holds a Python object per row. Never call it on a user-sized frame."""
+
+    def to_arrays(rows):
+        rows = list(rows)
+        if rows:
+            yield [np.array([r[c] for r in rows]) for c in cols]
+
+    parts = df.select(*cols).rdd.mapPartitions(to_arrays).collect()
+    if not parts:
+        return [np.empty(0) for _ in cols]
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(cols))]
+
+
+def index_of(ids: np.ndarray, values: np.ndarray, sorter: np.ndarray | None = None) -> tuple:
+    """Where each of ``values`` is in ``ids``: ``ids`` sorted, or ``ids[sorter]`` sorted.
+
+    Returns:
+        (found, index): a mask over ``values``, and the index in ``ids`` of those found.
+    """
+    if not len(ids) or not len(values):
+        return np.zeros(len(values), bool), np.empty(0, np.int64)
+    at = np.minimum(np.searchsorted(ids, values, sorter=sorter), len(ids) - 1)
+    if sorter is not None:
+        at = sorter[at]
+    found = ids[at] == values
+    return found, at[found]
+
+
+def flat_seen(seen_lists, ids: np.ndarray, sorter: np.ndarray | None = None) -> tuple:
+    """(row, index in ``ids``) of every seen item of every row; items not in ``ids`` are skipped.
+
+    ``seen_lists`` holds one array (or None) per row.
+    """
+    lengths = np.fromiter((0 if s is None else len(s) for s in seen_lists), np.int64, len(seen_lists))
+    if not lengths.sum():
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    flat = np.concatenate([np.asarray(s, dtype=ids.dtype) for s in seen_lists if s is not None and len(s)])
+    rows = np.repeat(np.arange(len(seen_lists)), lengths)
+    found, at = index_of(ids, flat, sorter)
+    return rows[found], at
+
+
+def top_n_per_row(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``n`` highest finite scores, by score descending then column ascending
+    (``top_k``'s order); -inf marks an excluded entry.
+
+    Returns:
+        (cols, valid), both rows x min(n, columns): the chosen columns in rank order,
+        and whether each is real (a row with fewer finite scores is padded at the end).
+    """
+    n_rows, n_cols = scores.shape
+    k = min(n, n_cols)
+    if k <= 0:
+        return np.empty((n_rows, 0), np.int64), np.empty((n_rows, 0), bool)
+    cols = np.argpartition(scores, n_cols - k, axis=1)[:, n_cols - k :]
+    top = np.take_along_axis(scores, cols, axis=1)
+    order = np.lexsort((cols, -top))
+    cols, top = np.take_along_axis(cols, order, axis=1), np.take_along_axis(top, order, axis=1)
+    # argpartition picks arbitrarily among scores equal to the k-th: where more
+    # columns reach it than were taken, choose again exactly, by column.
+    threshold = top[:, -1]
+    for r in np.flatnonzero(np.count_nonzero(scores >= threshold[:, None], axis=1) > k):
+        row = scores[r]
+        reach = np.flatnonzero(row >= threshold[r] if threshold[r] > -np.inf else row > -np.inf)
+        best = reach[np.lexsort((reach, -row[reach]))[:k]]
+        cols[r, : len(best)], cols[r, len(best) :] = best, 0
+        top[r, : len(best)], top[r, len(best) :] = row[best], -np.inf
+    return cols, np.isfinite(top)
+
+
+def first_unseen_steps(seen_at: np.ndarray, start: int, length: int, n: int) -> np.ndarray:
+    """The first ``n`` steps of a walk over ``length`` places from ``start`` (wrapping
+    once) that avoid the places in ``seen_at``. Costs n + len(seen_at), whatever ``length``."""
+    skip = (seen_at - start) % length
+    limit = min(length, n + len(skip))
+    free = np.ones(limit, bool)
+    free[skip[skip < limit]] = False
+    return np.flatnonzero(free)[:n]
+
+
+def walk_unseen(
+    per_user: DataFrame,
+    order: np.ndarray,
+    n: int,
+    order_scores: np.ndarray | None = None,
+    col_start: str | None = None,
+    col_user: str = USER_IDX,
+    col_item: str = ITEM_IDX,
+    col_score: str = SCORE,
+) -> DataFrame:
+    """Each user's first ``n`` unseen items along ``order`` (item ids, broadcast).
+
+    Args:
+        per_user: ``col_user``, ``SEEN`` (as ``with_seen_items`` makes) and, when
+            ``col_start`` is given, the place in ``order`` each user starts from
+            (the walk then wraps round once); otherwise every user starts at the top.
+        order_scores: the score of each place in ``order``; without it, scores go
+            from 1 down along the list (1 - (rank - 1) / n).
+
+    Returns:
+        Columns user_idx, item_idx, score, rank (rank 1..n; fewer when fewer are unseen).
+    """
+    spark = per_user.sparkSession
+    schema = ranked_schema(col_user, col_item, col_score)
+    order = np.asarray(order)
+    if n <= 0 or not len(order):
+        return spark.createDataFrame([], schema)
+    sorter = np.argsort(order, kind="stable")
+    shared = spark.sparkContext.broadcast((order, sorter, order_scores))
+
+    def walk(batches):
+        order, sorter, order_scores = shared.value
+        for batch in batches:
+            users, seen = batch[col_user].to_numpy(), batch[SEEN].to_numpy()
+            starts = batch[col_start].to_numpy() if col_start else np.zeros(len(users), np.int64)
+            rows, at = flat_seen(seen, order, sorter)
+            bounds = np.searchsorted(rows, np.arange(len(users) + 1))
+            out_users, out_steps, out_starts, out_ranks = [], [], [], []
+            for j in range(len(users)):
+                steps = first_unseen_steps(at[bounds[j] : bounds[j + 1]], int(starts[j]), len(order), n)
+                out_users.append(np.full(len(steps), users[j]))
+                out_steps.append(steps)
+                out_starts.append(np.full(len(steps), starts[j]))
+                out_ranks.append(np.arange(1, len(steps) + 1))
+            if not out_users:
+                continue
+            places = (np.concatenate(out_starts) + np.concatenate(out_steps)) % len(order)
+            ranks = np.concatenate(out_ranks)
+            scores = order_scores[places] if order_scores is not None else 1.0 - (ranks - 1) / n
+            yield pd.DataFrame(
+                {
+                    col_user: np.concatenate(out_users).astype(np.int32),
+                    col_item: order[places].astype(np.int32),
+                    col_score: np.asarray(scores, np.float64),
+                    RANK: ranks.astype(np.int32),
+                }
+            )
+
+    columns = [col_user, SEEN] + ([col_start] if col_start else [])
+    return per_user.select(*columns).mapInPandas(walk, schema)

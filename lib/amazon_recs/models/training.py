@@ -94,14 +94,18 @@ def fit_models(
     )
 
 
-def candidates(models: Models, train: DataFrame, n: int, k: int, max_seen: int) -> dict[str, DataFrame]:
+def candidates(
+    models: Models, train: DataFrame, n: int, k: int, max_seen: int | None = None
+) -> dict[str, DataFrame]:
     """Each model's ``n`` best unseen items per training user, in the common candidate shape.
 
     ALS rows in the top ``k`` carry the seen item that explains them best.
+    ``max_seen`` is ignored: seen items are now excluded per user. It stays only
+    while ``tuning.tune`` still passes it; drop it with that call.
     """
     seen = train.select(USER_IDX, ITEM_IDX, WEIGHT)
     users = seen.select(USER_IDX).distinct()
-    als_recs = m_als.recommend_als(models.als, users, seen, n, max_seen)
+    als_recs = m_als.recommend_als(models.als, users, seen, n)
     als_recs = als_recs.join(
         m_als.because_item(als_recs.filter(f"rank <= {k}"), seen, models.als.itemFactors),
         [USER_IDX, ITEM_IDX],
@@ -113,6 +117,6 @@ def candidates(models: Models, train: DataFrame, n: int, k: int, max_seen: int) 
             m_content.recommend_content(models.neighbours, seen, n), "content"
         ).cache(),
         "popular": rc.as_candidates(
-            m_popular.recommend_popular(models.popularity, users, seen, n, max_seen), "popular"
+            m_popular.recommend_popular(models.popularity, users, seen, n), "popular"
         ).cache(),
     }

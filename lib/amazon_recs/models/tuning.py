@@ -82,11 +82,10 @@ def tune_als(
 ) -> tuple[dict, list[dict]]:
     """The grid point with the best validation NDCG@k, and every point's score."""
     users = fit.select(USER_IDX).distinct()
-    max_seen = max_seen_per_user(fit)
     results = []
     for point in als_grid(grid):
         trial = dataclasses.replace(als, **point)
-        recs = m_als.recommend_als(m_als.fit_als(fit, trial), users, fit, k, max_seen)
+        recs = m_als.recommend_als(m_als.fit_als(fit, trial), users, fit, k)
         score = ndcg_by(recs.withColumn(COMBO, F.lit(0)), validation, k, COMBO).get(0, 0.0)
         log.info("tune als %s: validation ndcg@%d = %.4f", point, k, score)
         results.append({**point, "ndcg": score})

@@ -15,7 +15,6 @@ from amazon_recs.features.split import TRAIN
 from amazon_recs.models import baseline as m_baseline
 from amazon_recs.models import lists as rc
 from amazon_recs.models import training
-from amazon_recs.models.topk import max_seen_per_user
 from amazon_recs.pipeline import versions
 from amazon_recs.pipeline.base import progress, stage
 from amazon_recs.schemas import ITEM_IDX, MODEL, SPLIT, USER_IDX, WEIGHT
@@ -35,14 +34,13 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
     interactions = io.read_table(spark, config, "silver/interactions")
     items = io.read_table(spark, config, "silver/items")
     train = interactions.filter(F.col(SPLIT) == TRAIN).select(USER_IDX, ITEM_IDX, WEIGHT).cache()
-    max_seen = max_seen_per_user(train)
     models = training.Models(
         als=ALSModel.load(f"{src}/als"),
         neighbours=spark.read.format("delta").load(f"{src}/item_neighbours"),
         popularity=spark.read.format("delta").load(f"{src}/popularity"),
     )
 
-    candidates = training.candidates(models, train, n, k, max_seen)
+    candidates = training.candidates(models, train, n, k)
     seconds = {}
     for name, frame in candidates.items():  # cached: counting computes them once, and times each
         started = time.perf_counter()
@@ -52,7 +50,7 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
     lists = {name: rc.fill_to_k(df, candidates["popular"], k) for name, df in candidates.items()}
     lists["hybrid"] = rc.blend(candidates, hybrid_weights(spark, config, version), k)
     users = train.select(USER_IDX).distinct()
-    random_recs = m_baseline.recommend_random(items, users, train, k, max_seen, config.require("split.seed"))
+    random_recs = m_baseline.recommend_random(items, users, train, k, config.require("split.seed"))
     lists[rc.RANDOM_SOURCE] = rc.fill_to_k(
         rc.as_candidates(random_recs, rc.RANDOM_SOURCE), candidates["popular"], k
     )

@@ -13,7 +13,6 @@ from amazon_recs.models import als as m_als
 from amazon_recs.models import baseline as m_baseline
 from amazon_recs.models import content as m_content
 from amazon_recs.models import popular as m_popular
-from amazon_recs.models.topk import max_seen_per_user
 from amazon_recs.pipeline.params import als_params, content_params
 
 # --- ALS ----------------------------------------------------------------------------------
@@ -45,8 +44,7 @@ def test_als_recommends_unseen_items_from_the_users_block(spark, small_als):
     train = planted_train(spark).cache()
     n = 3
     users = train.select("user_idx").distinct()
-    max_seen = max_seen_per_user(train)
-    recs = m_als.recommend_als(m_als.fit_als(train, small_als), users, train, n, max_seen).collect()
+    recs = m_als.recommend_als(m_als.fit_als(train, small_als), users, train, n).collect()
 
     seen = {(r.user_idx, r.item_idx) for r in train.collect()}
     by_user: dict[int, list] = {}
@@ -66,11 +64,39 @@ def test_als_recommends_unseen_items_from_the_users_block(spark, small_als):
     train.unpersist()
 
 
+def test_recommend_als_scores_are_mllibs(spark, small_als):
+    """Against MLlib's own recommendForUserSubset over the whole catalogue, seen items
+    removed by hand: the same scores rank by rank, each the dot product of the factors."""
+    train = planted_train(spark).cache()
+    model = m_als.fit_als(train, small_als)
+    users = train.select("user_idx").distinct()
+    n_items = model.itemFactors.count()
+    seen = {(r.user_idx, r.item_idx) for r in train.collect()}
+    mllib: dict[int, list[float]] = {}
+    for row in model.recommendForUserSubset(users, n_items).collect():
+        unseen = [r for r in row.recommendations if (row.user_idx, r.item_idx) not in seen]
+        mllib[row.user_idx] = [r.rating for r in unseen][:5]
+    user_f = {r.id: r.features for r in model.userFactors.collect()}
+    item_f = {r.id: r.features for r in model.itemFactors.collect()}
+
+    got: dict[int, list] = {}
+    for r in sorted(m_als.recommend_als(model, users, train, 5).collect(), key=lambda r: r["rank"]):
+        got.setdefault(r.user_idx, []).append(r)
+        assert r.score == pytest.approx(
+            sum(a * b for a, b in zip(user_f[r.user_idx], item_f[r.item_idx], strict=True)), abs=1e-5
+        )
+    assert sorted(got) == sorted(mllib)
+    for u, rows in got.items():
+        assert [r["rank"] for r in rows] == list(range(1, len(mllib[u]) + 1))
+        assert [r.score for r in rows] == pytest.approx(mllib[u], abs=1e-5)
+    train.unpersist()
+
+
 def test_fit_als_is_deterministic(spark, small_als):
     train = planted_train(spark).cache()
     users = train.select("user_idx").distinct()
-    first = m_als.recommend_als(m_als.fit_als(train, small_als), users, train, 3, SEEN_PER_USER)
-    second = m_als.recommend_als(m_als.fit_als(train, small_als), users, train, 3, SEEN_PER_USER)
+    first = m_als.recommend_als(m_als.fit_als(train, small_als), users, train, 3)
+    second = m_als.recommend_als(m_als.fit_als(train, small_als), users, train, 3)
     assert_approx_df_equality(first, second, 1e-6, ignore_row_order=True, ignore_nullable=True)
     train.unpersist()
 
@@ -206,7 +232,7 @@ def test_recommend_popular_excludes_seen(spark):
     )
     seen = spark.createDataFrame([(1, 1), (1, 2), (2, 3), (2, 3)], "user_idx int, item_idx int")
     users = spark.createDataFrame([(1,), (2,), (3,), (3,)], "user_idx int")
-    recs = m_popular.recommend_popular(popularity, users, seen, 3, max_seen_per_user(seen))
+    recs = m_popular.recommend_popular(popularity, users, seen, 3)
     got = sorted((r.user_idx, r["rank"], r.item_idx, r.score) for r in recs.collect())
     assert got == [
         (1, 1, 3, 7.0),
@@ -228,9 +254,9 @@ def test_random_baseline_draws_distinct_unseen_items_reproducibly(spark):
     seen = spark.createDataFrame(
         [(u, u + d) for u in range(6) for d in range(3)] + [(0, 0)], "user_idx int, item_idx int"
     )
-    first = m_baseline.recommend_random(items, users, seen, 5, 3, seed=1).collect()
-    again = m_baseline.recommend_random(items, users, seen, 5, 3, seed=1).collect()
-    other = m_baseline.recommend_random(items, users, seen, 5, 3, seed=2).collect()
+    first = m_baseline.recommend_random(items, users, seen, 5, seed=1).collect()
+    again = m_baseline.recommend_random(items, users, seen, 5, seed=1).collect()
+    other = m_baseline.recommend_random(items, users, seen, 5, seed=2).collect()
 
     def lists(rows):
         out = {}
