@@ -2,27 +2,30 @@
 
 ALS's rank, regularisation and alpha are chosen by NDCG@k on validation over
 the grid in ``tune.als_grid``; the hybrid's fusion weights by NDCG@k over every
-weight vector on a simplex grid of step ``tune.weight_step``, all scored in one
-Spark job.
+weight vector on a simplex grid of step ``tune.weight_step``, searched per user
+in numpy (``weight_search``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from amazon_recs.evaluation import metrics as ev
 from amazon_recs.features import split as sp
 from amazon_recs.models import als as m_als
-from amazon_recs.models.topk import max_seen_per_user, minmax_per_user, top_k
+from amazon_recs.models import weight_search as ws
+from amazon_recs.models.topk import max_seen_per_user
 from amazon_recs.models.training import COMPONENTS, Content, ModelParams, candidates, fit_models
-from amazon_recs.schemas import ITEM_IDX, RANK, SCORE, SPLIT, USER_IDX
+from amazon_recs.schemas import ITEM_IDX, SCORE, SPLIT, USER_IDX
 
 log = logging.getLogger(__name__)
 
@@ -104,26 +107,62 @@ def weight_grid(step: float, names: tuple[str, ...] = COMPONENTS) -> list[dict[s
     ]
 
 
+def candidates_per_user(lists: Mapping[str, DataFrame], validation: DataFrame) -> DataFrame:
+    """One row per validation user: the distinct validation items (``truth``), and
+    every model's candidates as aligned arrays ``items``, ``scores`` and ``models``
+    (the model's index in COMPONENTS), null for a user without candidates."""
+    stacked = None
+    for m, name in enumerate(COMPONENTS):
+        part = lists[name].select(USER_IDX, ITEM_IDX, F.col(SCORE).cast("double"), F.lit(m).alias("model"))
+        stacked = part if stacked is None else stacked.unionByName(part)
+    # One array of structs, split into fields afterwards: the three stay aligned.
+    per_user = (
+        stacked.groupBy(USER_IDX)
+        .agg(F.collect_list(F.struct(ITEM_IDX, SCORE, "model")).alias("_c"))
+        .select(
+            USER_IDX,
+            F.col(f"_c.{ITEM_IDX}").alias("items"),
+            F.col(f"_c.{SCORE}").alias("scores"),
+            F.col("_c.model").alias("models"),
+        )
+    )
+    truth = validation.groupBy(USER_IDX).agg(F.collect_set(ITEM_IDX).alias("truth"))
+    return truth.join(per_user, USER_IDX, how="left").select("truth", "items", "scores", "models")
+
+
 def tune_weights(
     spark: SparkSession, lists: Mapping[str, DataFrame], validation: DataFrame, k: int, step: float
 ) -> tuple[dict[str, float], list[dict]]:
-    """Fusion weights maximising validation NDCG@k, scoring every grid point in one job."""
+    """Fusion weights maximising validation NDCG@k over the simplex grid of ``step``.
+
+    Each validation user's candidates become one row, scored under every weight
+    vector at once in numpy (``weight_search``): the work is users x their own
+    candidates x weight vectors, with no cross join and no global sort. Only
+    each partition's sums (one number per weight vector) reach the driver.
+    ``spark`` is kept for callers; the frames carry their session.
+    """
     grid = weight_grid(step)
-    combos = spark.createDataFrame(
-        [(i, *(w[name] for name in COMPONENTS)) for i, w in enumerate(grid)],
-        f"{COMBO} int, " + ", ".join(f"w_{name} double" for name in COMPONENTS),
+    weights = np.array([[w[name] for w in grid] for name in COMPONENTS])  # models x W
+    sums = (
+        candidates_per_user(lists, validation)
+        .mapInPandas(
+            functools.partial(
+                ws.partition_sums,
+                weights=weights,
+                k=k,
+                col_truth="truth",
+                col_items="items",
+                col_scores="scores",
+                col_models="models",
+            ),
+            "ndcg_sum array<double>, users long",
+        )
+        .collect()
     )
-    normalised = None
-    for name in COMPONENTS:
-        part = minmax_per_user(lists[name]).select(USER_IDX, ITEM_IDX, F.col(SCORE).alias(f"s_{name}"))
-        normalised = part if normalised is None else normalised.join(part, [USER_IDX, ITEM_IDX], how="full")
-    normalised = normalised.fillna(0.0)
-    fused = normalised.crossJoin(F.broadcast(combos)).withColumn(
-        SCORE, sum(F.col(f"w_{name}") * F.col(f"s_{name}") for name in COMPONENTS)
-    )
-    ranked = top_k(fused, k, col_user=[COMBO, USER_IDX]).select(COMBO, USER_IDX, ITEM_IDX, RANK)
-    scores = ndcg_by(ranked, validation, k, COMBO)
-    results = [{**grid[i], "ndcg": scores.get(i, 0.0)} for i in range(len(grid))]
+    users = sum(r.users for r in sums)
+    # Averaged over every validation user, as metrics.per_user_metrics does.
+    ndcg = np.sum([r.ndcg_sum for r in sums], axis=0) / users if users else np.zeros(len(grid))
+    results = [{**grid[i], "ndcg": float(ndcg[i])} for i in range(len(grid))]
     # Ties go to the weights closest to ALS alone, then to fewer moving parts.
     best = max(results, key=lambda r: (round(r["ndcg"], 12), r["als"], -r["content"]))
     return {name: best[name] for name in COMPONENTS}, results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from datetime import datetime, timedelta
 
 import pytest
@@ -10,6 +11,8 @@ from pyspark.sql import functions as F
 
 from amazon_recs.models import tuning
 from amazon_recs.models.lists import as_candidates
+from amazon_recs.models.topk import minmax_per_user, top_k
+from amazon_recs.models.training import COMPONENTS
 from amazon_recs.pipeline.params import split_params
 
 
@@ -42,6 +45,116 @@ def test_tune_weights_finds_the_model_that_predicts_validation(spark):
     assert scores[(1.0, 0.0, 0.0)] == pytest.approx(0.0)
     assert scores[(0.0, 0.0, 1.0)] == pytest.approx(0.0)
     assert weights == {"als": 0.0, "content": 1.0, "popular": 0.0}
+
+
+def spark_weight_search(spark, lists, validation, k, step):
+    """The weight search as it was: every user's candidates cross-joined with every
+    weight vector, ranked by a window. The reference the numpy search must match."""
+    grid = tuning.weight_grid(step)
+    combos = spark.createDataFrame(
+        [(i, *(w[name] for name in COMPONENTS)) for i, w in enumerate(grid)],
+        "combo int, " + ", ".join(f"w_{name} double" for name in COMPONENTS),
+    )
+    keys, normalised = ["user_idx", "item_idx"], None
+    for name in COMPONENTS:
+        part = minmax_per_user(lists[name]).select(*keys, F.col("score").alias(f"s_{name}"))
+        normalised = part if normalised is None else normalised.join(part, keys, how="full")
+    fused = (
+        normalised.fillna(0.0)
+        .crossJoin(F.broadcast(combos))
+        .withColumn("score", sum(F.col(f"w_{name}") * F.col(f"s_{name}") for name in COMPONENTS))
+    )
+    ranked = top_k(fused, k, col_user=["combo", "user_idx"]).select("combo", "user_idx", "item_idx", "rank")
+    scores = tuning.ndcg_by(ranked, validation, k, "combo")
+    results = [{**grid[i], "ndcg": scores.get(i, 0.0)} for i in range(len(grid))]
+    best = max(results, key=lambda r: (round(r["ndcg"], 12), r["als"], -r["content"]))
+    return {name: best[name] for name in COMPONENTS}, results
+
+
+def python_weight_search(rows, truth, k, step):
+    """NDCG@k per weight vector by hand: min-max per (user, model), fuse, sort by
+    (score desc, item asc), average over validation users."""
+    normalised = {}
+    for name, triples in rows.items():
+        for user in {u for u, _, _ in triples}:
+            mine = [(i, s) for u, i, s in triples if u == user]
+            present = [s for _, s in mine if s is not None]
+            lo, hi = (min(present), max(present)) if present else (None, None)
+            for item, s in mine:
+                if lo is not None and hi > lo:
+                    value = 0.0 if s is None else (s - lo) / (hi - lo)
+                else:
+                    value = 1.0
+                normalised.setdefault((user, item), {})[name] = value
+    out = []
+    for w in tuning.weight_grid(step):
+        total = 0.0
+        for user, relevant in truth.items():
+            fused = {}
+            for (u, item), s in normalised.items():
+                if u == user:
+                    fused[item] = w["als"] * s.get("als", 0.0)
+                    fused[item] += w["content"] * s.get("content", 0.0)
+                    fused[item] += w["popular"] * s.get("popular", 0.0)
+            ranked = sorted(fused, key=lambda i: (-fused[i], i))[:k]
+            dcg = sum(1 / math.log2(r + 2) for r, i in enumerate(ranked) if i in relevant)
+            total += dcg / sum(1 / math.log2(r + 2) for r in range(min(len(relevant), k)))
+        out.append(total / len(truth))
+    return out
+
+
+# Ties everywhere: equal scores within a list, items two models rank alike (so
+# equal weights tie them), a null score, a user with fewer than k candidates, a
+# validation user without any candidate, a candidate user outside validation.
+TIED_ROWS = {
+    "als": [(1, 10, 0.9), (1, 11, 0.9), (1, 12, 0.1), (2, 20, 3.0), (2, 21, 1.0), (3, 30, 1.0), (5, 50, 1.0)],
+    "content": [(1, 12, 0.7), (1, 13, 0.7), (1, 10, 0.3), (2, 22, 2.0), (2, 20, None), (2, 23, 1.0)],
+    "popular": [(1, 13, 5.0), (1, 11, 4.0), (1, 14, 4.0), (2, 23, 9.0), (2, 21, 8.0), (3, 31, 2.0)],
+}
+TIED_TRUTH = {1: {11, 13}, 2: {21, 22}, 3: {31}, 4: {40}}
+
+
+def lists_of(spark, rows):
+    return {
+        name: as_candidates(spark.createDataFrame(r, "user_idx int, item_idx int, score double"), name)
+        for name, r in rows.items()
+    }
+
+
+def truth_of(spark, truth):
+    pairs = [(u, i) for u, items in truth.items() for i in sorted(items)]
+    return spark.createDataFrame(pairs + pairs[:2], "user_idx int, item_idx int")  # duplicates count once
+
+
+@pytest.mark.parametrize("k, step", [(1, 0.5), (2, 0.25), (3, 0.1)])
+def test_weight_search_equals_the_spark_and_python_references_with_ties(spark, k, step):
+    lists, validation = lists_of(spark, TIED_ROWS), truth_of(spark, TIED_TRUTH)
+    weights, results = tuning.tune_weights(spark, lists, validation, k, step)
+    expected_weights, expected = spark_weight_search(spark, lists, validation, k, step)
+    assert [{n: r[n] for n in COMPONENTS} for r in results] == tuning.weight_grid(step)
+    assert [r["ndcg"] for r in results] == pytest.approx([r["ndcg"] for r in expected], abs=1e-12)
+    assert [r["ndcg"] for r in results] == pytest.approx(python_weight_search(TIED_ROWS, TIED_TRUTH, k, step))
+    assert weights == expected_weights
+
+
+def test_weight_search_equals_the_spark_reference_on_random_lists(spark):
+    # Scores on a coarse grid, so items tie within and across lists.
+    rng = random.Random(7)
+    rows = {
+        name: [
+            (u, i, rng.randint(0, 4) / 4)
+            for u in range(30)
+            for i in rng.sample(range(40), rng.randint(1, 12))
+        ]
+        for name in COMPONENTS
+    }
+    truth = {u: set(rng.sample(range(40), rng.randint(1, 4))) for u in range(0, 36, 2)}
+    lists, validation = lists_of(spark, rows), truth_of(spark, truth)
+    weights, results = tuning.tune_weights(spark, lists, validation, 5, 0.1)
+    expected_weights, expected = spark_weight_search(spark, lists, validation, 5, 0.1)
+    assert [r["ndcg"] for r in results] == pytest.approx([r["ndcg"] for r in expected], abs=1e-12)
+    assert weights == expected_weights
+    assert max(r["ndcg"] for r in results) > 0
 
 
 def test_validation_is_carved_from_training_only(spark, config):
