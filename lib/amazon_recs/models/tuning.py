@@ -3,7 +3,8 @@
 ALS's rank, regularisation and alpha are chosen by NDCG@k on validation over
 the grid in ``tune.als_grid``; the hybrid's fusion weights by NDCG@k over every
 weight vector on a simplex grid of step ``tune.weight_step``, searched per user
-in numpy (``weight_search``).
+in numpy (``weight_search``). Both score a seeded sample of at most
+``tune.max_validation_users`` validation users; the fits use every fit row.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from amazon_recs.models import als as m_als
 from amazon_recs.models import weight_search as ws
 from amazon_recs.models.topk import max_seen_per_user
 from amazon_recs.models.training import COMPONENTS, Content, ModelParams, candidates, fit_models
-from amazon_recs.schemas import ITEM_IDX, SCORE, SPLIT, USER_IDX
+from amazon_recs.schemas import ITEM_IDX, SCORE, SPLIT, USER, USER_IDX
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,10 @@ COMBO = "combo"
 @dataclass(frozen=True)
 class TuneParams:
     """What tuning searches and how it scores (``tune.*``, ``evaluate.k``,
-    ``recommend.candidates``, and the test split's protocol for validation)."""
+    ``recommend.candidates``, and the test split's protocol for validation).
+
+    ``max_validation_users`` bounds the validation users scored (0: all of them).
+    """
 
     als_grid: Mapping[str, list] = field(
         default_factory=lambda: {"rank": [32], "reg_param": [0.01, 0.1], "alpha": [1.0, 5.0, 20.0]}
@@ -43,6 +47,7 @@ class TuneParams:
     weight_step: float = 0.1
     k: int = 10
     candidates: int = 100
+    max_validation_users: int = 20000
     split: sp.SplitParams = field(default_factory=sp.SplitParams)
 
 
@@ -56,6 +61,27 @@ def carve_validation(train: DataFrame, params: sp.SplitParams) -> tuple[DataFram
         seed=params.seed + 1,
     ).cache()
     return split.filter(F.col(SPLIT) == sp.TRAIN), split.filter(F.col(SPLIT) == sp.TEST)
+
+
+def filter_sampled_users(validation: DataFrame, max_users: int, seed: int, col_user: str = USER) -> DataFrame:
+    """The rows of at most ``max_users`` of the users in ``validation`` (0: every user).
+
+    The users kept are those with the smallest hash of (seed, user id): the same
+    users on every run whatever the partitioning (unlike ``sample()``), and a
+    user stays chosen as others join. The hash takes the stable user id, not the
+    index, which is rebuilt with the data.
+    """
+    if max_users <= 0:
+        return validation
+    chosen = (
+        validation.select(col_user)
+        .distinct()
+        .withColumn("_hash", F.xxhash64(F.lit(seed), col_user))
+        .orderBy("_hash", col_user)  # a total order: user ids are distinct
+        .limit(max_users)
+        .select(col_user)
+    )
+    return validation.join(chosen, col_user, how="left_semi")
 
 
 def ndcg_by(recs: DataFrame, validation: DataFrame, k: int, col_model: str) -> dict:
@@ -83,13 +109,19 @@ def als_grid(grid: Mapping[str, list]) -> list[dict]:
 def tune_als(
     fit: DataFrame, validation: DataFrame, als: m_als.AlsParams, grid: Mapping[str, list], k: int
 ) -> tuple[dict, list[dict]]:
-    """The grid point with the best validation NDCG@k, and every point's score."""
-    users = fit.select(USER_IDX).distinct()
-    max_seen = max_seen_per_user(fit)
+    """The grid point with the best validation NDCG@k, and every point's score.
+
+    Every point is fitted on all of ``fit`` and scored on the users of
+    ``validation`` alone (the only ones NDCG counts): pass a sample of them to
+    bound the scoring.
+    """
+    scored = fit.join(validation.select(USER_IDX).distinct(), USER_IDX, how="left_semi")
+    users = scored.select(USER_IDX).distinct()
+    max_seen = max_seen_per_user(scored)
     results = []
     for point in als_grid(grid):
         trial = dataclasses.replace(als, **point)
-        recs = m_als.recommend_als(m_als.fit_als(fit, trial), users, fit, k, max_seen)
+        recs = m_als.recommend_als(m_als.fit_als(fit, trial), users, scored, k, max_seen)
         score = ndcg_by(recs.withColumn(COMBO, F.lit(0)), validation, k, COMBO).get(0, 0.0)
         log.info("tune als %s: validation ndcg@%d = %.4f", point, k, score)
         results.append({**point, "ndcg": score})
@@ -183,11 +215,14 @@ def tune(
     """
     k = params.k
     fit, validation = carve_validation(train, params.split)
-    als_params, als_results = tune_als(fit, validation, models.als, params.als_grid, k)
+    sample = filter_sampled_users(validation, params.max_validation_users, params.split.seed).cache()
+    als_params, als_results = tune_als(fit, sample, models.als, params.als_grid, k)
     tuned = dataclasses.replace(models, als=dataclasses.replace(models.als, **als_params))
     fitted = fit_models(spark, fit, items, tuned, check_recall=False, content=content)
-    lists = candidates(fitted, fit, params.candidates, k, max_seen_per_user(fit))
-    weights, weight_results = tune_weights(spark, lists, validation, k, params.weight_step)
+    # Candidates for the sampled users only; the models saw every fit row.
+    scored = fit.join(sample.select(USER_IDX).distinct(), USER_IDX, how="left_semi")
+    lists = candidates(fitted, scored, params.candidates, k, max_seen_per_user(scored))
+    weights, weight_results = tune_weights(spark, lists, sample, k, params.weight_step)
     best = max(weight_results, key=lambda r: r["ndcg"])
     log.info(
         "tuned als %s and hybrid weights %s (validation ndcg@%d %.4f)", als_params, weights, k, best["ndcg"]
@@ -198,4 +233,6 @@ def tune(
         "validation_ndcg": best["ndcg"],
         "als_grid": als_results,
         "validation_users": validation.select(USER_IDX).distinct().count(),
+        # the users tuning scored: a sample of at most tune.max_validation_users
+        "validation_users_scored": sample.select(USER_IDX).distinct().count(),
     }

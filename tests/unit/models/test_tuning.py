@@ -173,3 +173,27 @@ def test_validation_is_carved_from_training_only(spark, config):
     got = {(r.user_idx, r.item_idx) for r in validation.collect()}
     assert got == {(u, u * 100 + i) for u in range(3) for i in (8, 9)}
     assert fit.join(validation, ["user_idx", "item_idx"], how="inner").count() == 0
+
+
+def test_the_validation_sample_is_a_deterministic_subset_of_the_right_size(spark):
+    validation = spark.createDataFrame(
+        [(f"u{u}", u, u * 10 + i) for u in range(40) for i in range(2)] + [("u3", 3, 30)],
+        "user_id string, user_idx int, item_idx int",
+    )
+
+    def users(df):
+        return {r.user_idx for r in df.select("user_idx").distinct().collect()}
+
+    sample = tuning.filter_sampled_users(validation, 7, seed=42)
+    assert len(users(sample)) == 7
+    # every row of a chosen user, nothing else (the duplicate row stays a duplicate)
+    expected = sorted(tuple(r) for r in validation.collect() if r.user_idx in users(sample))
+    assert sorted(tuple(r) for r in sample.collect()) == expected
+    # the same users whatever the partitioning; another seed, other users
+    again = tuning.filter_sampled_users(validation.repartition(5, "item_idx"), 7, seed=42)
+    assert users(again) == users(sample)
+    assert users(tuning.filter_sampled_users(validation, 7, seed=43)) != users(sample)
+    # a larger budget keeps the smaller sample's users; 0 or more than all: everyone
+    assert users(sample) < users(tuning.filter_sampled_users(validation, 20, seed=42))
+    assert users(tuning.filter_sampled_users(validation, 0, seed=42)) == set(range(40))
+    assert tuning.filter_sampled_users(validation, 100, seed=42).count() == validation.count()
