@@ -81,12 +81,15 @@ def fit_models(
     params: ModelParams,
     check_recall: bool = True,
     content: Content | None = None,
+    als: ALSModel | None = None,
 ) -> Models:
     """Every model on ``train``. The content model depends on the items alone, so a
-    caller fitting several times (tuning, then the final fit) passes it in once."""
+    caller fitting several times (tuning, then the final fit) passes it in once;
+    ``als``, when given, is already fitted on ``train`` with ``params.als`` (tuning's
+    best grid point) and is used as it is."""
     tfidf, neighbours, recall = content or fit_content(spark, items, params.content, check_recall)
     return Models(
-        als=m_als.fit_als(train, params.als),
+        als=als if als is not None else m_als.fit_als(train, params.als),
         neighbours=neighbours.cache(),
         popularity=m_popular.fit_popularity(train, params.popular.half_life_days).cache(),
         tfidf=tfidf,

@@ -5,6 +5,9 @@ the grid in ``tune.als_grid``; the hybrid's fusion weights by NDCG@k over every
 weight vector on a simplex grid of step ``tune.weight_step``, searched per user
 in numpy (``weight_search``). Both score a seeded sample of at most
 ``tune.max_validation_users`` validation users; the fits use every fit row.
+The best grid point's model gives the candidates the weights are searched on,
+so tuning fits ALS once per grid point, and the train stage once more on the
+whole training split.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -31,6 +35,8 @@ from amazon_recs.schemas import ITEM_IDX, SCORE, SPLIT, USER, USER_IDX
 log = logging.getLogger(__name__)
 
 COMBO = "combo"
+# The names ALS.train gives the factor RDDs it leaves persisted for its model.
+ALS_FACTOR_RDDS = ("userFactors", "itemFactors")
 
 
 @dataclass(frozen=True)
@@ -108,25 +114,53 @@ def als_grid(grid: Mapping[str, list]) -> list[dict]:
 
 def tune_als(
     fit: DataFrame, validation: DataFrame, als: m_als.AlsParams, grid: Mapping[str, list], k: int
-) -> tuple[dict, list[dict]]:
-    """The grid point with the best validation NDCG@k, and every point's score.
+) -> tuple[dict, list[dict], ALSModel]:
+    """The grid point with the best validation NDCG@k, every point's score, and the
+    best point's model fitted on ``fit`` (so that nobody fits it again).
 
     Every point is fitted on all of ``fit`` and scored on the users of
     ``validation`` alone (the only ones NDCG counts): pass a sample of them to
-    bound the scoring.
+    bound the scoring. Only the best model so far is kept: a point that loses
+    gives its factors back at once, so memory holds one model, not the grid.
     """
+    spark = fit.sparkSession
     scored = fit.join(validation.select(USER_IDX).distinct(), USER_IDX, how="left_semi")
     users = scored.select(USER_IDX).distinct()
     max_seen = max_seen_per_user(scored)
-    results = []
+    results: list[dict] = []
+    best, best_model, best_factors = None, None, {}
     for point in als_grid(grid):
         trial = dataclasses.replace(als, **point)
-        recs = m_als.recommend_als(m_als.fit_als(fit, trial), users, scored, k, max_seen)
+        before = _factor_rdds(spark)
+        model = m_als.fit_als(fit, trial)
+        factors = {i: rdd for i, rdd in _factor_rdds(spark).items() if i not in before}
+        recs = m_als.recommend_als(model, users, scored, k, max_seen)
         score = ndcg_by(recs.withColumn(COMBO, F.lit(0)), validation, k, COMBO).get(0, 0.0)
         log.info("tune als %s: validation ndcg@%d = %.4f", point, k, score)
         results.append({**point, "ndcg": score})
-    best = max(results, key=lambda r: (r["ndcg"], -r.get("reg_param", 0)))
-    return {key: best[key] for key in grid}, results
+        # Strictly better only: the first of equal points wins, as max() chose before.
+        if best is None or _als_order(results[-1]) > _als_order(best):
+            _unpersist(best_factors)
+            best, best_model, best_factors = results[-1], model, factors
+        else:
+            _unpersist(factors)
+    return {key: best[key] for key in grid}, results, best_model
+
+
+def _als_order(result: dict) -> tuple:
+    # Ties go to the stronger regularisation.
+    return (result["ndcg"], -result.get("reg_param", 0))
+
+
+def _factor_rdds(spark: SparkSession) -> dict[int, object]:
+    """The persisted RDDs that hold fitted ALS models' factors, by id."""
+    persisted = spark.sparkContext._jsc.getPersistentRDDs()
+    return {i: rdd for i, rdd in persisted.items() if rdd.name() in ALS_FACTOR_RDDS}
+
+
+def _unpersist(rdds: Mapping[int, object]) -> None:
+    for rdd in rdds.values():
+        rdd.unpersist(False)
 
 
 def weight_grid(step: float, names: tuple[str, ...] = COMPONENTS) -> list[dict[str, float]]:
@@ -216,9 +250,10 @@ def tune(
     k = params.k
     fit, validation = carve_validation(train, params.split)
     sample = filter_sampled_users(validation, params.max_validation_users, params.split.seed).cache()
-    als_params, als_results = tune_als(fit, sample, models.als, params.als_grid, k)
+    als_params, als_results, als_model = tune_als(fit, sample, models.als, params.als_grid, k)
     tuned = dataclasses.replace(models, als=dataclasses.replace(models.als, **als_params))
-    fitted = fit_models(spark, fit, items, tuned, check_recall=False, content=content)
+    # The best grid point's model is the one fit_models would fit again: reuse it.
+    fitted = fit_models(spark, fit, items, tuned, check_recall=False, content=content, als=als_model)
     # Candidates for the sampled users only; the models saw every fit row.
     scored = fit.join(sample.select(USER_IDX).distinct(), USER_IDX, how="left_semi")
     lists = candidates(fitted, scored, params.candidates, k, max_seen_per_user(scored))

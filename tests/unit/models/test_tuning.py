@@ -9,10 +9,13 @@ from datetime import datetime, timedelta
 import pytest
 from pyspark.sql import functions as F
 
+from amazon_recs.features.split import SplitParams
+from amazon_recs.models import als as m_als
 from amazon_recs.models import tuning
+from amazon_recs.models.content import NEIGHBOURS_SCHEMA
 from amazon_recs.models.lists import as_candidates
 from amazon_recs.models.topk import minmax_per_user, top_k
-from amazon_recs.models.training import COMPONENTS
+from amazon_recs.models.training import COMPONENTS, ModelParams
 from amazon_recs.pipeline.params import split_params
 
 
@@ -197,3 +200,48 @@ def test_the_validation_sample_is_a_deterministic_subset_of_the_right_size(spark
     assert users(sample) < users(tuning.filter_sampled_users(validation, 20, seed=42))
     assert users(tuning.filter_sampled_users(validation, 0, seed=42)) == set(range(40))
     assert tuning.filter_sampled_users(validation, 100, seed=42).count() == validation.count()
+
+
+def test_tune_fits_als_once_per_grid_point_and_reuses_the_best(spark, monkeypatch):
+    fits, reused = [], []
+    fit_als, fit_models = m_als.fit_als, tuning.fit_models
+
+    def counting_fit_als(train, params):
+        fits.append((params, fit_als(train, params)))
+        return fits[-1][1]
+
+    def recording_fit_models(*args, **kwargs):
+        reused.append(kwargs.get("als"))
+        return fit_models(*args, **kwargs)
+
+    monkeypatch.setattr(m_als, "fit_als", counting_fit_als)
+    monkeypatch.setattr(tuning, "fit_models", recording_fit_models)
+    base = datetime(2024, 1, 1)
+    train = spark.createDataFrame(
+        [
+            (f"u{u}", u, f"i{i}", i, 1.0, base + timedelta(days=d), "train")
+            for u in range(30)
+            for d, i in enumerate(range(u % 7, u % 7 + 8))
+        ],
+        "user_id string, user_idx int, item_id string, item_idx int, weight double, ts timestamp, "
+        "split string",
+    )
+    content = (None, spark.createDataFrame([], NEIGHBOURS_SCHEMA), None)
+    grid = {"rank": [4], "reg_param": [0.1], "alpha": [1.0, 20.0]}
+    params = tuning.TuneParams(
+        als_grid=grid, weight_step=0.5, k=3, candidates=5, max_validation_users=10, split=SplitParams()
+    )
+    models = ModelParams(als=m_als.AlsParams(rank=4, max_iter=3))
+    factors_before = set(tuning._factor_rdds(spark))
+
+    summary = tuning.tune(spark, train, spark.createDataFrame([], "item_idx int"), models, params, content)
+
+    # one fit per grid point, none for the candidates: the best point's model is reused
+    assert sorted(p.alpha for p, _ in fits) == [1.0, 20.0]
+    best = [model for p, model in fits if p.alpha == summary["als"]["alpha"]]
+    assert reused == best
+    # the losing point's factors were released; the best model's two remain
+    assert len(set(tuning._factor_rdds(spark)) - factors_before) == 2
+    assert (summary["validation_users"], summary["validation_users_scored"]) == (30, 10)
+    assert set(summary) >= {"als", "hybrid_weights", "validation_ndcg", "als_grid"}
+    assert sum(summary["hybrid_weights"].values()) == pytest.approx(1.0)
