@@ -39,8 +39,11 @@ def tuning_section(tuning: dict | None) -> str:
     if not tuning:
         return "Not tuned (`tune.enabled` is false): the configured settings were used.\n"
     columns = sorted(k for k in tuning["als_grid"][0] if k != "ndcg") + ["ndcg"]
+    # Versions tuned before tune.max_validation_users scored every validation user.
+    scored = tuning.get("validation_users_scored", tuning["validation_users"])
+    sample = "" if scored == tuning["validation_users"] else f"{scored} (a seeded sample) of the "
     lines = [
-        f"Chosen on a validation split of {tuning['validation_users']} users carved from training:",
+        f"Chosen on {sample}{tuning['validation_users']} users of a validation split carved from training:",
         f"ALS {tuning['als']}, hybrid weights {tuning['hybrid_weights']} "
         f"(validation NDCG@k {tuning['validation_ndcg']:.4f}).",
         "",

@@ -35,12 +35,6 @@ def filter_seen(
     return candidates.join(seen.select(col_user, col_item), [col_user, col_item], how="left_anti")
 
 
-def max_seen_per_user(seen: DataFrame, col_user: str = USER_IDX) -> int:
-    """The largest number of items any one user has seen (0 when none)."""
-    row = seen.groupBy(col_user).count().agg(F.max("count")).first()
-    return int(row[0] or 0)
-
-
 def minmax_per_user(scored: DataFrame, col_user: str = USER_IDX, col_score: str = SCORE) -> DataFrame:
     """Rescale each user's scores to [0, 1]; a user whose scores are all equal gets 1."""
     per_user = Window.partitionBy(col_user)

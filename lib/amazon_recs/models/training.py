@@ -81,12 +81,15 @@ def fit_models(
     params: ModelParams,
     check_recall: bool = True,
     content: Content | None = None,
+    als: ALSModel | None = None,
 ) -> Models:
     """Every model on ``train``. The content model depends on the items alone, so a
-    caller fitting several times (tuning, then the final fit) passes it in once."""
+    caller fitting several times (tuning, then the final fit) passes it in once;
+    ``als``, when given, is already fitted on ``train`` with ``params.als`` (tuning's
+    best grid point) and is used as it is."""
     tfidf, neighbours, recall = content or fit_content(spark, items, params.content, check_recall)
     return Models(
-        als=m_als.fit_als(train, params.als),
+        als=als if als is not None else m_als.fit_als(train, params.als),
         neighbours=neighbours.cache(),
         popularity=m_popular.fit_popularity(train, params.popular.half_life_days).cache(),
         tfidf=tfidf,
@@ -94,14 +97,11 @@ def fit_models(
     )
 
 
-def candidates(
-    models: Models, train: DataFrame, n: int, k: int, max_seen: int | None = None
-) -> dict[str, DataFrame]:
+def candidates(models: Models, train: DataFrame, n: int, k: int) -> dict[str, DataFrame]:
     """Each model's ``n`` best unseen items per training user, in the common candidate shape.
 
+    Seen items are excluded per user, so a user's cost is bounded by their own history.
     ALS rows in the top ``k`` carry the seen item that explains them best.
-    ``max_seen`` is ignored: seen items are now excluded per user. It stays only
-    while ``tuning.tune`` still passes it; drop it with that call.
     """
     seen = train.select(USER_IDX, ITEM_IDX, WEIGHT)
     users = seen.select(USER_IDX).distinct()

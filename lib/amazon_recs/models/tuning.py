@@ -2,37 +2,49 @@
 
 ALS's rank, regularisation and alpha are chosen by NDCG@k on validation over
 the grid in ``tune.als_grid``; the hybrid's fusion weights by NDCG@k over every
-weight vector on a simplex grid of step ``tune.weight_step``, all scored in one
-Spark job.
+weight vector on a simplex grid of step ``tune.weight_step``, searched per user
+in numpy (``weight_search``). Both score a seeded sample of at most
+``tune.max_validation_users`` validation users; the fits use every fit row.
+The best grid point's model gives the candidates the weights are searched on,
+so tuning fits ALS once per grid point, and the train stage once more on the
+whole training split.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
+from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from amazon_recs.evaluation import metrics as ev
 from amazon_recs.features import split as sp
 from amazon_recs.models import als as m_als
-from amazon_recs.models.topk import max_seen_per_user, minmax_per_user, top_k
+from amazon_recs.models import weight_search as ws
 from amazon_recs.models.training import COMPONENTS, Content, ModelParams, candidates, fit_models
-from amazon_recs.schemas import ITEM_IDX, RANK, SCORE, SPLIT, USER_IDX
+from amazon_recs.schemas import ITEM_IDX, SCORE, SPLIT, USER, USER_IDX
 
 log = logging.getLogger(__name__)
 
 COMBO = "combo"
+# The names ALS.train gives the factor RDDs it leaves persisted for its model.
+ALS_FACTOR_RDDS = ("userFactors", "itemFactors")
 
 
 @dataclass(frozen=True)
 class TuneParams:
     """What tuning searches and how it scores (``tune.*``, ``evaluate.k``,
-    ``recommend.candidates``, and the test split's protocol for validation)."""
+    ``recommend.candidates``, and the test split's protocol for validation).
+
+    ``max_validation_users`` bounds the validation users scored (0: all of them).
+    """
 
     als_grid: Mapping[str, list] = field(
         default_factory=lambda: {"rank": [32], "reg_param": [0.01, 0.1], "alpha": [1.0, 5.0, 20.0]}
@@ -40,6 +52,7 @@ class TuneParams:
     weight_step: float = 0.1
     k: int = 10
     candidates: int = 100
+    max_validation_users: int = 20000
     split: sp.SplitParams = field(default_factory=sp.SplitParams)
 
 
@@ -53,6 +66,27 @@ def carve_validation(train: DataFrame, params: sp.SplitParams) -> tuple[DataFram
         seed=params.seed + 1,
     ).cache()
     return split.filter(F.col(SPLIT) == sp.TRAIN), split.filter(F.col(SPLIT) == sp.TEST)
+
+
+def filter_sampled_users(validation: DataFrame, max_users: int, seed: int, col_user: str = USER) -> DataFrame:
+    """The rows of at most ``max_users`` of the users in ``validation`` (0: every user).
+
+    The users kept are those with the smallest hash of (seed, user id): the same
+    users on every run whatever the partitioning (unlike ``sample()``), and a
+    user stays chosen as others join. The hash takes the stable user id, not the
+    index, which is rebuilt with the data.
+    """
+    if max_users <= 0:
+        return validation
+    chosen = (
+        validation.select(col_user)
+        .distinct()
+        .withColumn("_hash", F.xxhash64(F.lit(seed), col_user))
+        .orderBy("_hash", col_user)  # a total order: user ids are distinct
+        .limit(max_users)
+        .select(col_user)
+    )
+    return validation.join(chosen, col_user, how="left_semi")
 
 
 def ndcg_by(recs: DataFrame, validation: DataFrame, k: int, col_model: str) -> dict:
@@ -79,18 +113,52 @@ def als_grid(grid: Mapping[str, list]) -> list[dict]:
 
 def tune_als(
     fit: DataFrame, validation: DataFrame, als: m_als.AlsParams, grid: Mapping[str, list], k: int
-) -> tuple[dict, list[dict]]:
-    """The grid point with the best validation NDCG@k, and every point's score."""
-    users = fit.select(USER_IDX).distinct()
-    results = []
+) -> tuple[dict, list[dict], ALSModel]:
+    """The grid point with the best validation NDCG@k, every point's score, and the
+    best point's model fitted on ``fit`` (so that nobody fits it again).
+
+    Every point is fitted on all of ``fit`` and scored on the users of
+    ``validation`` alone (the only ones NDCG counts): pass a sample of them to
+    bound the scoring. Only the best model so far is kept: a point that loses
+    gives its factors back at once, so memory holds one model, not the grid.
+    """
+    spark = fit.sparkSession
+    scored = fit.join(validation.select(USER_IDX).distinct(), USER_IDX, how="left_semi")
+    users = scored.select(USER_IDX).distinct()
+    results: list[dict] = []
+    best, best_model, best_factors = None, None, {}
     for point in als_grid(grid):
         trial = dataclasses.replace(als, **point)
-        recs = m_als.recommend_als(m_als.fit_als(fit, trial), users, fit, k)
+        before = _factor_rdds(spark)
+        model = m_als.fit_als(fit, trial)
+        factors = {i: rdd for i, rdd in _factor_rdds(spark).items() if i not in before}
+        recs = m_als.recommend_als(model, users, scored, k)
         score = ndcg_by(recs.withColumn(COMBO, F.lit(0)), validation, k, COMBO).get(0, 0.0)
         log.info("tune als %s: validation ndcg@%d = %.4f", point, k, score)
         results.append({**point, "ndcg": score})
-    best = max(results, key=lambda r: (r["ndcg"], -r.get("reg_param", 0)))
-    return {key: best[key] for key in grid}, results
+        # Strictly better only: the first of equal points wins, as max() chose before.
+        if best is None or _als_order(results[-1]) > _als_order(best):
+            _unpersist(best_factors)
+            best, best_model, best_factors = results[-1], model, factors
+        else:
+            _unpersist(factors)
+    return {key: best[key] for key in grid}, results, best_model
+
+
+def _als_order(result: dict) -> tuple:
+    # Ties go to the stronger regularisation.
+    return (result["ndcg"], -result.get("reg_param", 0))
+
+
+def _factor_rdds(spark: SparkSession) -> dict[int, object]:
+    """The persisted RDDs that hold fitted ALS models' factors, by id."""
+    persisted = spark.sparkContext._jsc.getPersistentRDDs()
+    return {i: rdd for i, rdd in persisted.items() if rdd.name() in ALS_FACTOR_RDDS}
+
+
+def _unpersist(rdds: Mapping[int, object]) -> None:
+    for rdd in rdds.values():
+        rdd.unpersist(False)
 
 
 def weight_grid(step: float, names: tuple[str, ...] = COMPONENTS) -> list[dict[str, float]]:
@@ -103,26 +171,62 @@ def weight_grid(step: float, names: tuple[str, ...] = COMPONENTS) -> list[dict[s
     ]
 
 
+def candidates_per_user(lists: Mapping[str, DataFrame], validation: DataFrame) -> DataFrame:
+    """One row per validation user: the distinct validation items (``truth``), and
+    every model's candidates as aligned arrays ``items``, ``scores`` and ``models``
+    (the model's index in COMPONENTS), null for a user without candidates."""
+    stacked = None
+    for m, name in enumerate(COMPONENTS):
+        part = lists[name].select(USER_IDX, ITEM_IDX, F.col(SCORE).cast("double"), F.lit(m).alias("model"))
+        stacked = part if stacked is None else stacked.unionByName(part)
+    # One array of structs, split into fields afterwards: the three stay aligned.
+    per_user = (
+        stacked.groupBy(USER_IDX)
+        .agg(F.collect_list(F.struct(ITEM_IDX, SCORE, "model")).alias("_c"))
+        .select(
+            USER_IDX,
+            F.col(f"_c.{ITEM_IDX}").alias("items"),
+            F.col(f"_c.{SCORE}").alias("scores"),
+            F.col("_c.model").alias("models"),
+        )
+    )
+    truth = validation.groupBy(USER_IDX).agg(F.collect_set(ITEM_IDX).alias("truth"))
+    return truth.join(per_user, USER_IDX, how="left").select("truth", "items", "scores", "models")
+
+
 def tune_weights(
     spark: SparkSession, lists: Mapping[str, DataFrame], validation: DataFrame, k: int, step: float
 ) -> tuple[dict[str, float], list[dict]]:
-    """Fusion weights maximising validation NDCG@k, scoring every grid point in one job."""
+    """Fusion weights maximising validation NDCG@k over the simplex grid of ``step``.
+
+    Each validation user's candidates become one row, scored under every weight
+    vector at once in numpy (``weight_search``): the work is users x their own
+    candidates x weight vectors, with no cross join and no global sort. Only
+    each partition's sums (one number per weight vector) reach the driver.
+    ``spark`` is kept for callers; the frames carry their session.
+    """
     grid = weight_grid(step)
-    combos = spark.createDataFrame(
-        [(i, *(w[name] for name in COMPONENTS)) for i, w in enumerate(grid)],
-        f"{COMBO} int, " + ", ".join(f"w_{name} double" for name in COMPONENTS),
+    weights = np.array([[w[name] for w in grid] for name in COMPONENTS])  # models x W
+    sums = (
+        candidates_per_user(lists, validation)
+        .mapInPandas(
+            functools.partial(
+                ws.partition_sums,
+                weights=weights,
+                k=k,
+                col_truth="truth",
+                col_items="items",
+                col_scores="scores",
+                col_models="models",
+            ),
+            "ndcg_sum array<double>, users long",
+        )
+        .collect()
     )
-    normalised = None
-    for name in COMPONENTS:
-        part = minmax_per_user(lists[name]).select(USER_IDX, ITEM_IDX, F.col(SCORE).alias(f"s_{name}"))
-        normalised = part if normalised is None else normalised.join(part, [USER_IDX, ITEM_IDX], how="full")
-    normalised = normalised.fillna(0.0)
-    fused = normalised.crossJoin(F.broadcast(combos)).withColumn(
-        SCORE, sum(F.col(f"w_{name}") * F.col(f"s_{name}") for name in COMPONENTS)
-    )
-    ranked = top_k(fused, k, col_user=[COMBO, USER_IDX]).select(COMBO, USER_IDX, ITEM_IDX, RANK)
-    scores = ndcg_by(ranked, validation, k, COMBO)
-    results = [{**grid[i], "ndcg": scores.get(i, 0.0)} for i in range(len(grid))]
+    users = sum(r.users for r in sums)
+    # Averaged over every validation user, as metrics.per_user_metrics does.
+    ndcg = np.sum([r.ndcg_sum for r in sums], axis=0) / users if users else np.zeros(len(grid))
+    results = [{**grid[i], "ndcg": float(ndcg[i])} for i in range(len(grid))]
     # Ties go to the weights closest to ALS alone, then to fewer moving parts.
     best = max(results, key=lambda r: (round(r["ndcg"], 12), r["als"], -r["content"]))
     return {name: best[name] for name in COMPONENTS}, results
@@ -143,11 +247,15 @@ def tune(
     """
     k = params.k
     fit, validation = carve_validation(train, params.split)
-    als_params, als_results = tune_als(fit, validation, models.als, params.als_grid, k)
+    sample = filter_sampled_users(validation, params.max_validation_users, params.split.seed).cache()
+    als_params, als_results, als_model = tune_als(fit, sample, models.als, params.als_grid, k)
     tuned = dataclasses.replace(models, als=dataclasses.replace(models.als, **als_params))
-    fitted = fit_models(spark, fit, items, tuned, check_recall=False, content=content)
-    lists = candidates(fitted, fit, params.candidates, k, max_seen_per_user(fit))
-    weights, weight_results = tune_weights(spark, lists, validation, k, params.weight_step)
+    # The best grid point's model is the one fit_models would fit again: reuse it.
+    fitted = fit_models(spark, fit, items, tuned, check_recall=False, content=content, als=als_model)
+    # Candidates for the sampled users only; the models saw every fit row.
+    scored = fit.join(sample.select(USER_IDX).distinct(), USER_IDX, how="left_semi")
+    lists = candidates(fitted, scored, params.candidates, k)
+    weights, weight_results = tune_weights(spark, lists, sample, k, params.weight_step)
     best = max(weight_results, key=lambda r: r["ndcg"])
     log.info(
         "tuned als %s and hybrid weights %s (validation ndcg@%d %.4f)", als_params, weights, k, best["ndcg"]
@@ -158,4 +266,6 @@ def tune(
         "validation_ndcg": best["ndcg"],
         "als_grid": als_results,
         "validation_users": validation.select(USER_IDX).distinct().count(),
+        # the users tuning scored: a sample of at most tune.max_validation_users
+        "validation_users_scored": sample.select(USER_IDX).distinct().count(),
     }

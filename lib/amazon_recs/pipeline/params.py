@@ -62,5 +62,6 @@ def tune_params(config: Config) -> TuneParams:
         weight_step=config.require("tune.weight_step"),
         k=config.require("evaluate.k"),
         candidates=config.require("recommend.candidates"),
+        max_validation_users=config.require("tune.max_validation_users"),
         split=split_params(config),
     )

@@ -65,12 +65,6 @@ def test_filter_seen(spark):
     assert_same(topk.filter_seen(candidates, seen), expected)
 
 
-def test_max_seen_per_user(spark):
-    seen = spark.createDataFrame([(1, 1), (1, 2), (1, 3), (2, 1)], "user_idx int, item_idx int")
-    assert topk.max_seen_per_user(seen) == 3
-    assert topk.max_seen_per_user(seen.limit(0)) == 0
-
-
 def test_minmax_per_user(spark):
     scored = spark.createDataFrame(
         [(1, 1, 2.0), (1, 2, 4.0), (1, 3, 6.0), (2, 1, 3.0), (2, 2, 3.0)]

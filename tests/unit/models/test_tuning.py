@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import math
+import random
 from datetime import datetime, timedelta
 
 import pytest
 from pyspark.sql import functions as F
 
+from amazon_recs.features.split import SplitParams
+from amazon_recs.models import als as m_als
 from amazon_recs.models import tuning
+from amazon_recs.models.content import NEIGHBOURS_SCHEMA
 from amazon_recs.models.lists import as_candidates
+from amazon_recs.models.topk import minmax_per_user, top_k
+from amazon_recs.models.training import COMPONENTS, ModelParams
 from amazon_recs.pipeline.params import split_params
 
 
@@ -44,6 +50,116 @@ def test_tune_weights_finds_the_model_that_predicts_validation(spark):
     assert weights == {"als": 0.0, "content": 1.0, "popular": 0.0}
 
 
+def spark_weight_search(spark, lists, validation, k, step):
+    """The weight search as it was: every user's candidates cross-joined with every
+    weight vector, ranked by a window. The reference the numpy search must match."""
+    grid = tuning.weight_grid(step)
+    combos = spark.createDataFrame(
+        [(i, *(w[name] for name in COMPONENTS)) for i, w in enumerate(grid)],
+        "combo int, " + ", ".join(f"w_{name} double" for name in COMPONENTS),
+    )
+    keys, normalised = ["user_idx", "item_idx"], None
+    for name in COMPONENTS:
+        part = minmax_per_user(lists[name]).select(*keys, F.col("score").alias(f"s_{name}"))
+        normalised = part if normalised is None else normalised.join(part, keys, how="full")
+    fused = (
+        normalised.fillna(0.0)
+        .crossJoin(F.broadcast(combos))
+        .withColumn("score", sum(F.col(f"w_{name}") * F.col(f"s_{name}") for name in COMPONENTS))
+    )
+    ranked = top_k(fused, k, col_user=["combo", "user_idx"]).select("combo", "user_idx", "item_idx", "rank")
+    scores = tuning.ndcg_by(ranked, validation, k, "combo")
+    results = [{**grid[i], "ndcg": scores.get(i, 0.0)} for i in range(len(grid))]
+    best = max(results, key=lambda r: (round(r["ndcg"], 12), r["als"], -r["content"]))
+    return {name: best[name] for name in COMPONENTS}, results
+
+
+def python_weight_search(rows, truth, k, step):
+    """NDCG@k per weight vector by hand: min-max per (user, model), fuse, sort by
+    (score desc, item asc), average over validation users."""
+    normalised = {}
+    for name, triples in rows.items():
+        for user in {u for u, _, _ in triples}:
+            mine = [(i, s) for u, i, s in triples if u == user]
+            present = [s for _, s in mine if s is not None]
+            lo, hi = (min(present), max(present)) if present else (None, None)
+            for item, s in mine:
+                if lo is not None and hi > lo:
+                    value = 0.0 if s is None else (s - lo) / (hi - lo)
+                else:
+                    value = 1.0
+                normalised.setdefault((user, item), {})[name] = value
+    out = []
+    for w in tuning.weight_grid(step):
+        total = 0.0
+        for user, relevant in truth.items():
+            fused = {}
+            for (u, item), s in normalised.items():
+                if u == user:
+                    fused[item] = w["als"] * s.get("als", 0.0)
+                    fused[item] += w["content"] * s.get("content", 0.0)
+                    fused[item] += w["popular"] * s.get("popular", 0.0)
+            ranked = sorted(fused, key=lambda i: (-fused[i], i))[:k]
+            dcg = sum(1 / math.log2(r + 2) for r, i in enumerate(ranked) if i in relevant)
+            total += dcg / sum(1 / math.log2(r + 2) for r in range(min(len(relevant), k)))
+        out.append(total / len(truth))
+    return out
+
+
+# Ties everywhere: equal scores within a list, items two models rank alike (so
+# equal weights tie them), a null score, a user with fewer than k candidates, a
+# validation user without any candidate, a candidate user outside validation.
+TIED_ROWS = {
+    "als": [(1, 10, 0.9), (1, 11, 0.9), (1, 12, 0.1), (2, 20, 3.0), (2, 21, 1.0), (3, 30, 1.0), (5, 50, 1.0)],
+    "content": [(1, 12, 0.7), (1, 13, 0.7), (1, 10, 0.3), (2, 22, 2.0), (2, 20, None), (2, 23, 1.0)],
+    "popular": [(1, 13, 5.0), (1, 11, 4.0), (1, 14, 4.0), (2, 23, 9.0), (2, 21, 8.0), (3, 31, 2.0)],
+}
+TIED_TRUTH = {1: {11, 13}, 2: {21, 22}, 3: {31}, 4: {40}}
+
+
+def lists_of(spark, rows):
+    return {
+        name: as_candidates(spark.createDataFrame(r, "user_idx int, item_idx int, score double"), name)
+        for name, r in rows.items()
+    }
+
+
+def truth_of(spark, truth):
+    pairs = [(u, i) for u, items in truth.items() for i in sorted(items)]
+    return spark.createDataFrame(pairs + pairs[:2], "user_idx int, item_idx int")  # duplicates count once
+
+
+@pytest.mark.parametrize("k, step", [(1, 0.5), (2, 0.25), (3, 0.1)])
+def test_weight_search_equals_the_spark_and_python_references_with_ties(spark, k, step):
+    lists, validation = lists_of(spark, TIED_ROWS), truth_of(spark, TIED_TRUTH)
+    weights, results = tuning.tune_weights(spark, lists, validation, k, step)
+    expected_weights, expected = spark_weight_search(spark, lists, validation, k, step)
+    assert [{n: r[n] for n in COMPONENTS} for r in results] == tuning.weight_grid(step)
+    assert [r["ndcg"] for r in results] == pytest.approx([r["ndcg"] for r in expected], abs=1e-12)
+    assert [r["ndcg"] for r in results] == pytest.approx(python_weight_search(TIED_ROWS, TIED_TRUTH, k, step))
+    assert weights == expected_weights
+
+
+def test_weight_search_equals_the_spark_reference_on_random_lists(spark):
+    # Scores on a coarse grid, so items tie within and across lists.
+    rng = random.Random(7)
+    rows = {
+        name: [
+            (u, i, rng.randint(0, 4) / 4)
+            for u in range(30)
+            for i in rng.sample(range(40), rng.randint(1, 12))
+        ]
+        for name in COMPONENTS
+    }
+    truth = {u: set(rng.sample(range(40), rng.randint(1, 4))) for u in range(0, 36, 2)}
+    lists, validation = lists_of(spark, rows), truth_of(spark, truth)
+    weights, results = tuning.tune_weights(spark, lists, validation, 5, 0.1)
+    expected_weights, expected = spark_weight_search(spark, lists, validation, 5, 0.1)
+    assert [r["ndcg"] for r in results] == pytest.approx([r["ndcg"] for r in expected], abs=1e-12)
+    assert weights == expected_weights
+    assert max(r["ndcg"] for r in results) > 0
+
+
 def test_validation_is_carved_from_training_only(spark, config):
     base = datetime(2024, 1, 1)
     train = (
@@ -60,3 +176,72 @@ def test_validation_is_carved_from_training_only(spark, config):
     got = {(r.user_idx, r.item_idx) for r in validation.collect()}
     assert got == {(u, u * 100 + i) for u in range(3) for i in (8, 9)}
     assert fit.join(validation, ["user_idx", "item_idx"], how="inner").count() == 0
+
+
+def test_the_validation_sample_is_a_deterministic_subset_of_the_right_size(spark):
+    validation = spark.createDataFrame(
+        [(f"u{u}", u, u * 10 + i) for u in range(40) for i in range(2)] + [("u3", 3, 30)],
+        "user_id string, user_idx int, item_idx int",
+    )
+
+    def users(df):
+        return {r.user_idx for r in df.select("user_idx").distinct().collect()}
+
+    sample = tuning.filter_sampled_users(validation, 7, seed=42)
+    assert len(users(sample)) == 7
+    # every row of a chosen user, nothing else (the duplicate row stays a duplicate)
+    expected = sorted(tuple(r) for r in validation.collect() if r.user_idx in users(sample))
+    assert sorted(tuple(r) for r in sample.collect()) == expected
+    # the same users whatever the partitioning; another seed, other users
+    again = tuning.filter_sampled_users(validation.repartition(5, "item_idx"), 7, seed=42)
+    assert users(again) == users(sample)
+    assert users(tuning.filter_sampled_users(validation, 7, seed=43)) != users(sample)
+    # a larger budget keeps the smaller sample's users; 0 or more than all: everyone
+    assert users(sample) < users(tuning.filter_sampled_users(validation, 20, seed=42))
+    assert users(tuning.filter_sampled_users(validation, 0, seed=42)) == set(range(40))
+    assert tuning.filter_sampled_users(validation, 100, seed=42).count() == validation.count()
+
+
+def test_tune_fits_als_once_per_grid_point_and_reuses_the_best(spark, monkeypatch):
+    fits, reused = [], []
+    fit_als, fit_models = m_als.fit_als, tuning.fit_models
+
+    def counting_fit_als(train, params):
+        fits.append((params, fit_als(train, params)))
+        return fits[-1][1]
+
+    def recording_fit_models(*args, **kwargs):
+        reused.append(kwargs.get("als"))
+        return fit_models(*args, **kwargs)
+
+    monkeypatch.setattr(m_als, "fit_als", counting_fit_als)
+    monkeypatch.setattr(tuning, "fit_models", recording_fit_models)
+    base = datetime(2024, 1, 1)
+    train = spark.createDataFrame(
+        [
+            (f"u{u}", u, f"i{i}", i, 1.0, base + timedelta(days=d), "train")
+            for u in range(30)
+            for d, i in enumerate(range(u % 7, u % 7 + 8))
+        ],
+        "user_id string, user_idx int, item_id string, item_idx int, weight double, ts timestamp, "
+        "split string",
+    )
+    content = (None, spark.createDataFrame([], NEIGHBOURS_SCHEMA), None)
+    grid = {"rank": [4], "reg_param": [0.1], "alpha": [1.0, 20.0]}
+    params = tuning.TuneParams(
+        als_grid=grid, weight_step=0.5, k=3, candidates=5, max_validation_users=10, split=SplitParams()
+    )
+    models = ModelParams(als=m_als.AlsParams(rank=4, max_iter=3))
+    factors_before = set(tuning._factor_rdds(spark))
+
+    summary = tuning.tune(spark, train, spark.createDataFrame([], "item_idx int"), models, params, content)
+
+    # one fit per grid point, none for the candidates: the best point's model is reused
+    assert sorted(p.alpha for p, _ in fits) == [1.0, 20.0]
+    best = [model for p, model in fits if p.alpha == summary["als"]["alpha"]]
+    assert reused == best
+    # the losing point's factors were released; the best model's two remain
+    assert len(set(tuning._factor_rdds(spark)) - factors_before) == 2
+    assert (summary["validation_users"], summary["validation_users_scored"]) == (30, 10)
+    assert set(summary) >= {"als", "hybrid_weights", "validation_ndcg", "als_grid"}
+    assert sum(summary["hybrid_weights"].values()) == pytest.approx(1.0)

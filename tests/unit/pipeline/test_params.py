@@ -45,6 +45,7 @@ def test_every_setting_reaches_its_parameter():
             "popular.half_life_days=5.0",
             "split.protocol=random",
             "tune.weight_step=0.5",
+            "tune.max_validation_users=123",
             "recommend.candidates=33",
         ],
     )
@@ -55,6 +56,7 @@ def test_every_setting_reaches_its_parameter():
     assert models.popular.half_life_days == 5.0
     tune = params.tune_params(config)
     assert (tune.weight_step, tune.candidates, tune.split.protocol) == (0.5, 33, "random")
+    assert tune.max_validation_users == 123
 
 
 def test_parameters_are_frozen():

@@ -1,0 +1,158 @@
+"""NDCG@k of every fusion weight vector, one user's candidates at a time, in numpy.
+
+The hybrid fuses each user's min-max normalised model scores with weights
+(``lists.blend``). Searching the weights used to cross-join every user's
+candidates with every weight vector and rank the product in Spark; here a
+user's candidates form a (candidates x models) matrix, and the fused scores of
+every weight vector are that matrix times the (models x W) weights. Only a
+validation item's rank matters for NDCG, so each hit is ranked against its
+user's other candidates under every weight vector at once: the work per user
+is bounded by that user's candidates and hits.
+
+Everything is computed exactly as Spark computes it today, so the search picks
+the same weights: the same double arithmetic in the same order (no BLAS, whose
+fused multiply-adds round differently and would break exact ties), and ties
+in fused score broken by item id ascending, as ``topk.top_k`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+# Fused-score tensors are built for this many elements at most (float64: 32 MB).
+BLOCK_ELEMENTS = 1 << 22
+
+
+def discounts(k: int) -> np.ndarray:
+    """1 / log2(rank + 1) for ranks 1..k."""
+    return 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
+
+
+def minmax_by_group(scores: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    """Rescale scores to [0, 1] within each group, as ``topk.minmax_per_user``.
+
+    A group whose scores are all equal gets 1; a missing score (NaN) gets 0
+    where its group has a range and 1 where it has none, as the Spark version
+    followed by ``fillna(0.0)`` gives.
+    """
+    lo = np.full(n_groups, np.inf)
+    hi = np.full(n_groups, -np.inf)
+    np.fmin.at(lo, group, scores)
+    np.fmax.at(hi, group, scores)
+    lo, hi = lo[group], hi[group]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scaled = np.where(hi > lo, (scores - lo) / (hi - lo), 1.0)
+    scaled[np.isnan(scaled)] = 0.0
+    return scaled
+
+
+def _flat(arrays: Sequence, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user arrays (None for none) as (lengths, one concatenated array)."""
+    lengths = np.fromiter((0 if a is None else len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    parts = [np.asarray(a, dtype=dtype) for a in arrays if a is not None and len(a)]
+    return lengths, (np.concatenate(parts) if parts else np.empty(0, dtype=dtype))
+
+
+def _pair_key(user: np.ndarray, item: np.ndarray) -> np.ndarray:
+    return (user.astype(np.int64) << 32) | (item.astype(np.int64) & 0xFFFFFFFF)
+
+
+def ndcg_sums(
+    truth: Sequence,
+    items: Sequence,
+    scores: Sequence,
+    models: Sequence,
+    weights: np.ndarray,
+    k: int,
+) -> np.ndarray:
+    """Sum over users of NDCG@k under each weight vector.
+
+    Args:
+        truth: per user, the distinct validation items (at least one).
+        items, scores, models: per user, aligned arrays of every model's candidates
+            (item, raw score, model index), or None without candidates; a model
+            proposes an item at most once per user.
+        weights: (models x W) fusion weights, non-negative.
+        k: list length.
+
+    Returns:
+        (W,) sums of per-user NDCG@k; users without a hit add 0.
+    """
+    n_models, n_points = weights.shape
+    sums = np.zeros(n_points)
+    n_users = len(truth)
+    lengths, item = _flat(items, np.int64)
+    if not len(item):
+        return sums
+    user = np.repeat(np.arange(n_users), lengths)
+    score = _flat(scores, np.float64)[1]
+    model = _flat(models, np.int64)[1]
+    norm = minmax_by_group(score, user * n_models + model, n_users * n_models)
+
+    # One row per (user, item), items ascending within a user: the tie order.
+    order = np.lexsort((item, user))
+    user, item, model, norm = user[order], item[order], model[order], norm[order]
+    starts_pair = np.r_[True, (user[1:] != user[:-1]) | (item[1:] != item[:-1])]
+    pair = np.cumsum(starts_pair) - 1
+    matrix = np.zeros((pair[-1] + 1, n_models))  # a model that did not propose an item: 0
+    matrix[pair, model] = norm
+    pair_user, pair_item = user[starts_pair], item[starts_pair]
+
+    truth_lengths, truth_items = _flat(truth, np.int64)
+    truth_users = np.repeat(np.arange(n_users), truth_lengths)
+    hits = np.flatnonzero(np.isin(_pair_key(pair_user, pair_item), _pair_key(truth_users, truth_items)))
+    if not len(hits):
+        return sums
+    gains = np.zeros(k + 2)
+    gains[1 : k + 1] = discounts(k)  # gains[rank]; rank k + 1 stands for "not in the top k"
+    ideal = np.cumsum(discounts(k))[np.minimum(truth_lengths, k) - 1]
+    per_user = np.bincount(pair_user, minlength=n_users)
+    first = np.cumsum(per_user) - per_user
+    hit_user = pair_user[hits]
+    hit_pos = hits - first[hit_user]
+    width = int(per_user[hit_user].max())
+    block = max(1, BLOCK_ELEMENTS // (width * n_points))
+    columns = np.arange(width)
+    for lo in range(0, len(hits), block):
+        u, pos = hit_user[lo : lo + block], hit_pos[lo : lo + block]
+        valid = columns[None, :] < per_user[u][:, None]
+        rows = matrix[np.minimum(first[u][:, None] + columns[None, :], len(matrix) - 1)]
+        # Summed model by model, in Spark's order: bit-identical scores, identical ties.
+        fused = rows[:, :, 0, None] * weights[0]
+        for m in range(1, n_models):
+            fused += rows[:, :, m, None] * weights[m]
+        fused[~valid] = -np.inf
+        own = fused[np.arange(len(u)), pos][:, None, :]
+        ahead = (fused > own).sum(axis=1)
+        ahead += ((fused == own) & (columns[None, :, None] < pos[:, None, None])).sum(axis=1)
+        rank = np.minimum(ahead + 1, k + 1)
+        sums += (gains[rank] / ideal[u][:, None]).sum(axis=0)
+    return sums
+
+
+def partition_sums(
+    batches: Iterator[pd.DataFrame],
+    weights: np.ndarray,
+    k: int,
+    col_truth: str,
+    col_items: str,
+    col_scores: str,
+    col_models: str,
+) -> Iterator[pd.DataFrame]:
+    """For ``mapInPandas``: one row per partition with the NDCG@k sums per weight
+    vector (``ndcg_sum``) and the number of users (``users``)."""
+    sums, users = np.zeros(weights.shape[1]), 0
+    for batch in batches:
+        sums += ndcg_sums(
+            batch[col_truth].tolist(),
+            batch[col_items].tolist(),
+            batch[col_scores].tolist(),
+            batch[col_models].tolist(),
+            weights,
+            k,
+        )
+        users += len(batch)
+    yield pd.DataFrame({"ndcg_sum": [sums.tolist()], "users": [users]})
