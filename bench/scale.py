@@ -165,7 +165,9 @@ def train_matrix(warehouse: Path) -> tuple[sp.csr_matrix, dict]:
     table = DeltaTable(str(warehouse / "silver" / "interactions")).to_pyarrow_table(
         columns=["user_idx", "item_idx", "weight", "split"]
     )
-    train = table.filter(table["split"] == "train")
+    import pyarrow.compute as pc
+
+    train = table.filter(pc.equal(table["split"], "train"))
     users = train["user_idx"].to_numpy()
     items = train["item_idx"].to_numpy()
     weights = train["weight"].to_numpy().astype(np.float32)
