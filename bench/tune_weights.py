@@ -45,8 +45,10 @@ def synthetic_lists(spark: SparkSession, users: int, n: int) -> dict[str, DataFr
 def synthetic_validation(spark: SparkSession, lists: dict[str, DataFrame]) -> DataFrame:
     als = lists["als"]
     from_als = als.filter(F.pmod(F.xxhash64(F.lit(9), USER_IDX, ITEM_IDX), F.lit(100)) == 0)
-    anywhere = als.select(USER_IDX).distinct().select(
-        USER_IDX, F.pmod(F.xxhash64(F.lit(8), USER_IDX), F.lit(ITEMS)).cast("int").alias(ITEM_IDX)
+    anywhere = (
+        als.select(USER_IDX)
+        .distinct()
+        .select(USER_IDX, F.pmod(F.xxhash64(F.lit(8), USER_IDX), F.lit(ITEMS)).cast("int").alias(ITEM_IDX))
     )
     return from_als.select(USER_IDX, ITEM_IDX).unionByName(anywhere).distinct().cache()
 
