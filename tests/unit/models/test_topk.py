@@ -257,3 +257,23 @@ def test_recommendations_do_not_depend_on_partitioning(spark):
         ]
 
     assert runs(1) == runs(4)
+
+
+@pytest.mark.parametrize("n", [1, 3, 10])
+def test_top_n_per_row_on_wide_rows_matches_a_full_sort(n):
+    """Rows wide enough for the chunk-maximum floor (and a tail chunk): many ties, excluded
+    entries, a row excluded but for a few columns, one all excluded, one all equal."""
+    rng = np.random.default_rng(n)
+    scores = rng.integers(0, 6, size=(40, 16 * n * 5 + 7)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.3] = -np.inf
+    scores[1, :] = -np.inf
+    scores[1, [4, scores.shape[1] // 2, scores.shape[1] - 1]] = [2.0, 2.0, 7.0]
+    scores[2, :] = -np.inf
+    scores[3, :] = 1.5
+    scores[4, :] = rng.normal(size=scores.shape[1])  # no ties
+    cols, valid = topk.top_n_per_row(scores, n)
+    assert cols.shape == valid.shape == (40, n)
+    for row, cs, vs in zip(scores, cols, valid, strict=True):
+        ref = reference_top_n({i: s for i, s in enumerate(row) if s > -np.inf}, set(), n)
+        assert cs[vs].tolist() == [i for i, _ in ref]
+        assert vs.tolist() == sorted(vs.tolist(), reverse=True)
