@@ -108,15 +108,11 @@ def with_reason(recs: DataFrame, items: DataFrame) -> DataFrame:
     )
 
 
-def to_gold(
-    recs: DataFrame, model: str, model_version: str, user_ids: DataFrame, item_ids: DataFrame
-) -> DataFrame:
-    """Back to external ids in the gold.recommendations schema."""
-    out = (
-        recs.join(user_ids, USER_IDX, how="inner")
-        .join(item_ids, ITEM_IDX, how="inner")
-        .withColumn(MODEL, F.lit(model))
-        .withColumn(MODEL_VERSION, F.lit(model_version))
+def to_gold(recs: DataFrame, model_version: str, item_ids: DataFrame) -> DataFrame:
+    """Lists with reasons (``user``, ``model``, ``item_idx``, ...) in the gold.recommendations
+    schema: the external item id comes from the item-sized ``item_ids``, broadcast."""
+    out = recs.join(F.broadcast(item_ids.select(ITEM_IDX, ITEM)), ITEM_IDX, how="inner").withColumn(
+        MODEL_VERSION, F.lit(model_version)
     )
     return schemas.conform(
         out.select(USER, MODEL, RANK, ITEM, SCORE, REASON, MODEL_VERSION),

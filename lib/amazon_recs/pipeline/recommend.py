@@ -1,5 +1,6 @@
-"""The recommend stage: each model's top-k per user from the current version, the
-hybrid blend, the random floor, with reasons, into ``gold/recommendations``."""
+"""The recommend stage: every model's top-k per user from the current version (ALS,
+content, popularity, the hybrid blend, the random floor), with reasons, into
+``gold/recommendations``. Each user is handled once, in ``models.user_lists``."""
 
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ from pyspark.sql import functions as F
 from amazon_recs import io
 from amazon_recs.config import Config
 from amazon_recs.features.split import TRAIN
-from amazon_recs.models import baseline as m_baseline
 from amazon_recs.models import lists as rc
-from amazon_recs.models import training
+from amazon_recs.models import user_lists
 from amazon_recs.pipeline import versions
 from amazon_recs.pipeline.base import progress, stage
 from amazon_recs.schemas import ITEM_IDX, MODEL, SPLIT, USER_IDX, WEIGHT
@@ -31,40 +31,41 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
     version = versions.current_version(spark, config)
     src = versions.model_dir(config, version)
     k, n = config.require("recommend.k"), config.require("recommend.candidates")
+    seed = config.require("split.seed")
     interactions = io.read_table(spark, config, "silver/interactions")
     items = io.read_table(spark, config, "silver/items")
-    train = interactions.filter(F.col(SPLIT) == TRAIN).select(USER_IDX, ITEM_IDX, WEIGHT).cache()
-    models = training.Models(
-        als=ALSModel.load(f"{src}/als"),
-        neighbours=spark.read.format("delta").load(f"{src}/item_neighbours"),
-        popularity=spark.read.format("delta").load(f"{src}/popularity"),
-    )
+    train = interactions.filter(F.col(SPLIT) == TRAIN).select(USER_IDX, ITEM_IDX, WEIGHT)
+    als = ALSModel.load(f"{src}/als")
 
-    candidates = training.candidates(models, train, n, k)
-    seconds = {}
-    for name, frame in candidates.items():  # cached: counting computes them once, and times each
-        started = time.perf_counter()
-        rows = frame.count()
-        seconds[name] = round(time.perf_counter() - started, 2)
-        progress(f"{name}: {rows:,} candidates (top {n} per user) in {seconds[name]:.1f}s")
-    lists = {name: rc.fill_to_k(df, candidates["popular"], k) for name, df in candidates.items()}
-    lists["hybrid"] = rc.blend(candidates, hybrid_weights(spark, config, version), k)
-    users = train.select(USER_IDX).distinct()
-    random_recs = m_baseline.recommend_random(items, users, train, k, config.require("split.seed"))
-    lists[rc.RANDOM_SOURCE] = rc.fill_to_k(
-        rc.as_candidates(random_recs, rc.RANDOM_SOURCE), candidates["popular"], k
+    started = time.perf_counter()
+    catalogue = user_lists.catalogue(
+        items,
+        als.itemFactors,
+        spark.read.format("delta").load(f"{src}/item_neighbours"),
+        spark.read.format("delta").load(f"{src}/popularity"),
+        seed,
     )
+    progress(
+        f"catalogue of {catalogue.size:,} items collected in {time.perf_counter() - started:.1f}s "
+        f"({catalogue.als_factors.nbytes / 2**20:.0f} MiB of ALS factors, "
+        f"{len(catalogue.neighbour_places):,} content neighbours)"
+    )
+    users = user_lists.per_user(train, als.userFactors, io.read_table(spark, config, "silver/user_ids"), seed)
+    timer = spark.sparkContext.accumulator(0.0)
+    lists = user_lists.user_lists(users, catalogue, k, n, hybrid_weights(spark, config, version), timer)
+    gold = rc.to_gold(rc.with_reason(lists, items), version, io.read_table(spark, config, "silver/item_ids"))
 
-    user_ids = io.read_table(spark, config, "silver/user_ids")
-    item_ids = io.read_table(spark, config, "silver/item_ids")
-    gold = None
-    for name, recs in lists.items():
-        part = rc.to_gold(rc.with_reason(recs, items), name, version, user_ids, item_ids)
-        gold = part if gold is None else gold.unionByName(part)
+    started = time.perf_counter()
     io.overwrite_table(gold, config, "gold/recommendations", partition_by=[MODEL])
+    seconds = round(time.perf_counter() - started, 2)
+    progress(
+        f"every user's lists in {seconds:.1f}s (of which ALS scores and top-{n}: "
+        f"{timer.value:.1f}s of worker time over {spark.sparkContext.defaultParallelism} workers)"
+    )
     counts = io.read_table(spark, config, "gold/recommendations").groupBy(MODEL).count().collect()
     return {
         "model_version": version,
         **{f"rows_{r[MODEL]}": r["count"] for r in counts},
-        **{f"seconds_{name}_candidates": s for name, s in seconds.items()},
+        "seconds_lists": seconds,
+        "seconds_als_scores_worker": round(timer.value, 2),
     }

@@ -1,0 +1,505 @@
+"""Every model's top-k list for every user in one pass over the users.
+
+The recommend stage used to build each model's top-n candidates as Spark rows
+(users x n x models), then backfill, blend and explain them with per-user
+windows and joins over those rows: the part of the run that grew fastest. Here
+each user arrives once, as one row (user, ALS factors, seen items and weights,
+a random start), and leaves as the rows that are written: ``k`` per model,
+with the item, score, rank, source and the seen item that explains it.
+
+Inside ``mapInPandas`` everything is numpy over flat arrays for a whole Arrow
+batch: the item-sized arrays (ALS item factors, the content neighbours as a
+sparse matrix, the popularity and random orders) are broadcast once; a user's
+work is the catalogue's ALS scores (a BLAS product, in blocks) plus their own
+seen items times a constant. No model's candidates ever leave the worker, and
+nobody's list depends on the heaviest user's history.
+
+The semantics are those of the Spark reference functions, which tuning still
+uses and the tests compare against: ``recommend_from_factors`` and
+``because_item`` (ALS), ``recommend_content``, ``recommend_popular``,
+``recommend_random``, and ``lists.fill_to_k`` / ``lists.blend``. A position in
+the catalogue stands for an item everywhere: the catalogue is sorted by item,
+so "item ascending" breaks ties here as it does there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from amazon_recs.models.lists import BECAUSE, RANDOM_SOURCE, SOURCE
+from amazon_recs.models.topk import BLOCK_FLOATS, collect_columns, top_n_per_row
+from amazon_recs.schemas import ITEM_IDX, MODEL, RANK, SCORE, USER, USER_IDX, WEIGHT
+
+SEEN_ITEMS = "_seen_items"
+SEEN_WEIGHTS = "_seen_weights"
+FACTORS = "_factors"
+START = "_start"
+# The blended models, in the order of their names: on equal contributions to a
+# hybrid item, the greater name gives the reason (as ``lists.blend``'s max_by).
+COMPONENTS = ("als", "content", "popular")
+NO_ITEM = -1
+
+LIST_SCHEMA = T.StructType(
+    [
+        T.StructField(USER, T.StringType(), False),
+        T.StructField(USER_IDX, T.IntegerType(), False),
+        T.StructField(MODEL, T.StringType(), False),
+        T.StructField(RANK, T.IntegerType(), False),
+        T.StructField(ITEM_IDX, T.IntegerType(), False),
+        T.StructField(SCORE, T.DoubleType(), False),
+        T.StructField(BECAUSE, T.IntegerType(), True),
+        T.StructField(SOURCE, T.StringType(), False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """The item-sized arrays every user's lists are made from (broadcast once).
+
+    Items are numbered by their place in ``items`` (sorted item_idx).
+    """
+
+    items: np.ndarray  # int32, sorted
+    als_places: np.ndarray  # int64: the places of the items that have ALS factors, ascending
+    als_factors: np.ndarray  # float32, len(als_places) x rank
+    neighbour_ptr: np.ndarray  # int64, len(items) + 1: CSR rows of the content neighbours
+    neighbour_places: np.ndarray  # int64
+    neighbour_sims: np.ndarray  # float64
+    popular_order: np.ndarray  # int64: places by popularity (score desc, item asc)
+    popular_scores: np.ndarray  # float64, aligned with popular_order
+    random_order: np.ndarray  # int64: places of the catalogue, shuffled by the seed
+
+    @property
+    def size(self) -> int:
+        return len(self.items)
+
+    def place(self, item_idx: np.ndarray) -> np.ndarray:
+        """The place of each item id; NO_ITEM for one not in the catalogue."""
+        item_idx = np.asarray(item_idx, np.int64)
+        if not self.size:
+            return np.full(len(item_idx), NO_ITEM, np.int64)
+        at = np.minimum(np.searchsorted(self.items, item_idx), self.size - 1)
+        return np.where(self.items[at] == item_idx, at, NO_ITEM)
+
+
+def catalogue(
+    items: DataFrame,
+    item_factors: DataFrame,
+    neighbours: DataFrame,
+    popularity: DataFrame,
+    seed: int,
+) -> Catalogue:
+    """Collect the item-sized model parts into numpy (every frame here is item-sized).
+
+    The random order is the one of ``baseline.recommend_random``: the items
+    sorted by a seeded xxhash64, then by item.
+    """
+    ids, hashes = collect_columns(
+        items.select(ITEM_IDX).distinct().withColumn("_hash", F.xxhash64(F.lit(seed), ITEM_IDX)),
+        ITEM_IDX,
+        "_hash",
+    )
+    f_ids, factors = collect_columns(item_factors, "id", "features")
+    n_ids, n_items, n_sims = collect_columns(neighbours, ITEM_IDX, "neighbour_idx", "similarity")
+    p_ids, p_scores = collect_columns(popularity, ITEM_IDX, SCORE)
+    every = np.unique(np.concatenate([a.astype(np.int64) for a in (ids, f_ids, n_ids, n_items, p_ids)]))
+    cat = np.asarray(every, np.int32)
+
+    def places(values):
+        return np.searchsorted(cat, np.asarray(values, np.int64)).astype(np.int64)
+
+    by_id = np.argsort(f_ids, kind="stable")
+    als_places = places(f_ids[by_id])
+    als_factors = (
+        np.ascontiguousarray(np.asarray(factors, np.float32)[by_id])
+        if len(f_ids)
+        else np.zeros((0, 1), np.float32)
+    )
+    src, dst = places(n_ids), places(n_items)
+    by_src = np.lexsort((dst, src))
+    ptr = np.zeros(len(cat) + 1, np.int64)
+    np.cumsum(np.bincount(src, minlength=len(cat)), out=ptr[1:])
+    pop_order = np.lexsort((p_ids, -p_scores.astype(np.float64)))
+    return Catalogue(
+        items=cat,
+        als_places=als_places,
+        als_factors=als_factors,
+        neighbour_ptr=ptr,
+        neighbour_places=dst[by_src],
+        neighbour_sims=np.asarray(n_sims, np.float64)[by_src],
+        popular_order=places(p_ids[pop_order]),
+        popular_scores=np.asarray(p_scores, np.float64)[pop_order],
+        random_order=places(ids[np.lexsort((ids, hashes))]),
+    )
+
+
+def per_user(train: DataFrame, user_factors: DataFrame, user_ids: DataFrame, seed: int) -> DataFrame:
+    """One row per training user: external id, factors (null without), seen items with
+    their weights, and where the user's random walk starts. One groupBy, two joins."""
+    pairs = F.collect_list(F.struct(ITEM_IDX, F.col(WEIGHT).cast("double").alias(WEIGHT)))
+    seen = (
+        train.groupBy(USER_IDX)
+        .agg(pairs.alias("_seen"))
+        .select(
+            USER_IDX,
+            F.col(f"_seen.{ITEM_IDX}").alias(SEEN_ITEMS),
+            F.col(f"_seen.{WEIGHT}").alias(SEEN_WEIGHTS),
+        )
+    )
+    factors = user_factors.select(F.col("id").alias(USER_IDX), F.col("features").alias(FACTORS))
+    return (
+        seen.join(user_ids.select(USER_IDX, USER), USER_IDX, how="inner")
+        .join(factors, USER_IDX, how="left")
+        .withColumn(START, F.xxhash64(F.lit(seed), USER_IDX))
+        .select(USER, USER_IDX, FACTORS, SEEN_ITEMS, SEEN_WEIGHTS, START)
+    )
+
+
+def user_lists(
+    users: DataFrame,
+    shared: Catalogue,
+    k: int,
+    n: int,
+    weights: Mapping[str, float],
+    timer=None,
+    block_floats: int = BLOCK_FLOATS,
+) -> DataFrame:
+    """Each user of ``per_user`` with ``k`` rows per model (als, content, popular,
+    hybrid, random), fewer only when fewer items are unseen.
+
+    ``n`` is the candidates per model the hybrid blends (``recommend.candidates``);
+    ``timer``, an accumulator, receives the worker seconds spent on ALS scores.
+    """
+    spark = users.sparkSession
+    broadcast = spark.sparkContext.broadcast(shared)
+    weights = {m: float(weights.get(m, 0.0)) for m in COMPONENTS}
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        cat = broadcast.value
+        for batch in batches:
+            if len(batch):
+                out, als_seconds = lists_for_batch(batch, cat, k, n, weights, block_floats)
+                if timer is not None:
+                    timer.add(als_seconds)
+                yield out
+
+    return users.mapInPandas(run, LIST_SCHEMA)
+
+
+# --- one Arrow batch -----------------------------------------------------------------------------
+
+
+@dataclass
+class Flat:
+    """Per-user lists as flat arrays, sorted by (row, rank)."""
+
+    rows: np.ndarray
+    places: np.ndarray
+    scores: np.ndarray
+    because: np.ndarray  # a place, or NO_ITEM
+
+    @staticmethod
+    def empty() -> Flat:
+        return Flat(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64))
+
+    def take(self, index: np.ndarray) -> Flat:
+        return Flat(self.rows[index], self.places[index], self.scores[index], self.because[index])
+
+
+def lists_for_batch(
+    batch: pd.DataFrame, cat: Catalogue, k: int, n: int, weights: Mapping[str, float], block_floats: int
+) -> tuple[pd.DataFrame, float]:
+    """Every model's list for the users of one batch, and the seconds ALS scoring took."""
+    n_rows = len(batch)
+    seen_rows, seen_places, seen_weights = _seen(batch, cat)
+    started = time.perf_counter()
+    als = _als(batch, cat, seen_rows, seen_places, n, block_floats)
+    als_seconds = time.perf_counter() - started
+    content = _content(n_rows, cat, seen_rows, seen_places, seen_weights, n)
+    popular = _walk(n_rows, cat.popular_order, seen_rows, seen_places, n, np.zeros(n_rows, np.int64))
+    popular.scores = cat.popular_scores[popular.scores.astype(np.int64)]
+    starts = batch[START].to_numpy().astype(np.int64)
+    random = _walk(
+        n_rows, cat.random_order, seen_rows, seen_places, k, np.mod(starts, max(len(cat.random_order), 1))
+    )
+    ranks = _ranks(random.rows, n_rows)
+    random.scores = 1.0 - (ranks - 1) / k
+
+    candidates = {"als": als, "content": content, "popular": popular}
+    hybrid, hybrid_source = _blend(candidates, weights, n_rows, k)
+    parts = []
+    for name, flat in (*candidates.items(), (RANDOM_SOURCE, random)):
+        filled, source = _fill_to_k(flat, popular, n_rows, k, name, cat.size)
+        parts.append((name, filled, source))
+    parts.append(("hybrid", hybrid, hybrid_source))
+
+    # ALS's reason is computed for the rows shown: its own list, and hybrid rows it leads.
+    for name, flat, source in parts:
+        if name in ("als", "hybrid"):
+            mine = source == "als"
+            flat.because[mine] = _als_because(flat.take(mine), cat, seen_rows, seen_places)
+    return _frame(batch, cat, parts, n_rows), als_seconds
+
+
+def _seen(batch: pd.DataFrame, cat: Catalogue):
+    """(row, place, weight) of every seen item of the batch, by row; unknown items dropped."""
+    items = batch[SEEN_ITEMS].to_numpy()
+    weights = batch[SEEN_WEIGHTS].to_numpy()
+    lengths = np.fromiter((0 if s is None else len(s) for s in items), np.int64, len(items))
+    if not lengths.sum():
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+    rows = np.repeat(np.arange(len(items)), lengths)
+    places = cat.place(np.concatenate([np.asarray(s, np.int64) for s in items if s is not None and len(s)]))
+    w = np.concatenate([np.asarray(s, np.float64) for s in weights if s is not None and len(s)])
+    known = places != NO_ITEM
+    return rows[known], places[known], w[known]
+
+
+def _segments(rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """Start of each row's run in ``rows`` (sorted), n_rows + 1 bounds."""
+    return np.searchsorted(rows, np.arange(n_rows + 1))
+
+
+def _ranks(rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """1-based rank of each entry within its row's run (``rows`` sorted)."""
+    return np.arange(len(rows)) - _segments(rows, n_rows)[rows] + 1
+
+
+def _top_per_row(rows, places, scores, n: int, n_rows: int) -> np.ndarray:
+    """Indices of each row's ``n`` best entries (score desc, place asc), in (row, rank) order."""
+    order = np.lexsort((places, -scores, rows))
+    keep = _ranks(rows[order], n_rows) <= n
+    return order[keep]
+
+
+def _als(batch, cat: Catalogue, seen_rows, seen_places, n: int, block_floats: int) -> Flat:
+    """Each user's ``n`` best unseen items by factor dot product (as ``recommend_from_factors``)."""
+    factors = batch[FACTORS].to_numpy()
+    has = np.fromiter((f is not None for f in factors), bool, len(factors))
+    n_als = len(cat.als_places)
+    if not has.any() or not n_als or n <= 0:
+        return Flat.empty()
+    users = np.flatnonzero(has)
+    matrix = np.stack(factors[users]).astype(np.float32, copy=False)
+    # The seen items as columns of the ALS item matrix, per scored user.
+    col_of_place = np.full(cat.size, NO_ITEM, np.int64)
+    col_of_place[cat.als_places] = np.arange(n_als)
+    user_of_row = np.full(len(batch), NO_ITEM, np.int64)
+    user_of_row[users] = np.arange(len(users))
+    s_user, s_col = user_of_row[seen_rows], col_of_place[seen_places]
+    mask = (s_user != NO_ITEM) & (s_col != NO_ITEM)
+    s_user, s_col = s_user[mask], s_col[mask]
+    bounds = _segments(s_user, len(users))
+    step = max(1, block_floats // n_als)
+    parts = []
+    for start in range(0, len(users), step):
+        stop = min(start + step, len(users))
+        scores = matrix[start:stop] @ cat.als_factors.T
+        lo, hi = bounds[start], bounds[stop]
+        scores[s_user[lo:hi] - start, s_col[lo:hi]] = -np.inf
+        cols, valid = top_n_per_row(scores, n)
+        r, place = np.nonzero(valid)
+        chosen = cols[r, place]
+        parts.append((users[start + r], cat.als_places[chosen], scores[r, chosen].astype(np.float64)))
+    rows, places, scores = (np.concatenate(p) for p in zip(*parts, strict=True))
+    return Flat(rows, places, scores, np.full(len(rows), NO_ITEM, np.int64))
+
+
+def _als_because(shown: Flat, cat: Catalogue, seen_rows, seen_places, chunk: int = 1 << 20) -> np.ndarray:
+    """For each shown (row, item), the seen item whose factors agree most with it (ties: the
+    lower item), as ``als.because_item``; NO_ITEM for a row without seen items with factors."""
+    out = np.full(len(shown.rows), NO_ITEM, np.int64)
+    if not len(out) or not len(cat.als_places):
+        return out
+    col_of_place = np.full(cat.size, NO_ITEM, np.int64)
+    col_of_place[cat.als_places] = np.arange(len(cat.als_places))
+    keep = col_of_place[seen_places] != NO_ITEM
+    s_rows, s_places = seen_rows[keep], seen_places[keep]
+    n_rows = int(max(shown.rows.max(), s_rows.max() if len(s_rows) else 0)) + 1
+    bounds = _segments(s_rows, n_rows)
+    counts = bounds[shown.rows + 1] - bounds[shown.rows]
+    rec_cols = col_of_place[shown.places]
+    ends = np.cumsum(counts)
+    first = 0
+    while first < len(out):  # pairs (shown entry, a seen item of its user), a chunk at a time
+        last = max(first + 1, int(np.searchsorted(ends, ends[first] - counts[first] + chunk, side="right")))
+        entries = np.arange(first, last)
+        first = last
+        c = counts[entries]
+        entry = np.repeat(entries, c)
+        if not len(entry):
+            continue
+        seen_at = bounds[shown.rows[entry]] + np.arange(len(entry)) - np.repeat(np.cumsum(c) - c, c)
+        because = s_places[seen_at]
+        agree = np.einsum(
+            "ij,ij->i",
+            cat.als_factors[rec_cols[entry]].astype(np.float64),
+            cat.als_factors[col_of_place[because]].astype(np.float64),
+        )
+        order = np.lexsort((because, -agree, entry))
+        entry, because = entry[order], because[order]
+        head = np.r_[True, entry[1:] != entry[:-1]]
+        out[entry[head]] = because[head]
+    return out
+
+
+def _content(n_rows: int, cat: Catalogue, seen_rows, seen_places, seen_weights, n: int) -> Flat:
+    """score(u, j) = sum over seen i of weight(u, i) * sim(i, j) / the user's total weight,
+    seen items excluded; the seen item contributing most is the reason (as ``recommend_content``)."""
+    counts = cat.neighbour_ptr[seen_places + 1] - cat.neighbour_ptr[seen_places]
+    if not counts.sum() or n <= 0:
+        return Flat.empty()
+    entry = np.repeat(np.arange(len(seen_places)), counts)
+    at = np.repeat(cat.neighbour_ptr[seen_places], counts) + (
+        np.arange(len(entry)) - np.repeat(np.cumsum(counts) - counts, counts)
+    )
+    rows, places = seen_rows[entry], cat.neighbour_places[at]
+    contribution = seen_weights[entry] * cat.neighbour_sims[at]
+    because = seen_places[entry]
+    key = rows * cat.size + places
+    order = np.lexsort((because, -contribution, key))
+    key, contribution, because = key[order], contribution[order], because[order]
+    head = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    key, total, because = key[head], np.add.reduceat(contribution, head), because[head]
+    seen_key = np.unique(seen_rows * cat.size + seen_places)
+    unseen = ~np.isin(key, seen_key, assume_unique=False)
+    key, total, because = key[unseen], total[unseen], because[unseen]
+    rows, places = key // cat.size, key % cat.size
+    user_weight = np.bincount(seen_rows, weights=seen_weights, minlength=n_rows)
+    scores = total / user_weight[rows]
+    best = _top_per_row(rows, places, scores, n, n_rows)
+    return Flat(rows[best], places[best], scores[best], because[best])
+
+
+def _walk(n_rows: int, order: np.ndarray, seen_rows, seen_places, n: int, starts: np.ndarray) -> Flat:
+    """Each row's first ``n`` unseen places along ``order``, from its start, wrapping once
+    (as ``topk.walk_unseen``). The entry's ``scores`` holds its step along ``order``.
+
+    With s the user's seen steps from the start, sorted, and t_i = s_i - i, the r-th
+    unseen step is r + #{i: t_i <= r}: n searches per user, whatever the catalogue.
+    """
+    length = len(order)
+    if not length or n <= 0 or not n_rows:
+        return Flat.empty()
+    step_of_place = np.full(int(order.max()) + 1 if length else 0, NO_ITEM, np.int64)
+    step_of_place[order] = np.arange(length)
+    known = seen_places < len(step_of_place)
+    rows, steps = seen_rows[known], step_of_place[seen_places[known]]
+    rows, steps = rows[steps != NO_ITEM], steps[steps != NO_ITEM]
+    steps = np.mod(steps - starts[rows], length)
+    keys = np.unique(rows * (length + 1) + steps)  # sorted by row, then step; duplicates gone
+    rows, steps = keys // (length + 1), keys % (length + 1)
+    bounds = _segments(rows, n_rows)
+    t = rows * (length + 1) + steps - (np.arange(len(rows)) - bounds[rows])
+    want = np.arange(min(n, length))
+    q_rows = np.repeat(np.arange(n_rows), len(want))
+    q = np.tile(want, n_rows)
+    skipped = np.searchsorted(t, q_rows * (length + 1) + q, side="right") - bounds[q_rows]
+    step = q + skipped
+    ok = step < length
+    q_rows, step = q_rows[ok], step[ok]
+    places = order[np.mod(starts[q_rows] + step, length)]
+    return Flat(q_rows, places, step.astype(np.float64), np.full(len(q_rows), NO_ITEM, np.int64))
+
+
+def _fill_to_k(
+    primary: Flat, popular: Flat, n_rows: int, k: int, source: str, size: int
+) -> tuple[Flat, np.ndarray]:
+    """Each row's ``k`` first of ``primary``, then popular items it lacks, with score 0
+    (as ``lists.fill_to_k``); ``size`` bounds the places. Returns the list and each entry's source."""
+    top = primary.take(_ranks(primary.rows, n_rows) <= k)
+    counts = np.bincount(top.rows, minlength=n_rows)
+    short = counts < k
+    if not short.any():
+        return top, np.full(len(top.rows), source, dtype=object)
+    listed = np.unique(primary.rows * size + primary.places)
+    extra = popular.take(short[popular.rows])
+    extra = extra.take(~np.isin(extra.rows * size + extra.places, listed))
+    extra = extra.take(_ranks(extra.rows, n_rows) <= (k - counts)[extra.rows])
+    extra = Flat(
+        extra.rows, extra.places, np.zeros(len(extra.rows)), np.full(len(extra.rows), NO_ITEM, np.int64)
+    )
+    both = Flat(*(np.concatenate([a, b]) for a, b in zip(_astuple(top), _astuple(extra), strict=True)))
+    tier = np.r_[np.zeros(len(top.rows), np.int64), np.ones(len(extra.rows), np.int64)]
+    order = np.lexsort((np.arange(len(tier)), tier, both.rows))
+    sources = np.r_[
+        np.full(len(top.rows), source, dtype=object), np.full(len(extra.rows), "popular", dtype=object)
+    ]
+    return both.take(order), sources[order]
+
+
+def _astuple(flat: Flat):
+    return flat.rows, flat.places, flat.scores, flat.because
+
+
+def _blend(candidates: Mapping[str, Flat], weights: Mapping[str, float], n_rows: int, k: int):
+    """Per-user min-max normalised scores fused by weight, top ``k`` (as ``lists.blend``);
+    the model that contributes most to an item gives its source and reason."""
+    parts = []
+    for code, name in enumerate(COMPONENTS):
+        flat = candidates[name]
+        if weights[name] <= 0 or not len(flat.rows):
+            continue
+        bounds = _segments(flat.rows, n_rows)
+        nonempty = np.flatnonzero(bounds[1:] > bounds[:-1])
+        lo = np.zeros(n_rows)
+        hi = np.zeros(n_rows)
+        lo[nonempty] = np.minimum.reduceat(flat.scores, bounds[nonempty])
+        hi[nonempty] = np.maximum.reduceat(flat.scores, bounds[nonempty])
+        low, high = lo[flat.rows], hi[flat.rows]
+        spread = high > low
+        norm = np.where(spread, (flat.scores - low) / np.where(spread, high - low, 1.0), 1.0)
+        parts.append(
+            (flat.rows, flat.places, norm * weights[name], flat.because, np.full(len(flat.rows), code))
+        )
+    if not parts:
+        return Flat.empty(), np.empty(0, dtype=object)
+    rows, places, contribution, because, code = (np.concatenate(p) for p in zip(*parts, strict=True))
+    size = int(places.max()) + 1
+    key = rows * size + places
+    order = np.lexsort((-code, -contribution, key))
+    key, contribution, because, code = key[order], contribution[order], because[order], code[order]
+    head = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    fused = np.add.reduceat(contribution, head)
+    rows, places, because, code = key[head] // size, key[head] % size, because[head], code[head]
+    best = _top_per_row(rows, places, fused, k, n_rows)
+    names = np.asarray(COMPONENTS, dtype=object)
+    return Flat(rows[best], places[best], fused[best], because[best]), names[code[best]]
+
+
+def _frame(batch: pd.DataFrame, cat: Catalogue, parts, n_rows: int) -> pd.DataFrame:
+    users = batch[USER].to_numpy()
+    user_idx = batch[USER_IDX].to_numpy()
+    frames = []
+    for name, flat, source in parts:
+        if not len(flat.rows):
+            continue
+        because = flat.because
+        frames.append(
+            pd.DataFrame(
+                {
+                    USER: users[flat.rows],
+                    USER_IDX: user_idx[flat.rows].astype(np.int32),
+                    MODEL: name,
+                    RANK: _ranks(flat.rows, n_rows).astype(np.int32),
+                    ITEM_IDX: cat.items[flat.places].astype(np.int32),
+                    SCORE: flat.scores.astype(np.float64),
+                    BECAUSE: pd.Series(cat.items[np.maximum(because, 0)], dtype="Int32").mask(
+                        because == NO_ITEM
+                    ),
+                    SOURCE: source,
+                }
+            )
+        )
+    if not frames:
+        return pd.DataFrame({f.name: [] for f in LIST_SCHEMA.fields})
+    return pd.concat(frames, ignore_index=True)
