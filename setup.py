@@ -26,6 +26,7 @@ setup(
         "pyarrow>=14,<24",  # 26 refuses NumPy 1.26, which pyspark 3.5 needs; 23 is checked
         "boto3>=1.34",
         "matplotlib>=3.8",
+        "scipy>=1.11",  # the content model's exact neighbour search (sparse products)
     ],
     extras_require={
         "local": SPARK_PINS,
@@ -36,7 +37,7 @@ setup(
         + ["streamlit>=1.50,<2", "selenium>=4.20,<5"],
         # The Streamlit app alone (reads the gold tables without Spark).
         "app": ["streamlit>=1.50,<2", "deltalake>=1"],
-        "bench": ["implicit>=0.7,<0.8", "scipy>=1.11"],
+        "bench": ["implicit>=0.7,<0.8"],
     },
     entry_points={"console_scripts": ["amazon-recs=amazon_recs.cli:main"]},
 )

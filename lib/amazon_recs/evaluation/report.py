@@ -56,7 +56,9 @@ def tuning_section(tuning: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def recall_line(lsh_recall: float | None) -> str:
+def recall_line(lsh_recall: float | None, method: str | None = "lsh") -> str:
+    if method == "exact":
+        return "Neighbours found by the exact search (blocked sparse products): nothing missed."
     if lsh_recall is None:
         return "LSH recall not measured (no item text, or more items than content.recall_check_max_items)."
     return (
@@ -85,6 +87,7 @@ def write_metrics_report(
     tuning: dict | None = None,
     lsh_recall: float | None = None,
     curve: list[dict] | None = None,
+    neighbour_method: str | None = "lsh",
 ) -> str:
     """Write ``metrics.md`` and its two PNG plots under ``paths.reports``; return the report's path."""
     reports = config.require("paths.reports").rstrip("/")
@@ -102,7 +105,7 @@ def write_metrics_report(
             f"## Metrics against k\n\n{curve_table(curve)}\n\n![metrics against k]({AGAINST_K_PNG})\n"
         )
     sections.append(f"## Tuning\n\n{tuning_section(tuning)}")
-    sections.append(f"## Content neighbours\n\n{recall_line(lsh_recall)}\n")
+    sections.append(f"## Content neighbours\n\n{recall_line(lsh_recall, neighbour_method)}\n")
     path = f"{reports}/metrics.md"
     io.write_text(spark, path, "\n".join(sections))
     return path

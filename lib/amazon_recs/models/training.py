@@ -21,8 +21,9 @@ from amazon_recs.schemas import ITEM_IDX, USER_IDX, WEIGHT
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("als", "content", "popular")
-# What fit_content returns: the TF-IDF pipeline, item neighbours, LSH recall.
-Content = tuple[object | None, DataFrame, float | None]
+# What fit_content returns: the TF-IDF pipeline, item neighbours, LSH recall, the
+# neighbour search used ("exact" or "lsh"; None without item text).
+Content = tuple[object | None, DataFrame, float | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -43,16 +44,18 @@ class Models:
     popularity: DataFrame
     tfidf: object | None = None  # the TF-IDF PipelineModel, None without item text
     lsh_recall: float | None = None  # share of exact neighbours LSH found (small catalogues)
+    neighbour_method: str | None = None  # "exact" or "lsh"
 
 
 def fit_content(
     spark: SparkSession, items: DataFrame, params: m_content.ContentParams, check_recall: bool = True
 ) -> Content:
-    """TF-IDF and LSH neighbours, and LSH's recall against exact cosine.
+    """TF-IDF and item neighbours, by the exact search or LSH (``params.method``), and
+    LSH's recall against the exact search.
 
-    The recall is measured when the catalogue has at most
-    ``params.recall_check_max_items`` items with text (None otherwise), and is
-    None with no rows when no item has text at all.
+    The recall is measured for LSH when the catalogue has at most
+    ``params.recall_check_max_items`` items with text; it is None otherwise, for
+    the exact search, and (with no rows) when no item has text at all.
     """
     tokens = m_content.with_tokens(items).cache()
     items_with_text = tokens.count()
@@ -60,18 +63,22 @@ def fit_content(
         # Reviews without metadata: the content model has nothing to say, and
         # its lists are filled from popularity.
         log.warning("no item has text: the content model is empty")
-        return None, spark.createDataFrame([], m_content.NEIGHBOURS_SCHEMA), None
+        return None, spark.createDataFrame([], m_content.NEIGHBOURS_SCHEMA), None, None
     tfidf = m_content.fit_tfidf(tokens, params)
     vectors = tfidf.transform(tokens).select(ITEM_IDX, m_content.VECTOR).cache()
+    if params.use_exact(items_with_text):
+        log.info("exact neighbours of %d items (blocked sparse products)", items_with_text)
+        neighbours = m_content.sparse_neighbours(vectors, params.min_similarity, params.neighbours).cache()
+        return tfidf, neighbours, None, "exact"
     neighbours = m_content.item_neighbours(
         m_content.fit_lsh(vectors, params), vectors, params.min_similarity, params.neighbours
     ).cache()
     recall = None
     if check_recall and items_with_text <= params.recall_check_max_items:
-        exact = m_content.exact_neighbours(vectors, params.min_similarity, params.neighbours)
+        exact = m_content.sparse_neighbours(vectors, params.min_similarity, params.neighbours)
         recall = m_content.neighbour_recall(neighbours, exact)
         log.info("LSH found %.1f%% of the exact neighbours of %d items", 100 * recall, items_with_text)
-    return tfidf, neighbours, recall
+    return tfidf, neighbours, recall, "lsh"
 
 
 def fit_models(
@@ -87,13 +94,14 @@ def fit_models(
     caller fitting several times (tuning, then the final fit) passes it in once;
     ``als``, when given, is already fitted on ``train`` with ``params.als`` (tuning's
     best grid point) and is used as it is."""
-    tfidf, neighbours, recall = content or fit_content(spark, items, params.content, check_recall)
+    tfidf, neighbours, recall, method = content or fit_content(spark, items, params.content, check_recall)
     return Models(
         als=als if als is not None else m_als.fit_als(train, params.als),
         neighbours=neighbours.cache(),
         popularity=m_popular.fit_popularity(train, params.popular.half_life_days).cache(),
         tfidf=tfidf,
         lsh_recall=recall,
+        neighbour_method=method,
     )
 
 

@@ -42,7 +42,13 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
     curve = metrics_against_k(recs, truth.select(USER, ITEM), config)
     info = json.loads(io.read_text(spark, f"{versions.model_dir(config, version)}/model_info.json") or "{}")
     path = report.write_metrics_report(
-        spark, config, rows, versions.tuning(spark, config, version), info.get("lsh_recall"), curve
+        spark,
+        config,
+        rows,
+        versions.tuning(spark, config, version),
+        info.get("lsh_recall"),
+        curve,
+        neighbour_method=info.get("neighbour_method", "lsh"),
     )
     return {"model_version": version, "metrics": rows, "curve": curve, "report": path}
 

@@ -44,6 +44,8 @@ def content_params(config: Config) -> ContentParams:
         min_similarity=config.require("content.min_similarity"),
         neighbours=config.require("content.neighbours"),
         recall_check_max_items=config.require("content.recall_check_max_items"),
+        method=config.require("content.method"),
+        exact_max_items=config.require("content.exact_max_items"),
         seed=config.require("als.seed"),
     )
 

@@ -30,8 +30,14 @@ def run_train(spark: SparkSession, config: Config) -> dict:
     out = model_dir(config, version)
     params = p.model_params(config)
 
-    progress("fitting the content model (TF-IDF, LSH neighbours)")
+    progress("fitting the content model (TF-IDF, item neighbours)")
+    started = time.perf_counter()
     content = training.fit_content(spark, items, params.content)  # the items alone: fitted once
+    neighbours = content[1].count()
+    progress(
+        f"content model: {neighbours:,} neighbour pairs ({content[3] or 'no text'}) "
+        f"in {time.perf_counter() - started:.1f}s"
+    )
     tuning = None
     if config.require("tune.enabled"):
         progress("tuning ALS and the hybrid's weights on validation")
@@ -48,7 +54,11 @@ def run_train(spark: SparkSession, config: Config) -> dict:
         models.tfidf.write().overwrite().save(f"{out}/tfidf")
     models.neighbours.write.format("delta").mode("overwrite").save(f"{out}/item_neighbours")
     models.popularity.write.format("delta").mode("overwrite").save(f"{out}/popularity")
-    info = {"lsh_recall": models.lsh_recall, "als_fit_seconds": fit_seconds}
+    info = {
+        "lsh_recall": models.lsh_recall,
+        "neighbour_method": models.neighbour_method,
+        "als_fit_seconds": fit_seconds,
+    }
     io.write_text(spark, f"{out}/model_info.json", json.dumps(info))
 
     # The pointer moves last: readers see the old version or the whole new one.
@@ -58,5 +68,6 @@ def run_train(spark: SparkSession, config: Config) -> dict:
         "model_dir": out,
         "tuning": tuning,
         "lsh_recall": models.lsh_recall,
+        "neighbour_method": models.neighbour_method,
         "als_fit_seconds": fit_seconds,
     }

@@ -292,3 +292,40 @@ def test_exact_neighbours_match_exhaustive_lsh_and_recall_counts_misses(spark, c
     dropped = lsh.filter("rank > 1")  # keep all but each item's best neighbour
     expected = 1 - lsh.filter("rank = 1").count() / exact.count()
     assert m_content.neighbour_recall(dropped, exact) == pytest.approx(expected)
+
+
+def test_sparse_neighbours_match_the_term_join_in_blocks(spark, config):
+    """The exact search by blocked sparse products against the exact term join, on a
+    catalogue with shared vocabulary, duplicate texts (ties, broken by neighbour id),
+    an item of words nobody else uses and an item without text; blocks of 7 rows."""
+    import numpy as np
+
+    rng = np.random.default_rng(8)
+    words = [f"w{i:02d}" for i in range(40)]
+    texts = [
+        (i, " ".join(rng.choice(words, size=int(rng.integers(2, 7)), replace=False))) for i in range(150)
+    ]
+    texts += [(150, texts[3][1]), (151, texts[3][1]), (152, "solitary unmatched"), (153, None)]
+    items = spark.createDataFrame(texts, "item_idx int, text string")
+    params = content_params(config)
+    tokens = m_content.with_tokens(items)
+    vectors = (
+        m_content.fit_tfidf(tokens, params).transform(tokens).select("item_idx", m_content.VECTOR).cache()
+    )
+    n = 5
+
+    got = m_content.sparse_neighbours(vectors, params.min_similarity, n, block_rows=7).collect()
+    want = m_content.exact_neighbours(vectors, params.min_similarity, n).collect()
+
+    assert sorted((r.item_idx, r["rank"], r.neighbour_idx) for r in got) == sorted(
+        (r.item_idx, r["rank"], r.neighbour_idx) for r in want
+    )
+    sims = {(r.item_idx, r.neighbour_idx): r.similarity for r in want}
+    for r in got:
+        assert r.similarity == pytest.approx(sims[(r.item_idx, r.neighbour_idx)], abs=1e-12)
+    assert len(got) > 100 * n  # most items have their n neighbours: the test is not vacuous
+    # Item 3's duplicates are each other's best neighbours (cosine 1), the lower id first.
+    by_item = {(r.item_idx, r["rank"]): r.neighbour_idx for r in got}
+    assert (by_item[(150, 1)], by_item[(150, 2)]) == (3, 151)
+    assert not any(r.item_idx in (152, 153) or r.neighbour_idx in (152, 153) for r in got)
+    vectors.unpersist()

@@ -226,7 +226,7 @@ def test_tune_fits_als_once_per_grid_point_and_reuses_the_best(spark, monkeypatc
         "user_id string, user_idx int, item_id string, item_idx int, weight double, ts timestamp, "
         "split string",
     )
-    content = (None, spark.createDataFrame([], NEIGHBOURS_SCHEMA), None)
+    content = (None, spark.createDataFrame([], NEIGHBOURS_SCHEMA), None, None)
     grid = {"rank": [4], "reg_param": [0.1], "alpha": [1.0, 20.0]}
     params = tuning.TuneParams(
         als_grid=grid, weight_step=0.5, k=3, candidates=5, max_validation_users=10, split=SplitParams()
