@@ -34,6 +34,7 @@ class AlsParams:
     reg_param: float = 0.1
     alpha: float = 5.0
     checkpoint_interval: int = 5
+    num_blocks: int = 0  # user and item blocks; 0: Spark's default parallelism
     seed: int = 42
 
 
@@ -43,6 +44,8 @@ def fit_als(train: DataFrame, params: AlsParams) -> ALSModel:
     The input is sorted so that the same data gives the same factors: ALS's
     partitioning, and so its floating-point sums, follow row order.
     """
+    parallelism = train.sparkSession.sparkContext.defaultParallelism
+    blocks = params.num_blocks or parallelism
     als = ALS(
         userCol=USER_IDX,
         itemCol=ITEM_IDX,
@@ -55,12 +58,10 @@ def fit_als(train: DataFrame, params: AlsParams) -> ALSModel:
         seed=params.seed,
         checkpointInterval=params.checkpoint_interval,
         coldStartStrategy="drop",
+        numUserBlocks=blocks,
+        numItemBlocks=blocks,
     )
-    data = (
-        train.select(USER_IDX, ITEM_IDX, WEIGHT)
-        .orderBy(USER_IDX, ITEM_IDX)
-        .coalesce(train.sparkSession.sparkContext.defaultParallelism)
-    )
+    data = train.select(USER_IDX, ITEM_IDX, WEIGHT).orderBy(USER_IDX, ITEM_IDX).coalesce(parallelism)
     return als.fit(data)
 
 

@@ -31,6 +31,7 @@ def als_params(config: Config) -> AlsParams:
         reg_param=config.require("als.reg_param"),
         alpha=config.require("als.alpha"),
         checkpoint_interval=config.require("als.checkpoint_interval"),
+        num_blocks=config.require("als.num_blocks"),
         seed=config.require("als.seed"),
     )
 
