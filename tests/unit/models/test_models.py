@@ -294,10 +294,12 @@ def test_exact_neighbours_match_exhaustive_lsh_and_recall_counts_misses(spark, c
     assert m_content.neighbour_recall(dropped, exact) == pytest.approx(expected)
 
 
-def test_sparse_neighbours_match_the_term_join_in_blocks(spark, config):
+@pytest.mark.parametrize("dense", [False, True])
+def test_sparse_neighbours_match_the_term_join_in_blocks(spark, config, dense):
     """The exact search by blocked sparse products against the exact term join, on a
     catalogue with shared vocabulary, duplicate texts (ties, broken by neighbour id),
-    an item of words nobody else uses and an item without text; blocks of 7 rows."""
+    an item of words nobody else uses and an item without text; blocks of 7 rows, by
+    sparse products and by the dense product over the terms in use."""
     import numpy as np
 
     rng = np.random.default_rng(8)
@@ -314,7 +316,7 @@ def test_sparse_neighbours_match_the_term_join_in_blocks(spark, config):
     )
     n = 5
 
-    got = m_content.sparse_neighbours(vectors, params.min_similarity, n, block_rows=7).collect()
+    got = m_content.sparse_neighbours(vectors, params.min_similarity, n, block_rows=7, dense=dense).collect()
     want = m_content.exact_neighbours(vectors, params.min_similarity, n).collect()
 
     assert sorted((r.item_idx, r["rank"], r.neighbour_idx) for r in got) == sorted(
@@ -322,7 +324,7 @@ def test_sparse_neighbours_match_the_term_join_in_blocks(spark, config):
     )
     sims = {(r.item_idx, r.neighbour_idx): r.similarity for r in want}
     for r in got:
-        assert r.similarity == pytest.approx(sims[(r.item_idx, r.neighbour_idx)], abs=1e-12)
+        assert r.similarity == pytest.approx(sims[(r.item_idx, r.neighbour_idx)], abs=1e-9)
     assert len(got) > 100 * n  # most items have their n neighbours: the test is not vacuous
     # Item 3's duplicates are each other's best neighbours (cosine 1), the lower id first.
     by_item = {(r.item_idx, r["rank"]): r.neighbour_idx for r in got}
