@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ from pyspark.sql import types as T
 
 from amazon_recs.models.topk import BLOCK_FLOATS, filter_seen, top_k, top_n_per_row
 from amazon_recs.schemas import ITEM_IDX, SCORE, USER_IDX, WEIGHT
+
+log = logging.getLogger(__name__)
 
 VECTOR = "tfidf"
 NEIGHBOUR = "neighbour_idx"
@@ -170,7 +173,7 @@ def sparse_neighbours(
     min_similarity: float,
     n: int,
     block_rows: int = EXACT_BLOCK_ROWS,
-    dense: bool | None = None,
+    dense: bool | int | None = None,
 ) -> DataFrame:
     """Each item's ``n`` most similar items by exact cosine, in blocks of rows on the executors.
 
@@ -179,14 +182,16 @@ def sparse_neighbours(
     Each task takes blocks of rows, computes their cosines with every item and
     keeps each row's ``n`` best other items at or above ``min_similarity``
     (similarity descending, then item). The cosines come one of two ways,
-    whichever costs less for this catalogue (``dense`` forces one):
+    split by term between two products, whichever costs less for this catalogue
+    (``dense``: True, False or a number of terms forces the split):
 
     - sparse products (scipy), whose work is the sum over terms of the squared
       document frequency: linear in the items when the vocabulary grows with
       the catalogue, as in real product text;
-    - a dense product over the terms in use (BLAS) and ``top_n_per_row``: items
-      squared times those terms, for catalogues whose texts share most of a
-      small vocabulary (every pair is then similar, and sparse products crawl).
+    - a dense product (BLAS) over the most common terms, plus the sparse one of
+      the rest, and ``top_n_per_row``: items squared times those terms, for
+      catalogues whose texts share a few common words (every pair is then
+      similar, and sparse products crawl).
 
     Returns:
         Columns item_idx, neighbour_idx, similarity, rank.
@@ -204,13 +209,19 @@ def sparse_neighbours(
     if not len(ids) or n <= 0:
         return spark.createDataFrame([], schema)
     freq = np.bincount(matrix.indices, minlength=matrix.shape[1]).astype(np.float64)
-    used = np.flatnonzero(freq)
-    if dense is None:
-        dense = _dense_is_cheaper(len(ids), len(used), float((freq**2).sum()))
-    if dense:
+    heavy = _dense_terms(freq, len(ids), dense)
+    light = np.setdiff1d(np.flatnonzero(freq), heavy)
+    log.info(
+        "exact neighbours of %d items: %d common terms as a dense product, %d as sparse products",
+        len(ids),
+        len(heavy),
+        len(light),
+    )
+    if len(heavy):
         rows_per_block = max(1, min(block_rows, BLOCK_FLOATS // len(ids)))
-        columns = np.ascontiguousarray(matrix[:, used].toarray())  # float64: cosines as exact as sparse
-        shared = spark.sparkContext.broadcast((ids, columns))
+        columns = np.ascontiguousarray(matrix[:, heavy].toarray())  # float64: cosines as exact as sparse
+        rest = matrix[:, light] if len(light) else None
+        shared = spark.sparkContext.broadcast((ids, columns, rest, None if rest is None else rest.T.tocsr()))
     else:
         rows_per_block = block_rows
         shared = spark.sparkContext.broadcast((ids, matrix, matrix.T.tocsr()))
@@ -220,10 +231,10 @@ def sparse_neighbours(
         for batch in batches:
             for start in batch["id"].to_numpy():
                 stop = min(int(start) + rows_per_block, len(ids))
-                if dense:
-                    yield _top_dense(ids, parts[0], int(start), stop, min_similarity, n)
+                if len(heavy):
+                    yield _top_dense(ids, *parts, int(start), stop, min_similarity, n)
                 else:
-                    yield _top_sparse(ids, parts[0], parts[1], int(start), stop, min_similarity, n)
+                    yield _top_sparse(ids, *parts, int(start), stop, min_similarity, n)
 
     blocks = spark.range(
         0, len(ids), rows_per_block, numPartitions=max(1, spark.sparkContext.defaultParallelism * 4)
@@ -240,12 +251,28 @@ DENSE_NS_PER_SCORE = 4.0
 DENSE_MAX_BYTES = 1 << 30
 
 
-def _dense_is_cheaper(items: int, terms: int, sparse_products: float) -> bool:
-    """Whether the dense product over the ``terms`` in use should beat the sparse one."""
-    if items * terms * 8 > DENSE_MAX_BYTES:
-        return False
-    dense = float(items) ** 2 * (terms * DENSE_NS_PER_PRODUCT + DENSE_NS_PER_SCORE)
-    return dense < sparse_products * SPARSE_NS_PER_PRODUCT
+def _dense_terms(freq: np.ndarray, items: int, dense: bool | int | None) -> np.ndarray:
+    """The terms (columns) whose products are cheaper dense, by the cost model above.
+
+    A term in ``df`` documents costs df^2 sparse multiply-adds; taken into the
+    dense product it costs ``items``^2 instead, however common. So the common
+    terms go dense, most common first, as long as that lowers the total;
+    ``dense`` True takes every term in use, False none, a number that many.
+    """
+    used = np.flatnonzero(freq)
+    by_freq = used[np.argsort(-freq[used], kind="stable")]
+    if isinstance(dense, bool):
+        return np.sort(by_freq) if dense else np.empty(0, np.int64)
+    if dense is not None:
+        return np.sort(by_freq[:dense])
+    square = freq[by_freq] ** 2
+    left_sparse = square.sum() - np.r_[0.0, np.cumsum(square)]  # products left sparse, h terms dense
+    h = np.arange(len(by_freq) + 1)
+    cost = left_sparse * SPARSE_NS_PER_PRODUCT + np.where(
+        h > 0, float(items) ** 2 * (h * DENSE_NS_PER_PRODUCT + DENSE_NS_PER_SCORE), 0.0
+    )
+    cost[h * items * 8 > DENSE_MAX_BYTES] = np.inf
+    return np.sort(by_freq[: int(np.argmin(cost))])
 
 
 def _neighbour_rows(ids, rows, cols, sims, n: int) -> pd.DataFrame:
@@ -271,8 +298,11 @@ def _top_sparse(ids, x, xt, start: int, stop: int, min_similarity: float, n: int
     return _neighbour_rows(ids, rows[top], cols[top], sims[top], rank[top])
 
 
-def _top_dense(ids, dense, start: int, stop: int, min_similarity: float, n: int) -> pd.DataFrame:
+def _top_dense(ids, dense, rest, rest_t, start: int, stop: int, min_similarity: float, n: int):
+    """A block's cosines as the dense product of the common terms plus the sparse one of the rest."""
     scores = dense[start:stop] @ dense.T
+    if rest is not None:
+        scores += (rest[start:stop] @ rest_t).toarray()
     scores[np.arange(stop - start), np.arange(start, stop)] = -np.inf
     scores[scores < min_similarity] = -np.inf
     cols, valid = top_n_per_row(scores, n)
@@ -313,6 +343,9 @@ def _collect_sparse(vectors: DataFrame):
         (np.concatenate([p[3] for p in parts]), np.concatenate([p[2] for p in parts]), indptr),
         shape=(len(ids), max(p[4] for p in parts)),
     )
+    # IDF zeroes the terms rarer than min_doc_freq but keeps them as stored entries:
+    # dropped here, or a catalogue of unique model numbers looks like one of 50k terms.
+    matrix.eliminate_zeros()
     order = np.argsort(ids, kind="stable")
     return ids[order], matrix[order]
 

@@ -67,7 +67,6 @@ def fit_content(
     tfidf = m_content.fit_tfidf(tokens, params)
     vectors = tfidf.transform(tokens).select(ITEM_IDX, m_content.VECTOR).cache()
     if params.use_exact(items_with_text):
-        log.info("exact neighbours of %d items (blocked sparse products)", items_with_text)
         neighbours = m_content.sparse_neighbours(vectors, params.min_similarity, params.neighbours).cache()
         return tfidf, neighbours, None, "exact"
     neighbours = m_content.item_neighbours(

@@ -294,12 +294,13 @@ def test_exact_neighbours_match_exhaustive_lsh_and_recall_counts_misses(spark, c
     assert m_content.neighbour_recall(dropped, exact) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("dense", [False, True, 6])
 def test_sparse_neighbours_match_the_term_join_in_blocks(spark, config, dense):
     """The exact search by blocked sparse products against the exact term join, on a
     catalogue with shared vocabulary, duplicate texts (ties, broken by neighbour id),
     an item of words nobody else uses and an item without text; blocks of 7 rows, by
-    sparse products and by the dense product over the terms in use."""
+    sparse products, by a dense product over every term in use, and by a dense one over
+    the 6 most common terms plus sparse products of the rest."""
     import numpy as np
 
     rng = np.random.default_rng(8)
@@ -331,3 +332,19 @@ def test_sparse_neighbours_match_the_term_join_in_blocks(spark, config, dense):
     assert (by_item[(150, 1)], by_item[(150, 2)]) == (3, 151)
     assert not any(r.item_idx in (152, 153) or r.neighbour_idx in (152, 153) for r in got)
     vectors.unpersist()
+
+
+def test_dense_terms_takes_the_common_terms_only_when_that_is_cheaper():
+    import numpy as np
+
+    items = 50_000
+    freq = np.zeros(8192)
+    freq[:200] = items * 0.6  # a shared vocabulary: each pair shares some of these terms
+    freq[200:8000] = 6  # hashed rare words: a handful of items each
+    dense = m_content._dense_terms(freq, items, None)
+    assert dense.tolist() == list(range(200))
+    # Real product text: no term in a large share of the catalogue. All sparse.
+    freq[:200] = 40
+    assert len(m_content._dense_terms(freq, items, None)) == 0
+    assert len(m_content._dense_terms(freq, items, True)) == 8000
+    assert m_content._dense_terms(freq, items, 3).tolist() == [0, 1, 2]
