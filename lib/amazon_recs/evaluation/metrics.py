@@ -40,10 +40,25 @@ def per_user_metrics(
         recs: (model, user, item, rank); ranks beyond ``k`` are ignored.
         truth: (user, item) held-out interactions; duplicates count once.
     """
+    return per_user_metrics_at(recs, truth, [k], col_user, col_item, col_model).drop("k")
+
+
+def per_user_metrics_at(
+    recs: DataFrame,
+    truth: DataFrame,
+    ks: list[int],
+    col_user: str = USER,
+    col_item: str = ITEM,
+    col_model: str = MODEL,
+) -> DataFrame:
+    """``per_user_metrics`` at every cut-off of ``ks`` in one pass over ``recs``: one row
+    per (model, evaluated user, k). The hits are found once (a join and a window);
+    each k is then a few more sums in the same aggregation."""
+    ks = sorted(set(ks))
     rel = truth.select(col_user, col_item).distinct()
     n_rel = rel.groupBy(col_user).agg(F.count(F.lit(1)).alias("_n_rel"))
     hits = (
-        recs.filter(F.col(RANK) <= k)
+        recs.filter(F.col(RANK) <= ks[-1])
         .select(col_model, col_user, col_item, RANK)
         .join(rel.withColumn("_hit", F.lit(1)), [col_user, col_item], how="left")
         .fillna(0, ["_hit"])
@@ -56,42 +71,62 @@ def per_user_metrics(
             ),
         )
     )
-    per_user = hits.groupBy(col_model, col_user).agg(
-        F.sum("_hit").alias("_hits"),
-        F.sum(F.col("_hit") / F.log2(F.col(RANK) + 1)).alias("_dcg"),
-        F.sum(F.col("_hit") * F.col("_hits_so_far") / F.col(RANK)).alias("_ap_sum"),
-        F.min(F.when(F.col("_hit") == 1, F.col(RANK))).alias("_first_hit"),
-    )
+
+    def within(k: int, value):
+        return F.when(F.col(RANK) <= k, value).otherwise(F.lit(0))
+
+    sums = []
+    for k in ks:
+        sums += [
+            F.sum(within(k, F.col("_hit"))).alias(f"_hits_{k}"),
+            F.sum(within(k, F.col("_hit") / F.log2(F.col(RANK) + 1))).alias(f"_dcg_{k}"),
+            F.sum(within(k, F.col("_hit") * F.col("_hits_so_far") / F.col(RANK))).alias(f"_ap_sum_{k}"),
+            F.min(F.when((F.col("_hit") == 1) & (F.col(RANK) <= k), F.col(RANK))).alias(f"_first_hit_{k}"),
+        ]
+    per_user = hits.groupBy(col_model, col_user).agg(*sums)
     models = recs.select(col_model).distinct()
-    everyone = models.crossJoin(n_rel)
-    cutoff = F.least(F.col("_n_rel"), F.lit(k))
-    idcg = F.aggregate(F.sequence(F.lit(1), cutoff), F.lit(0.0), lambda acc, i: acc + 1.0 / F.log2(i + 1))
-    return (
-        everyone.join(per_user, [col_model, col_user], how="left")
-        .fillna(0, ["_hits", "_dcg", "_ap_sum"])
-        .select(
-            col_model,
-            col_user,
-            (F.col("_hits") / k).alias("precision"),
-            (F.col("_hits") / F.col("_n_rel")).alias("recall"),
-            (F.col("_dcg") / idcg).alias("ndcg"),
-            (F.col("_ap_sum") / cutoff).alias("map"),
-            (F.col("_hits") > 0).cast("double").alias("hit_rate"),
-            F.coalesce(1.0 / F.col("_first_hit"), F.lit(0.0)).alias("mrr"),
+    everyone = models.crossJoin(n_rel).join(per_user, [col_model, col_user], how="left")
+
+    def at(k: int):
+        hit_count = F.coalesce(F.col(f"_hits_{k}"), F.lit(0))
+        cutoff = F.least(F.col("_n_rel"), F.lit(k))
+        idcg = F.aggregate(F.sequence(F.lit(1), cutoff), F.lit(0.0), lambda acc, i: acc + 1.0 / F.log2(i + 1))
+        return F.struct(
+            F.lit(k).alias("k"),
+            (hit_count / k).alias("precision"),
+            (hit_count / F.col("_n_rel")).alias("recall"),
+            (F.coalesce(F.col(f"_dcg_{k}"), F.lit(0.0)) / idcg).alias("ndcg"),
+            (F.coalesce(F.col(f"_ap_sum_{k}"), F.lit(0.0)) / cutoff).alias("map"),
+            (hit_count > 0).cast("double").alias("hit_rate"),
+            F.coalesce(1.0 / F.col(f"_first_hit_{k}"), F.lit(0.0)).alias("mrr"),
         )
+
+    return everyone.select(col_model, col_user, F.explode(F.array(*[at(k) for k in ks])).alias("_m")).select(
+        col_model, col_user, "_m.k", *[f"_m.{m}" for m in PER_USER_METRICS]
     )
 
 
-def summarise(per_user: DataFrame, k: int, col_model: str = MODEL) -> DataFrame:
-    """Average per-user metrics into long form: (model, metric, k, value, users)."""
-    averaged = per_user.groupBy(col_model).agg(
-        F.count(F.lit(1)).alias("users"), *[F.avg(m).alias(m) for m in PER_USER_METRICS]
-    )
+def summarise(per_user: DataFrame, k: int | None = None, col_model: str = MODEL) -> DataFrame:
+    """Average per-user metrics into long form: (model, metric, k, value, users).
+
+    ``per_user`` either has a column ``k`` (``per_user_metrics_at``: one summary per
+    k) or is at the single cut-off ``k``.
+    """
+    if "k" in per_user.columns:
+        averaged = per_user.groupBy(col_model, "k").agg(
+            F.count(F.lit(1)).alias("users"), *[F.avg(m).alias(m) for m in PER_USER_METRICS]
+        )
+        k_column = F.col("k")
+    else:
+        averaged = per_user.groupBy(col_model).agg(
+            F.count(F.lit(1)).alias("users"), *[F.avg(m).alias(m) for m in PER_USER_METRICS]
+        )
+        k_column = F.lit(k)
     stacked = F.stack(
         F.lit(len(PER_USER_METRICS)),
         *[part for m in PER_USER_METRICS for part in (F.lit(m), F.col(m))],
     ).alias("metric", "value")
-    return averaged.select(col_model, stacked, F.lit(k).alias("k"), "users")
+    return averaged.select(col_model, stacked, k_column.alias("k"), "users")
 
 
 def coverage(

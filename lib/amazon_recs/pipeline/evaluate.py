@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from functools import reduce
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -30,16 +29,18 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
     catalogue = io.read_table(spark, config, "silver/items").count()
 
     train = interactions.filter(F.col(SPLIT) == TRAIN).select(USER, ITEM)
-    per_user = ev.per_user_metrics(recs, truth.select(USER, ITEM), k)
+    ks = curve_ks(config)
+    # Every cut-off in one pass over the lists; the summary is tiny (models x ks x metrics).
+    summaries = ev.summarise(ev.per_user_metrics_at(recs, truth.select(USER, ITEM), [k, *ks])).cache()
     metrics = (
-        ev.summarise(per_user, k)
+        summaries.filter(F.col("k") == k)
         .unionByName(ev.coverage(recs, catalogue, k))
         .unionByName(ev.novelty(recs, train, k))
         .withColumn("model_version", F.lit(version))
     )
     io.overwrite_table(schemas.conform(metrics, schemas.METRICS, "gold/metrics"), config, "gold/metrics")
     rows = [r.asDict() for r in io.read_table(spark, config, "gold/metrics").collect()]
-    curve = metrics_against_k(recs, truth.select(USER, ITEM), config)
+    curve = [r.asDict() for r in summaries.filter(F.col("k").isin(ks)).collect()]
     info = json.loads(io.read_text(spark, f"{versions.model_dir(config, version)}/model_info.json") or "{}")
     path = report.write_metrics_report(
         spark,
@@ -53,11 +54,16 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
     return {"model_version": version, "metrics": rows, "curve": curve, "report": path}
 
 
-def metrics_against_k(recs: DataFrame, truth: DataFrame, config: Config) -> list[dict]:
-    """The per-user metrics at each k of ``evaluate.curve_ks`` (for the plot), in one job."""
+def curve_ks(config: Config) -> list[int]:
+    """The cut-offs of the metrics-against-k plot (``evaluate.curve_ks``), checked."""
     ks = sorted(set(config.require("evaluate.curve_ks")))
     top_k = config.require("recommend.k")
     if not ks or ks[0] < 1 or ks[-1] > top_k:
         raise ConfigError(f"evaluate.curve_ks must be between 1 and recommend.k ({top_k}), got {ks}")
-    frames = [ev.summarise(ev.per_user_metrics(recs, truth, k), k) for k in ks]
-    return [r.asDict() for r in reduce(DataFrame.unionByName, frames).collect()]
+    return ks
+
+
+def metrics_against_k(recs: DataFrame, truth: DataFrame, config: Config) -> list[dict]:
+    """The per-user metrics at each k of ``evaluate.curve_ks`` (for the plot), in one pass."""
+    per_user = ev.per_user_metrics_at(recs, truth, curve_ks(config))
+    return [r.asDict() for r in ev.summarise(per_user).collect()]

@@ -183,3 +183,23 @@ def test_novelty_is_mean_self_information_with_add_one_smoothing(spark):
     info = {"p": -math.log2(4 / 4), "q": -math.log2(2 / 4), "r": -math.log2(1 / 4)}
     assert got["m"] == (pytest.approx((info["r"] + info["q"] + info["r"]) / 3), 2)
     assert got["n"] == (pytest.approx(0.0), 1)
+
+
+def test_metrics_at_several_ks_in_one_pass_equal_each_k_alone(recs, truth):
+    at = {(r.model, r.user_id, r.k): r for r in ev.per_user_metrics_at(recs, truth, [4, 1, K, 2]).collect()}
+    for k in (1, 2, K, 4):
+        alone = ev.per_user_metrics(recs, truth, k).collect()
+        assert alone
+        for r in alone:
+            both = at[(r.model, r.user_id, k)]
+            assert {m: both[m] for m in ev.PER_USER_METRICS} == pytest.approx(
+                {m: r[m] for m in ev.PER_USER_METRICS}, abs=1e-12
+            ), (r.model, r.user_id, k)
+    assert len(at) == 4 * len(EXPECTED_PER_USER)
+    summary = {
+        (r.model, r.metric, r.k): r.value
+        for r in ev.summarise(ev.per_user_metrics_at(recs, truth, [K])).collect()
+    }
+    assert {(m, metric): v for (m, metric, _), v in summary.items()} == pytest.approx(
+        EXPECTED_SUMMARY, abs=1e-12
+    )
