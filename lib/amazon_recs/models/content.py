@@ -22,9 +22,8 @@ from pyspark.ml.feature import (
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
-from amazon_recs.models.topk import BLOCK_FLOATS, filter_seen, top_k, top_n_per_row
+from amazon_recs.models.topk import BLOCK_FLOATS, best_per_row, filter_seen, top_k, top_n_per_row
 from amazon_recs.schemas import ITEM_IDX, SCORE, USER_IDX, WEIGHT
 
 log = logging.getLogger(__name__)
@@ -198,16 +197,8 @@ def sparse_neighbours(
     """
     spark = vectors.sparkSession
     ids, matrix = _collect_sparse(vectors)
-    schema = T.StructType(
-        [
-            T.StructField(ITEM_IDX, T.IntegerType(), False),
-            T.StructField(NEIGHBOUR, T.IntegerType(), False),
-            T.StructField(SIMILARITY, T.DoubleType(), False),
-            T.StructField("rank", T.IntegerType(), False),
-        ]
-    )
     if not len(ids) or n <= 0:
-        return spark.createDataFrame([], schema)
+        return spark.createDataFrame([], NEIGHBOURS_SCHEMA)
     freq = np.bincount(matrix.indices, minlength=matrix.shape[1]).astype(np.float64)
     heavy = _dense_terms(freq, len(ids), dense)
     light = np.setdiff1d(np.flatnonzero(freq), heavy)
@@ -239,7 +230,7 @@ def sparse_neighbours(
     blocks = spark.range(
         0, len(ids), rows_per_block, numPartitions=max(1, spark.sparkContext.defaultParallelism * 4)
     )
-    return blocks.mapInPandas(search, schema)
+    return blocks.mapInPandas(search, NEIGHBOURS_SCHEMA)
 
 
 # Per multiply-add of a sparse product (scipy), of a dense one (float64 BLAS, one
@@ -275,13 +266,13 @@ def _dense_terms(freq: np.ndarray, items: int, dense: bool | int | None) -> np.n
     return np.sort(by_freq[: int(np.argmin(cost))])
 
 
-def _neighbour_rows(ids, rows, cols, sims, n: int) -> pd.DataFrame:
+def _neighbour_rows(ids, rows, cols, sims, rank) -> pd.DataFrame:
     return pd.DataFrame(
         {
             ITEM_IDX: ids[rows],
             NEIGHBOUR: ids[cols],
             SIMILARITY: sims.astype(np.float64),
-            "rank": np.asarray(n, np.int32),
+            "rank": np.asarray(rank, np.int32),
         }
     )
 
@@ -291,11 +282,8 @@ def _top_sparse(ids, x, xt, start: int, stop: int, min_similarity: float, n: int
     rows, cols, sims = block.row.astype(np.int64) + start, block.col.astype(np.int64), block.data
     keep = (rows != cols) & (sims >= min_similarity)
     rows, cols, sims = rows[keep], cols[keep], sims[keep]
-    order = np.lexsort((cols, -sims, rows))
-    rows, cols, sims = rows[order], cols[order], sims[order]
-    rank = np.arange(len(rows)) - np.searchsorted(rows, rows) + 1
-    top = rank <= n
-    return _neighbour_rows(ids, rows[top], cols[top], sims[top], rank[top])
+    index, rank = best_per_row(rows, sims, n, cols)
+    return _neighbour_rows(ids, rows[index], cols[index], sims[index], rank)
 
 
 def _top_dense(ids, dense, rest, rest_t, start: int, stop: int, min_similarity: float, n: int):

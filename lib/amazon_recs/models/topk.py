@@ -166,16 +166,35 @@ def top_n_per_row(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     at, offset = np.nonzero((values >= floor[sel_rows][:, None]) & (values > -np.inf))
     rows = sel_rows[at]
     cols = np.where(in_body[at], offset * groups + sel_groups[at], groups * size + offset)
-    values = scores[rows, cols]
-    order = np.lexsort((cols, -values, rows))
-    rows, cols = rows[order], cols[order]
-    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
-    keep = rank < k
+    index, rank = best_per_row(rows, scores[rows, cols], k, cols)
     out_cols = np.zeros((n_rows, k), np.int64)
     valid = np.zeros((n_rows, k), bool)
-    out_cols[rows[keep], rank[keep]] = cols[keep]
-    valid[rows[keep], rank[keep]] = True
+    out_cols[rows[index], rank - 1] = cols[index]
+    valid[rows[index], rank - 1] = True
     return out_cols, valid
+
+
+def best_per_row(
+    rows: np.ndarray, scores: np.ndarray, n: int, cols: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``n`` best of flat entries (row, col, score): score descending, then col
+    ascending (``top_k``'s order).
+
+    Without ``cols`` the entries must come sorted by (row, col): two stable sorts
+    then give that order, cheaper than the three-key lexsort used otherwise.
+
+    Returns:
+        (index, rank): the chosen entries' indices in (row, rank) order, and their ranks 1..n.
+    """
+    if cols is None:
+        order = np.argsort(-scores, kind="stable")
+        order = order[np.argsort(rows[order], kind="stable")]
+    else:
+        order = np.lexsort((cols, -scores, rows))
+    ranked = rows[order]
+    rank = np.arange(len(order)) - np.searchsorted(ranked, ranked) + 1
+    keep = rank <= n
+    return order[keep], rank[keep]
 
 
 def _top_n_by_partition(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

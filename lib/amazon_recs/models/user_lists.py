@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -35,7 +36,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from amazon_recs.models.lists import BECAUSE, RANDOM_SOURCE, SOURCE
-from amazon_recs.models.topk import BLOCK_FLOATS, collect_columns, top_n_per_row
+from amazon_recs.models.topk import BLOCK_FLOATS, best_per_row, collect_columns, top_n_per_row
 from amazon_recs.schemas import ITEM_IDX, MODEL, RANK, SCORE, USER, USER_IDX, WEIGHT
 
 SEEN_ITEMS = "_seen_items"
@@ -81,6 +82,13 @@ class Catalogue:
     @property
     def size(self) -> int:
         return len(self.items)
+
+    @cached_property
+    def als_column(self) -> np.ndarray:
+        """Each place's row in ``als_factors``; NO_ITEM for an item without factors."""
+        column = np.full(self.size, NO_ITEM, np.int64)
+        column[self.als_places] = np.arange(len(self.als_places))
+        return column
 
     def place(self, item_idx: np.ndarray) -> np.ndarray:
         """The place of each item id; NO_ITEM for one not in the catalogue."""
@@ -214,6 +222,19 @@ class Flat:
     def take(self, index: np.ndarray) -> Flat:
         return Flat(self.rows[index], self.places[index], self.scores[index], self.because[index])
 
+    def then(self, other: Flat) -> Flat:
+        """This list's entries followed by ``other``'s."""
+        return Flat(
+            *(
+                np.concatenate([a, b])
+                for a, b in zip(
+                    (self.rows, self.places, self.scores, self.because),
+                    (other.rows, other.places, other.scores, other.because),
+                    strict=True,
+                )
+            )
+        )
+
 
 def lists_for_batch(
     batch: pd.DataFrame, cat: Catalogue, k: int, n: int, weights: Mapping[str, float], block_floats: int
@@ -274,16 +295,11 @@ def _ranks(rows: np.ndarray, n_rows: int) -> np.ndarray:
     return np.arange(len(rows)) - _segments(rows, n_rows)[rows] + 1
 
 
-def _top_per_row(rows, scores, n: int, n_rows: int) -> np.ndarray:
-    """Indices of each row's ``n`` best entries (score desc, place asc), in (row, rank) order.
-
-    The entries must come sorted by (row, place): two stable sorts then give
-    (row, -score, place), cheaper than a three-key lexsort.
-    """
-    order = np.argsort(-scores, kind="stable")
-    order = order[np.argsort(rows[order], kind="stable")]
-    keep = _ranks(rows[order], n_rows) <= n
-    return order[keep]
+def _expand(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of ``counts`` consecutive positions from ``starts``: (each position's run, the position)."""
+    run = np.repeat(np.arange(len(counts)), counts)
+    offset = np.arange(len(run)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return run, np.repeat(starts, counts) + offset
 
 
 def _group_by_key(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -316,11 +332,9 @@ def _als(batch, cat: Catalogue, seen_rows, seen_places, n: int, block_floats: in
     users = np.flatnonzero(has)
     matrix = np.stack(factors[users]).astype(np.float32, copy=False)
     # The seen items as columns of the ALS item matrix, per scored user.
-    col_of_place = np.full(cat.size, NO_ITEM, np.int64)
-    col_of_place[cat.als_places] = np.arange(n_als)
     user_of_row = np.full(len(batch), NO_ITEM, np.int64)
     user_of_row[users] = np.arange(len(users))
-    s_user, s_col = user_of_row[seen_rows], col_of_place[seen_places]
+    s_user, s_col = user_of_row[seen_rows], cat.als_column[seen_places]
     mask = (s_user != NO_ITEM) & (s_col != NO_ITEM)
     s_user, s_col = s_user[mask], s_col[mask]
     bounds = _segments(s_user, len(users))
@@ -345,35 +359,29 @@ def _als_because(shown: Flat, cat: Catalogue, seen_rows, seen_places, chunk: int
     out = np.full(len(shown.rows), NO_ITEM, np.int64)
     if not len(out) or not len(cat.als_places):
         return out
-    col_of_place = np.full(cat.size, NO_ITEM, np.int64)
-    col_of_place[cat.als_places] = np.arange(len(cat.als_places))
-    keep = col_of_place[seen_places] != NO_ITEM
+    keep = cat.als_column[seen_places] != NO_ITEM
     s_rows, s_places = seen_rows[keep], seen_places[keep]
     n_rows = int(max(shown.rows.max(), s_rows.max() if len(s_rows) else 0)) + 1
     bounds = _segments(s_rows, n_rows)
     counts = bounds[shown.rows + 1] - bounds[shown.rows]
-    rec_cols = col_of_place[shown.places]
+    rec_cols = cat.als_column[shown.places]
     ends = np.cumsum(counts)
     first = 0
     while first < len(out):  # pairs (shown entry, a seen item of its user), a chunk at a time
         last = max(first + 1, int(np.searchsorted(ends, ends[first] - counts[first] + chunk, side="right")))
         entries = np.arange(first, last)
         first = last
-        c = counts[entries]
-        entry = np.repeat(entries, c)
-        if not len(entry):
+        run, seen_at = _expand(bounds[shown.rows[entries]], counts[entries])
+        if not len(run):
             continue
-        seen_at = bounds[shown.rows[entry]] + np.arange(len(entry)) - np.repeat(np.cumsum(c) - c, c)
-        because = s_places[seen_at]
+        entry, because = entries[run], s_places[seen_at]
         agree = np.einsum(
             "ij,ij->i",
             cat.als_factors[rec_cols[entry]].astype(np.float64),
-            cat.als_factors[col_of_place[because]].astype(np.float64),
+            cat.als_factors[cat.als_column[because]].astype(np.float64),
         )
-        order = np.lexsort((because, -agree, entry))
-        entry, because = entry[order], because[order]
-        head = np.r_[True, entry[1:] != entry[:-1]]
-        out[entry[head]] = because[head]
+        head = np.flatnonzero(np.r_[True, entry[1:] != entry[:-1]])  # entries come in runs
+        out[entry[head]] = because[_best_per_group(agree, because, head)]
     return out
 
 
@@ -383,10 +391,7 @@ def _content(n_rows: int, cat: Catalogue, seen_rows, seen_places, seen_weights, 
     counts = cat.neighbour_ptr[seen_places + 1] - cat.neighbour_ptr[seen_places]
     if not counts.sum() or n <= 0:
         return Flat.empty()
-    entry = np.repeat(np.arange(len(seen_places)), counts)
-    at = np.repeat(cat.neighbour_ptr[seen_places], counts) + (
-        np.arange(len(entry)) - np.repeat(np.cumsum(counts) - counts, counts)
-    )
+    entry, at = _expand(cat.neighbour_ptr[seen_places], counts)
     rows, places = seen_rows[entry], cat.neighbour_places[at]
     contribution = seen_weights[entry] * cat.neighbour_sims[at]
     because = seen_places[entry]
@@ -400,7 +405,7 @@ def _content(n_rows: int, cat: Catalogue, seen_rows, seen_places, seen_weights, 
     rows, places = key // cat.size, key % cat.size
     user_weight = np.bincount(seen_rows, weights=seen_weights, minlength=n_rows)
     scores = total / user_weight[rows]
-    best = _top_per_row(rows, scores, n, n_rows)
+    best, _ = best_per_row(rows, scores, n)
     return Flat(rows[best], places[best], scores[best], because[best])
 
 
@@ -452,17 +457,13 @@ def _fill_to_k(
     extra = Flat(
         extra.rows, extra.places, np.zeros(len(extra.rows)), np.full(len(extra.rows), NO_ITEM, np.int64)
     )
-    both = Flat(*(np.concatenate([a, b]) for a, b in zip(_astuple(top), _astuple(extra), strict=True)))
+    both = top.then(extra)
     tier = np.r_[np.zeros(len(top.rows), np.int64), np.ones(len(extra.rows), np.int64)]
     order = np.lexsort((np.arange(len(tier)), tier, both.rows))
     sources = np.r_[
         np.full(len(top.rows), source, dtype=object), np.full(len(extra.rows), "popular", dtype=object)
     ]
     return both.take(order), sources[order]
-
-
-def _astuple(flat: Flat):
-    return flat.rows, flat.places, flat.scores, flat.because
 
 
 def _blend(candidates: Mapping[str, Flat], weights: Mapping[str, float], n_rows: int, k: int):
@@ -494,7 +495,7 @@ def _blend(candidates: Mapping[str, Flat], weights: Mapping[str, float], n_rows:
     # The leading model: the largest contribution, on a tie the greater name (the larger code).
     lead = _best_per_group(contribution, -code, head)
     rows, places, because, code = rows[order][head], places[order][head], because[lead], code[lead]
-    best = _top_per_row(rows, fused, k, n_rows)
+    best, _ = best_per_row(rows, fused, k)
     names = np.asarray(COMPONENTS, dtype=object)
     return Flat(rows[best], places[best], fused[best], because[best]), names[code[best]]
 
