@@ -339,7 +339,8 @@ def _collect_sparse(vectors: DataFrame):
 
 
 def exact_neighbours(vectors: DataFrame, min_similarity: float, n: int) -> DataFrame:
-    """Each item's ``n`` most similar items by exact cosine, for checking LSH.
+    """Each item's ``n`` most similar items by exact cosine, as a Spark term join: the
+    reference the tests hold ``sparse_neighbours`` to (the pipeline uses that one).
 
     Vectors are unit length, so the cosine is a sum over shared terms; pairs
     sharing no term have cosine 0 and never qualify. Quadratic in the items

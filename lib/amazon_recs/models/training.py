@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, SparkSession
@@ -21,9 +22,15 @@ from amazon_recs.schemas import ITEM_IDX, USER_IDX, WEIGHT
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("als", "content", "popular")
-# What fit_content returns: the TF-IDF pipeline, item neighbours, LSH recall, the
-# neighbour search used ("exact" or "lsh"; None without item text).
-Content = tuple[object | None, DataFrame, float | None, str | None]
+
+
+class Content(NamedTuple):
+    """What fit_content returns."""
+
+    tfidf: object | None  # the TF-IDF PipelineModel, None without item text
+    neighbours: DataFrame
+    lsh_recall: float | None
+    method: str | None  # the neighbour search used: "exact" or "lsh"; None without item text
 
 
 @dataclass(frozen=True)
@@ -63,12 +70,12 @@ def fit_content(
         # Reviews without metadata: the content model has nothing to say, and
         # its lists are filled from popularity.
         log.warning("no item has text: the content model is empty")
-        return None, spark.createDataFrame([], m_content.NEIGHBOURS_SCHEMA), None, None
+        return Content(None, spark.createDataFrame([], m_content.NEIGHBOURS_SCHEMA), None, None)
     tfidf = m_content.fit_tfidf(tokens, params)
     vectors = tfidf.transform(tokens).select(ITEM_IDX, m_content.VECTOR).cache()
     if params.use_exact(items_with_text):
         neighbours = m_content.sparse_neighbours(vectors, params.min_similarity, params.neighbours).cache()
-        return tfidf, neighbours, None, "exact"
+        return Content(tfidf, neighbours, None, "exact")
     neighbours = m_content.item_neighbours(
         m_content.fit_lsh(vectors, params), vectors, params.min_similarity, params.neighbours
     ).cache()
@@ -77,7 +84,7 @@ def fit_content(
         exact = m_content.sparse_neighbours(vectors, params.min_similarity, params.neighbours)
         recall = m_content.neighbour_recall(neighbours, exact)
         log.info("LSH found %.1f%% of the exact neighbours of %d items", 100 * recall, items_with_text)
-    return tfidf, neighbours, recall, "lsh"
+    return Content(tfidf, neighbours, recall, "lsh")
 
 
 def fit_models(

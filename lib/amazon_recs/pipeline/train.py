@@ -33,9 +33,9 @@ def run_train(spark: SparkSession, config: Config) -> dict:
     progress("fitting the content model (TF-IDF, item neighbours)")
     started = time.perf_counter()
     content = training.fit_content(spark, items, params.content)  # the items alone: fitted once
-    neighbours = content[1].count()
+    neighbours = content.neighbours.count()
     progress(
-        f"content model: {neighbours:,} neighbour pairs ({content[3] or 'no text'}) "
+        f"content model: {neighbours:,} neighbour pairs ({content.method or 'no text'}) "
         f"in {time.perf_counter() - started:.1f}s"
     )
     tuning = None

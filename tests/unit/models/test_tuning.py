@@ -15,7 +15,7 @@ from amazon_recs.models import tuning
 from amazon_recs.models.content import NEIGHBOURS_SCHEMA
 from amazon_recs.models.lists import as_candidates
 from amazon_recs.models.topk import minmax_per_user, top_k
-from amazon_recs.models.training import COMPONENTS, ModelParams
+from amazon_recs.models.training import COMPONENTS, Content, ModelParams
 from amazon_recs.pipeline.params import split_params
 
 
@@ -226,7 +226,7 @@ def test_tune_fits_als_once_per_grid_point_and_reuses_the_best(spark, monkeypatc
         "user_id string, user_idx int, item_id string, item_idx int, weight double, ts timestamp, "
         "split string",
     )
-    content = (None, spark.createDataFrame([], NEIGHBOURS_SCHEMA), None, None)
+    content = Content(None, spark.createDataFrame([], NEIGHBOURS_SCHEMA), None, None)
     grid = {"rank": [4], "reg_param": [0.1], "alpha": [1.0, 20.0]}
     params = tuning.TuneParams(
         als_grid=grid, weight_step=0.5, k=3, candidates=5, max_validation_users=10, split=SplitParams()
