@@ -112,16 +112,11 @@ def summarise(per_user: DataFrame, k: int | None = None, col_model: str = MODEL)
     ``per_user`` either has a column ``k`` (``per_user_metrics_at``: one summary per
     k) or is at the single cut-off ``k``.
     """
-    if "k" in per_user.columns:
-        averaged = per_user.groupBy(col_model, "k").agg(
-            F.count(F.lit(1)).alias("users"), *[F.avg(m).alias(m) for m in PER_USER_METRICS]
-        )
-        k_column = F.col("k")
-    else:
-        averaged = per_user.groupBy(col_model).agg(
-            F.count(F.lit(1)).alias("users"), *[F.avg(m).alias(m) for m in PER_USER_METRICS]
-        )
-        k_column = F.lit(k)
+    at_each_k = "k" in per_user.columns
+    averaged = per_user.groupBy(col_model, *(["k"] if at_each_k else [])).agg(
+        F.count(F.lit(1)).alias("users"), *[F.avg(m).alias(m) for m in PER_USER_METRICS]
+    )
+    k_column = F.col("k") if at_each_k else F.lit(k)
     stacked = F.stack(
         F.lit(len(PER_USER_METRICS)),
         *[part for m in PER_USER_METRICS for part in (F.lit(m), F.col(m))],

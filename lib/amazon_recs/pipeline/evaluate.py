@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from amazon_recs import io, schemas
@@ -61,9 +61,3 @@ def curve_ks(config: Config) -> list[int]:
     if not ks or ks[0] < 1 or ks[-1] > top_k:
         raise ConfigError(f"evaluate.curve_ks must be between 1 and recommend.k ({top_k}), got {ks}")
     return ks
-
-
-def metrics_against_k(recs: DataFrame, truth: DataFrame, config: Config) -> list[dict]:
-    """The per-user metrics at each k of ``evaluate.curve_ks`` (for the plot), in one pass."""
-    per_user = ev.per_user_metrics_at(recs, truth, curve_ks(config))
-    return [r.asDict() for r in ev.summarise(per_user).collect()]

@@ -10,7 +10,7 @@ from matplotlib import image
 
 from amazon_recs.errors import ConfigError
 from amazon_recs.evaluation import plots, report
-from amazon_recs.pipeline.evaluate import metrics_against_k
+from amazon_recs.pipeline.evaluate import curve_ks
 
 ROWS = [
     {"model": m, "metric": metric, "k": 10, "value": v, "users": 3, "model_version": "v1"}
@@ -53,4 +53,4 @@ def test_plots_are_decodable_pngs_and_repeatable(draw, rows):
 def test_curve_cut_offs_outside_the_recommendations_are_refused(config, ks):
     config = config.with_overrides([f"evaluate.curve_ks={ks}"])
     with pytest.raises(ConfigError, match="evaluate.curve_ks must be between 1 and recommend.k"):
-        metrics_against_k(None, None, config)
+        curve_ks(config)
