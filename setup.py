@@ -27,6 +27,7 @@ setup(
         "boto3>=1.34",
         "matplotlib>=3.8",
         "scipy>=1.11",  # the content model's exact neighbour search (sparse products)
+        "numba>=0.60,<0.61",  # the LSH kernels (per-pair sparse dot products); 0.60 takes NumPy 1.26
     ],
     extras_require={
         "local": SPARK_PINS,

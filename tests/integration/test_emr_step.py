@@ -49,7 +49,7 @@ SMALL = [
     "als.rank=8",
     "als.max_iter=4",
     "content.num_features=1024",
-    "content.recall_check_max_items=0",
+    "content.lsh.recall_sample=0",
     "recommend.candidates=30",
 ]
 GOLD = ("gold/recommendations", "gold/metrics")

@@ -284,6 +284,9 @@ def run_job_flow_request(config: Config, rel: Release, step_configs: list[dict],
     return check_request("RunJobFlow", request)
 
 
+NUMBA_CACHE_DIR = "/tmp/amazon-recs-numba"
+
+
 def configurations(config: Config) -> list[dict]:
     """The classifications: Delta, Spark defaults, Spark's Python, the Glue catalog."""
     spark = config.require("emr.spark")
@@ -297,6 +300,9 @@ def configurations(config: Config) -> list[dict]:
         "spark.sql.adaptive.skewJoin.enabled": flag[spark["adaptive_execution"]],
         "spark.pyspark.python": python,
         "spark.pyspark.driver.python": python,
+        # Numba caches the compiled LSH kernels beside their source, which the
+        # executors' user cannot write in the bootstrap's virtualenv: here instead.
+        "spark.executorEnv.NUMBA_CACHE_DIR": NUMBA_CACHE_DIR,
     }
     if spark["dynamic_allocation"]:
         defaults["spark.shuffle.service.enabled"] = "true"
@@ -309,7 +315,11 @@ def configurations(config: Config) -> list[dict]:
             "Configurations": [
                 {
                     "Classification": "export",
-                    "Properties": {"PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python},
+                    "Properties": {
+                        "PYSPARK_PYTHON": python,
+                        "PYSPARK_DRIVER_PYTHON": python,
+                        "NUMBA_CACHE_DIR": NUMBA_CACHE_DIR,
+                    },
                 }
             ],
         },

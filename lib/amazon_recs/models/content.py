@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,8 +11,6 @@ import scipy.sparse as sp
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.feature import (
     IDF,
-    BucketedRandomProjectionLSH,
-    BucketedRandomProjectionLSHModel,
     HashingTF,
     Normalizer,
     RegexTokenizer,
@@ -23,6 +20,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from amazon_recs.models import lsh as m_lsh
 from amazon_recs.models.topk import BLOCK_FLOATS, best_per_row, filter_seen, top_k, top_n_per_row
 from amazon_recs.schemas import ITEM_IDX, SCORE, USER_IDX, WEIGHT
 
@@ -44,11 +42,17 @@ class ContentParams:
 
     num_features: int = 8192
     min_doc_freq: int = 2
-    bucket_width: float = 0.5
-    num_hash_tables: int = 3
     min_similarity: float = 0.1
     neighbours: int = 30
-    recall_check_max_items: int = 5000
+    # LSH (models/lsh.py): pairs at lsh_similarity meet in some band with
+    # probability lsh_recall; an item takes at most lsh_window candidates per band;
+    # at most lsh_rounds refinement rounds through the neighbour graph.
+    lsh_similarity: float = 0.8
+    lsh_recall: float = 0.9
+    lsh_window: int = 32
+    lsh_rounds: int = 8
+    # Query items whose exact neighbours measure LSH's recall (0: not measured).
+    recall_sample: int = 1000
     seed: int = 42
     # "exact" (blocked sparse products), "lsh", or "auto": exact up to exact_max_items.
     method: str = "auto"
@@ -58,6 +62,9 @@ class ContentParams:
         if self.method not in METHODS:
             raise ValueError(f"content.method must be one of {', '.join(METHODS)}, not {self.method!r}")
         return self.method == "exact" or (self.method == "auto" and items_with_text <= self.exact_max_items)
+
+    def lsh_plan(self, items: int) -> m_lsh.LshPlan:
+        return m_lsh.plan(items, self.lsh_similarity, self.lsh_recall, self.lsh_window, self.lsh_rounds)
 
 
 def with_tokens(items: DataFrame) -> DataFrame:
@@ -84,54 +91,6 @@ def fit_tfidf(tokens: DataFrame, params: ContentParams) -> PipelineModel:
             Normalizer(inputCol="_idf", outputCol=VECTOR, p=2.0),
         ]
     ).fit(tokens)
-
-
-def fit_lsh(vectors: DataFrame, params: ContentParams) -> BucketedRandomProjectionLSHModel:
-    """Random projections whose buckets scale with the vectors' dimension.
-
-    Projections of unit vectors on a random unit direction have standard
-    deviation 1/sqrt(dimension): a fixed bucket length would put every item in
-    one bucket (a full self-join) once the dimension is large.
-    """
-    return BucketedRandomProjectionLSH(
-        inputCol=VECTOR,
-        outputCol="_hashes",
-        bucketLength=params.bucket_width / math.sqrt(params.num_features),
-        numHashTables=params.num_hash_tables,
-        seed=params.seed,
-    ).fit(vectors)
-
-
-def item_neighbours(
-    lsh: BucketedRandomProjectionLSHModel, vectors: DataFrame, min_similarity: float, n: int
-) -> DataFrame:
-    """Each item's ``n`` most similar items by cosine, found through LSH.
-
-    For unit vectors, Euclidean distance d and cosine c satisfy d^2 = 2 - 2c,
-    so a cosine floor is a distance ceiling. The self-join returns (a, b) and
-    (b, a); one is kept and mirrored, so every pair is scored once.
-
-    Returns:
-        Columns item_idx, neighbour_idx, similarity, rank.
-    """
-    max_distance = math.sqrt(max(0.0, 2.0 - 2.0 * min_similarity))
-    # A text whose every term is rarer than min_doc_freq has an all-zero vector.
-    # It is no unit vector (two of them are at distance 0, "similarity" 1, and any
-    # unit vector at distance 1, "similarity" 0.5), and its cosine with anything is 0.
-    vectors = vectors.filter(F.exists(vector_to_array(VECTOR), lambda x: x != 0.0))
-    pairs = (
-        lsh.approxSimilarityJoin(vectors, vectors, max_distance, distCol="_dist")
-        .select(
-            F.col(f"datasetA.{ITEM_IDX}").alias("a"),
-            F.col(f"datasetB.{ITEM_IDX}").alias("b"),
-            (1.0 - F.col("_dist") * F.col("_dist") / 2.0).alias(SIMILARITY),
-        )
-        .filter(F.col("a") < F.col("b"))
-    )
-    both = pairs.select(F.col("a").alias(ITEM_IDX), F.col("b").alias(NEIGHBOUR), SIMILARITY).unionByName(
-        pairs.select(F.col("b").alias(ITEM_IDX), F.col("a").alias(NEIGHBOUR), SIMILARITY)
-    )
-    return top_k(both, n, col_user=ITEM_IDX, col_item=NEIGHBOUR, col_score=SIMILARITY)
 
 
 def recommend_content(neighbours: DataFrame, train: DataFrame, n: int) -> DataFrame:
@@ -173,6 +132,8 @@ def sparse_neighbours(
     n: int,
     block_rows: int = EXACT_BLOCK_ROWS,
     dense: bool | int | None = None,
+    queries: np.ndarray | None = None,
+    collected: tuple | None = None,
 ) -> DataFrame:
     """Each item's ``n`` most similar items by exact cosine, in blocks of rows on the executors.
 
@@ -192,12 +153,17 @@ def sparse_neighbours(
       catalogues whose texts share a few common words (every pair is then
       similar, and sparse products crawl).
 
+    ``queries`` (positions in the item ids, ascending) limits the search to those
+    items' neighbours, as the recall check does; ``collected`` is
+    ``collect_vectors(vectors)`` when the caller has it already.
+
     Returns:
         Columns item_idx, neighbour_idx, similarity, rank.
     """
     spark = vectors.sparkSession
-    ids, matrix = _collect_sparse(vectors)
-    if not len(ids) or n <= 0:
+    ids, matrix = collected if collected is not None else collect_vectors(vectors)
+    queries = np.arange(len(ids)) if queries is None else np.asarray(queries, np.int64)
+    if not len(ids) or not len(queries) or n <= 0:
         return spark.createDataFrame([], NEIGHBOURS_SCHEMA)
     freq = np.bincount(matrix.indices, minlength=matrix.shape[1]).astype(np.float64)
     heavy = _dense_terms(freq, len(ids), dense)
@@ -212,25 +178,150 @@ def sparse_neighbours(
         rows_per_block = max(1, min(block_rows, BLOCK_FLOATS // len(ids)))
         columns = np.ascontiguousarray(matrix[:, heavy].toarray())  # float64: cosines as exact as sparse
         rest = matrix[:, light] if len(light) else None
-        shared = spark.sparkContext.broadcast((ids, columns, rest, None if rest is None else rest.T.tocsr()))
+        shared = spark.sparkContext.broadcast(
+            (ids, queries, columns, rest, None if rest is None else rest.T.tocsr())
+        )
     else:
         rows_per_block = block_rows
-        shared = spark.sparkContext.broadcast((ids, matrix, matrix.T.tocsr()))
+        shared = spark.sparkContext.broadcast((ids, queries, matrix, matrix.T.tocsr()))
 
     def search(batches):
-        ids, *parts = shared.value
+        ids, queries, *parts = shared.value
         for batch in batches:
             for start in batch["id"].to_numpy():
-                stop = min(int(start) + rows_per_block, len(ids))
+                block = queries[int(start) : int(start) + rows_per_block]
                 if len(heavy):
-                    yield _top_dense(ids, *parts, int(start), stop, min_similarity, n)
+                    yield _top_dense(ids, *parts, block, min_similarity, n)
                 else:
-                    yield _top_sparse(ids, *parts, int(start), stop, min_similarity, n)
+                    yield _top_sparse(ids, *parts, block, min_similarity, n)
 
-    blocks = spark.range(
-        0, len(ids), rows_per_block, numPartitions=max(1, spark.sparkContext.defaultParallelism * 4)
-    )
+    blocks = _blocks(spark, len(queries), rows_per_block)
     return blocks.mapInPandas(search, NEIGHBOURS_SCHEMA)
+
+
+# Items per LSH task block (each emits at most this many times ``neighbours`` rows).
+LSH_BLOCK_ROWS = 4096
+# Refinement stops (after one more round, whose rows are the result) once a round
+# brings fewer than this share of new neighbour entries.
+LSH_SETTLED = 0.01
+
+
+def lsh_neighbours(vectors: DataFrame, params: ContentParams, collected: tuple | None = None) -> DataFrame:
+    """Each item's ``params.neighbours`` most similar items, found by SimHash LSH with
+    capped bands and graph refinement (``models/lsh.py`` explains the method).
+
+    The item x term matrix is collected and broadcast as for the exact search;
+    the signatures, each band's candidates and each refinement round are Spark
+    jobs over blocks of items. Between rounds only the neighbour lists (items x
+    ``neighbours`` ints) come back to the driver and go out again.
+
+    Returns:
+        Columns item_idx, neighbour_idx, similarity, rank.
+    """
+    spark = vectors.sparkSession
+    ids, matrix = collected if collected is not None else collect_vectors(vectors)
+    n = params.neighbours
+    if not len(ids) or n <= 0:
+        return spark.createDataFrame([], NEIGHBOURS_SCHEMA)
+    matrix.sort_indices()
+    csr = (matrix.indptr.astype(np.int64), matrix.indices.astype(np.int32), matrix.data.astype(np.float64))
+    width = matrix.shape[1]
+    plan = params.lsh_plan(len(ids))
+    log.info(
+        "LSH over %d items: %d bands of %d bits, at most %d candidates per band, %d refinement rounds;"
+        " P(meet) at cosine 0.3/0.5/0.8: %.2f/%.2f/%.2f",
+        len(ids),
+        plan.bands,
+        plan.bits,
+        plan.window,
+        plan.rounds,
+        *(plan.s_curve(c) for c in (0.3, 0.5, 0.8)),
+    )
+    shared = spark.sparkContext.broadcast((ids, csr))
+    blocks = _blocks(spark, len(ids), LSH_BLOCK_ROWS)
+
+    def sign(batches):
+        _, (indptr, indices, data) = shared.value
+        for batch in batches:
+            for start in batch["id"].to_numpy():
+                stop = min(int(start) + LSH_BLOCK_ROWS, len(indptr) - 1)
+                sig = m_lsh.signatures(indptr, indices, data, int(start), stop, plan.words, params.seed)
+                yield pd.DataFrame({"start": [int(start)], "sig": [sig.tobytes()]})
+
+    parts = sorted(blocks.mapInPandas(sign, "start long, sig binary").collect())
+    sig = np.frombuffer(b"".join(bytes(p.sig) for p in parts), np.uint64).reshape(len(ids), plan.words)
+    tables = spark.sparkContext.broadcast(m_lsh.band_tables(sig, plan))
+
+    def by_bands(queries):
+        _, (indptr, indices, data) = shared.value
+        return m_lsh.band_neighbours(
+            queries, *tables.value, plan.window, indptr, indices, data, width, n, params.min_similarity
+        )
+
+    if plan.rounds == 0:
+        return _run_blocks(blocks, shared, by_bands, True, n)
+    lists, counts = _run_blocks(blocks, shared, by_bands, False, n)
+    tables.unpersist()
+    fresh = lists >= 0
+    for round_ in range(1, plan.rounds + 1):
+        final = round_ == plan.rounds or fresh.sum() < LSH_SETTLED * max(1, counts.sum())
+        graph = (lists, counts, fresh, *m_lsh.reverse_lists(lists, counts, n))
+        state = spark.sparkContext.broadcast(graph)
+
+        def by_graph(queries, state=state):
+            _, (indptr, indices, data) = shared.value
+            return m_lsh.graph_neighbours(
+                queries, state.value, indptr, indices, data, width, n, params.min_similarity
+            )
+
+        if final:  # the rows come from this last round, when the caller reads them
+            log.info("LSH: refinement round %d is the last", round_)
+            return _run_blocks(blocks, shared, by_graph, True, n)
+        after, counts = _run_blocks(blocks, shared, by_graph, False, n)
+        state.unpersist()
+        fresh = m_lsh.fresh_entries(lists, after, counts)
+        lists = after
+        log.info(
+            "LSH: refinement round %d: %.1f%% of the neighbour entries are new", round_, 100 * fresh.mean()
+        )
+    raise AssertionError("unreachable: the last round returns")
+
+
+def _blocks(spark, rows: int, rows_per_block: int) -> DataFrame:
+    """The first row of each block of ``rows_per_block``, as column ``id``: four tasks
+    per core, or one per block when there are fewer blocks."""
+    count = -(-rows // rows_per_block)
+    tasks = max(1, min(count, spark.sparkContext.defaultParallelism * 4))
+    return spark.range(0, rows, rows_per_block, numPartitions=tasks)
+
+
+def _run_blocks(blocks: DataFrame, shared, kernel, final: bool, n: int):
+    """Run ``kernel`` over the item blocks: the neighbour rows as a DataFrame when
+    ``final``, else collected as (items x n positions, -1 padded; counts per item)."""
+
+    def run(batches):
+        ids, _ = shared.value
+        for batch in batches:
+            for start in batch["id"].to_numpy():
+                queries = np.arange(int(start), min(int(start) + LSH_BLOCK_ROWS, len(ids)))
+                rows, cols, sims, ranks = kernel(queries)
+                if final:
+                    yield _neighbour_rows(ids, rows, cols, sims, ranks)
+                else:
+                    packed = {"rows": rows, "cols": cols, "ranks": ranks}
+                    yield pd.DataFrame({k: [v.astype(np.int32).tobytes()] for k, v in packed.items()})
+
+    if final:
+        return blocks.mapInPandas(run, NEIGHBOURS_SCHEMA)
+    parts = blocks.mapInPandas(run, "rows binary, cols binary, ranks binary").collect()
+    rows, cols, ranks = (
+        np.concatenate([np.frombuffer(bytes(part[k]), np.int32) for part in parts] or [np.empty(0, np.int32)])
+        for k in ("rows", "cols", "ranks")
+    )
+    items = len(shared.value[0])
+    lists = np.full((items, n), -1, np.int32)
+    lists[rows, ranks - 1] = cols
+    return lists, np.bincount(rows, minlength=items).astype(np.int32)
 
 
 # Per multiply-add of a sparse product (scipy), of a dense one (float64 BLAS, one
@@ -277,29 +368,29 @@ def _neighbour_rows(ids, rows, cols, sims, rank) -> pd.DataFrame:
     )
 
 
-def _top_sparse(ids, x, xt, start: int, stop: int, min_similarity: float, n: int) -> pd.DataFrame:
-    block = (x[start:stop] @ xt).tocoo()
-    rows, cols, sims = block.row.astype(np.int64) + start, block.col.astype(np.int64), block.data
+def _top_sparse(ids, x, xt, queries: np.ndarray, min_similarity: float, n: int) -> pd.DataFrame:
+    block = (x[queries] @ xt).tocoo()
+    rows, cols, sims = queries[block.row], block.col.astype(np.int64), block.data
     keep = (rows != cols) & (sims >= min_similarity)
     rows, cols, sims = rows[keep], cols[keep], sims[keep]
     index, rank = best_per_row(rows, sims, n, cols)
     return _neighbour_rows(ids, rows[index], cols[index], sims[index], rank)
 
 
-def _top_dense(ids, dense, rest, rest_t, start: int, stop: int, min_similarity: float, n: int):
+def _top_dense(ids, dense, rest, rest_t, queries: np.ndarray, min_similarity: float, n: int):
     """A block's cosines as the dense product of the common terms plus the sparse one of the rest."""
-    scores = dense[start:stop] @ dense.T
+    scores = dense[queries] @ dense.T
     if rest is not None:
-        scores += (rest[start:stop] @ rest_t).toarray()
-    scores[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+        scores += (rest[queries] @ rest_t).toarray()
+    scores[np.arange(len(queries)), queries] = -np.inf
     scores[scores < min_similarity] = -np.inf
     cols, valid = top_n_per_row(scores, n)
     rows, place = np.nonzero(valid)
     chosen = cols[rows, place]
-    return _neighbour_rows(ids, rows + start, chosen, scores[rows, chosen], place + 1)
+    return _neighbour_rows(ids, queries[rows], chosen, scores[rows, chosen], place + 1)
 
 
-def _collect_sparse(vectors: DataFrame):
+def collect_vectors(vectors: DataFrame):
     """(item ids ascending as int32, their vectors as a scipy CSR matrix, rows in that order)."""
 
     def to_arrays(rows):
@@ -365,11 +456,45 @@ def exact_neighbours(vectors: DataFrame, min_similarity: float, n: int) -> DataF
     return top_k(pairs, n, col_user=ITEM_IDX, col_item=NEIGHBOUR, col_score=SIMILARITY)
 
 
-def neighbour_recall(approximate: DataFrame, exact: DataFrame) -> float:
-    """Share of the exact (item, neighbour) pairs that the approximate search found."""
-    truth = exact.select(ITEM_IDX, NEIGHBOUR).distinct()
-    total = truth.count()
+def sampled_recall(
+    vectors: DataFrame, approximate: DataFrame, params: ContentParams, collected: tuple
+) -> float | None:
+    """LSH's recall@neighbours: the share of the exact top-``neighbours`` of
+    ``params.recall_sample`` items (a seeded sample) that ``approximate`` found.
+    None when the sample is empty or no sampled item has an exact neighbour."""
+    ids, _ = collected
+    size = min(params.recall_sample, len(ids))
+    if size <= 0:
+        return None
+    sample = np.sort(np.random.default_rng(params.seed).choice(len(ids), size, replace=False))
+    exact = sparse_neighbours(
+        vectors, params.min_similarity, params.neighbours, queries=sample, collected=collected
+    ).cache()
+    if exact.isEmpty():
+        return None
+    found = approximate.filter(F.col(ITEM_IDX).isin(ids[sample].tolist()))
+    return neighbour_recall(found, exact)
+
+
+def neighbour_recall(approximate: DataFrame, exact: DataFrame, tolerance: float = 1e-9) -> float:
+    """Share of the exact top-n neighbours that the approximate search matched.
+
+    Per item, an approximate neighbour matches when its (exact) cosine reaches
+    the item's n-th exact one: among equally similar items the exact search
+    keeps the lowest ids and LSH whichever it met, and both lists are as good.
+    An item's matches count up to its number of exact neighbours.
+    """
+    per_item = exact.groupBy(ITEM_IDX).agg(F.count(F.lit(1)).alias("_n"), F.min(SIMILARITY).alias("_floor"))
+    total = per_item.agg(F.sum("_n")).first()[0]
     if not total:
         return 1.0
-    found = truth.join(approximate.select(ITEM_IDX, NEIGHBOUR), [ITEM_IDX, NEIGHBOUR], how="inner").count()
-    return found / total
+    matched = (
+        approximate.select(ITEM_IDX, SIMILARITY)
+        .join(per_item, ITEM_IDX, how="inner")
+        .filter(F.col(SIMILARITY) >= F.col("_floor") - tolerance)
+        .groupBy(ITEM_IDX, "_n")
+        .agg(F.count(F.lit(1)).alias("_m"))
+        .agg(F.sum(F.least("_m", "_n")))
+        .first()[0]
+    )
+    return (matched or 0) / total

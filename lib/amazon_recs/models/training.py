@@ -58,11 +58,10 @@ def fit_content(
     spark: SparkSession, items: DataFrame, params: m_content.ContentParams, check_recall: bool = True
 ) -> Content:
     """TF-IDF and item neighbours, by the exact search or LSH (``params.method``), and
-    LSH's recall against the exact search.
+    LSH's recall against the exact search on ``params.recall_sample`` sampled items.
 
-    The recall is measured for LSH when the catalogue has at most
-    ``params.recall_check_max_items`` items with text; it is None otherwise, for
-    the exact search, and (with no rows) when no item has text at all.
+    The recall is None for the exact search, with ``check_recall`` off, and (with
+    no rows) when no item has text at all.
     """
     tokens = m_content.with_tokens(items).cache()
     items_with_text = tokens.count()
@@ -73,17 +72,22 @@ def fit_content(
         return Content(None, spark.createDataFrame([], m_content.NEIGHBOURS_SCHEMA), None, None)
     tfidf = m_content.fit_tfidf(tokens, params)
     vectors = tfidf.transform(tokens).select(ITEM_IDX, m_content.VECTOR).cache()
+    collected = m_content.collect_vectors(vectors)
     if params.use_exact(items_with_text):
-        neighbours = m_content.sparse_neighbours(vectors, params.min_similarity, params.neighbours).cache()
+        neighbours = m_content.sparse_neighbours(
+            vectors, params.min_similarity, params.neighbours, collected=collected
+        ).cache()
         return Content(tfidf, neighbours, None, "exact")
-    neighbours = m_content.item_neighbours(
-        m_content.fit_lsh(vectors, params), vectors, params.min_similarity, params.neighbours
-    ).cache()
+    neighbours = m_content.lsh_neighbours(vectors, params, collected=collected).cache()
     recall = None
-    if check_recall and items_with_text <= params.recall_check_max_items:
-        exact = m_content.sparse_neighbours(vectors, params.min_similarity, params.neighbours)
-        recall = m_content.neighbour_recall(neighbours, exact)
-        log.info("LSH found %.1f%% of the exact neighbours of %d items", 100 * recall, items_with_text)
+    if check_recall:
+        recall = m_content.sampled_recall(vectors, neighbours, params, collected)
+        if recall is not None:
+            log.info(
+                "LSH found %.1f%% of the exact neighbours of %d sampled items",
+                100 * recall,
+                params.recall_sample,
+            )
     return Content(tfidf, neighbours, recall, "lsh")
 
 

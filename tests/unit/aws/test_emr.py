@@ -108,6 +108,9 @@ def test_classifications_enable_delta_dynamic_allocation_aqe_glue_and_the_venv_p
     venv = config.require("emr.bootstrap.venv")
     exported = classification(request, "spark-env")["Configurations"][0]["Properties"]
     assert exported["PYSPARK_PYTHON"] == defaults["spark.pyspark.python"] == f"{venv}/bin/python"
+    # numba's kernel cache where the executors' user can write it
+    cache = defaults["spark.executorEnv.NUMBA_CACHE_DIR"]
+    assert exported["NUMBA_CACHE_DIR"] == cache == "/tmp/amazon-recs-numba"
     args = request["BootstrapActions"][0]["ScriptBootstrapAction"]["Args"]
     assert args[args.index("--venv") + 1] == venv
     assert args[args.index("--artifacts") + 1] == rel.root

@@ -127,17 +127,16 @@ def test_with_tokens_drops_items_without_usable_text(spark):
 
 
 def test_item_neighbours(spark, config):
-    # Buckets far wider than any projection: LSH compares every pair, so the
-    # result is exact and the expected pairs below are certain.
-    params = replace(content_params(config), bucket_width=1000.0)
+    # The configured LSH: on 7 items with text every window holds them all, so
+    # the expected pairs below are certain.
+    params = content_params(config)
     items = spark.createDataFrame(ITEM_TEXTS, "item_idx int, text string")
     tokens = m_content.with_tokens(items).cache()
     tfidf = m_content.fit_tfidf(tokens, params)
     vectors = tfidf.transform(tokens).select("item_idx", m_content.VECTOR).cache()
-    lsh = m_content.fit_lsh(vectors, params)
     min_similarity = params.min_similarity
 
-    rows = m_content.item_neighbours(lsh, vectors, min_similarity, 20).collect()
+    rows = m_content.lsh_neighbours(vectors, replace(params, neighbours=20)).collect()
     sim = {(r.item_idx, r.neighbour_idx): r.similarity for r in rows}
     assert len(sim) == len(rows)  # one row per pair and direction
 
@@ -163,7 +162,7 @@ def test_item_neighbours(spark, config):
     assert not any(9 in pair for pair in sim)
 
     # At most n per item: the best one, ties by neighbour id.
-    best = m_content.item_neighbours(lsh, vectors, min_similarity, 1).collect()
+    best = m_content.lsh_neighbours(vectors, replace(params, neighbours=1)).collect()
     assert len(best) == len({r.item_idx for r in best})
     for r in best:
         top = max(s for (a, _), s in sim.items() if a == r.item_idx)
@@ -275,13 +274,15 @@ def test_random_baseline_draws_distinct_unseen_items_reproducibly(spark):
     assert len({tuple(p) for p in got.values()}) > 1
 
 
-def test_exact_neighbours_match_exhaustive_lsh_and_recall_counts_misses(spark, config):
-    wide = replace(content_params(config), bucket_width=1000.0)  # every pair compared: exact
+def test_exact_neighbours_match_lsh_on_a_tiny_catalogue_and_recall_counts_misses(spark, config):
+    params = content_params(config)
     items = spark.createDataFrame(ITEM_TEXTS, "item_idx int, text string")
     tokens = m_content.with_tokens(items)
-    vectors = m_content.fit_tfidf(tokens, wide).transform(tokens).select("item_idx", m_content.VECTOR).cache()
-    min_similarity = wide.min_similarity
-    lsh = m_content.item_neighbours(m_content.fit_lsh(vectors, wide), vectors, min_similarity, 3)
+    vectors = (
+        m_content.fit_tfidf(tokens, params).transform(tokens).select("item_idx", m_content.VECTOR).cache()
+    )
+    min_similarity = params.min_similarity
+    lsh = m_content.lsh_neighbours(vectors, replace(params, neighbours=3))
     exact = m_content.exact_neighbours(vectors, min_similarity, 3)
 
     def pairs(df):
