@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.feature import (
     IDF,
+    CountVectorizer,
     HashingTF,
     Normalizer,
     RegexTokenizer,
@@ -40,6 +41,12 @@ EXACT_BLOCK_ROWS = 512
 class ContentParams:
     """The content model's settings (``content.*``; the LSH seed is ``als.seed``)."""
 
+    # "vocabulary": a column per word (CountVectorizer), at most vocabulary_size of
+    # the most frequent, none in more than max_doc_share of the items; "hashing":
+    # HashingTF into num_features buckets, where unrelated words collide.
+    terms: str = "vocabulary"
+    vocabulary_size: int = 262_144
+    max_doc_share: float = 0.5
     num_features: int = 8192
     min_doc_freq: int = 2
     min_similarity: float = 0.1
@@ -82,11 +89,34 @@ def with_tokens(items: DataFrame) -> DataFrame:
     return tokens.filter(F.size("tokens") > 0).select(ITEM_IDX, "tokens")
 
 
+TERMS = ("vocabulary", "hashing")
+
+
 def fit_tfidf(tokens: DataFrame, params: ContentParams) -> PipelineModel:
-    """HashingTF -> IDF -> L2 normalisation, so that a dot product is a cosine."""
+    """Term counts (``params.terms``) -> IDF -> L2 normalisation, so that a dot product
+    is a cosine.
+
+    The vocabulary keeps a word in at least ``min_doc_freq`` items and at most
+    ``max_doc_share`` of them: a word nearly every product has ("new", a shop's
+    own name) says nothing about similarity and would make every pair a
+    candidate of the exact search. Hashing keeps every word and relies on IDF.
+    """
+    if params.terms not in TERMS:
+        raise ValueError(f"content.terms must be one of {', '.join(TERMS)}, not {params.terms!r}")
+    if params.terms == "vocabulary":
+        counts = CountVectorizer(
+            inputCol="tokens",
+            outputCol="_tf",
+            vocabSize=params.vocabulary_size,
+            minDF=float(params.min_doc_freq),
+            # Spark reads a maxDF of 1 or more as a count of items, below 1 as a share.
+            maxDF=params.max_doc_share if params.max_doc_share < 1 else float(2**62),
+        )
+    else:
+        counts = HashingTF(inputCol="tokens", outputCol="_tf", numFeatures=params.num_features)
     return Pipeline(
         stages=[
-            HashingTF(inputCol="tokens", outputCol="_tf", numFeatures=params.num_features),
+            counts,
             IDF(inputCol="_tf", outputCol="_idf", minDocFreq=params.min_doc_freq),
             Normalizer(inputCol="_idf", outputCol=VECTOR, p=2.0),
         ]

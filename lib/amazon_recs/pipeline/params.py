@@ -38,6 +38,9 @@ def als_params(config: Config) -> AlsParams:
 
 def content_params(config: Config) -> ContentParams:
     return ContentParams(
+        terms=config.require("content.terms"),
+        vocabulary_size=config.require("content.vocabulary_size"),
+        max_doc_share=config.require("content.max_doc_share"),
         num_features=config.require("content.num_features"),
         min_doc_freq=config.require("content.min_doc_freq"),
         min_similarity=config.require("content.min_similarity"),
