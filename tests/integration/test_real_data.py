@@ -6,6 +6,8 @@ Skipped with a reason where the files are absent (a user's own clone).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pyspark.sql import functions as F
 
@@ -36,7 +38,9 @@ BRONZE = ("bronze/reviews", "bronze/products", "bronze/item_tags", "bronze/rejec
 FAST = [
     "als.rank=16",
     "als.max_iter=8",
-    "content.num_features=2048",
+    # The configured LSH, not the exact search `auto` picks for these catalogues:
+    # its recall on real product text is checked below.
+    "content.method=lsh",
     "recommend.candidates=40",
     "tune.als_grid={rank: [16], reg_param: [0.1], alpha: [5.0]}",
     "tune.weight_step=0.25",
@@ -142,3 +146,24 @@ def test_metrics_for_every_model(spark, dataset):
     ndcg = {r["model"]: r["value"] for r in metrics.filter("metric = 'ndcg'").collect()}
     # Real structure exists in all three: collaborative filtering beats popularity.
     assert ndcg["als"] > ndcg["popular"], ndcg
+
+
+def test_lsh_finds_the_exact_neighbours_of_real_product_text(spark, dataset):
+    train = dataset["summaries"]["train"]
+    if dataset["name"] == "all_beauty":  # reviews only: no product has text
+        assert (train["neighbour_method"], train["lsh_recall"]) == (None, None)
+        return
+    assert train["neighbour_method"] == "lsh"
+    assert train["lsh_recall"] >= 0.9, train["lsh_recall"]
+    report = (Path(dataset["config"].require("paths.reports")) / "metrics.md").read_text()
+    assert f"LSH found {train['lsh_recall']:.1%} of the exact" in report
+
+
+def test_cold_item_slice_is_measured(spark, dataset):
+    metrics = io.read_table(spark, dataset["config"], "gold/metrics")
+    cold = dataset["summaries"]["evaluate"]["cold"]
+    assert 0 < cold["interactions"] < cold["test_interactions"]
+    rows = metrics.filter(F.col("metric").startswith("cold_")).collect()
+    got = {(r["model"], r["metric"]): r for r in rows}
+    for model in MODELS:
+        assert got[(model, "cold_ndcg")]["users"] == cold["users"]

@@ -106,6 +106,33 @@ def per_user_metrics_at(
     )
 
 
+COLD = "cold_"  # prefix of the cold-item slice's metric names in gold/metrics
+
+
+def cold_truth(
+    truth: DataFrame, train: DataFrame, max_train: int, col_user: str = USER, col_item: str = ITEM
+):
+    """The held-out interactions whose item had at most ``max_train`` training
+    interactions (0: items nobody interacted with in training)."""
+    counts = train.groupBy(col_item).agg(F.count(F.lit(1)).alias("_train_n"))
+    return (
+        truth.select(col_user, col_item)
+        .join(counts, col_item, how="left")
+        .filter(F.coalesce(F.col("_train_n"), F.lit(0)) <= max_train)
+        .select(col_user, col_item)
+    )
+
+
+def cold_metrics(recs: DataFrame, truth: DataFrame, train: DataFrame, k: int, max_train: int) -> DataFrame:
+    """PER_USER_METRICS at ``k`` against the cold-item slice of ``truth`` alone, named
+    ``cold_<metric>``: how well each model finds new products, over the users who
+    had one in the test split. Long form, as ``summarise``."""
+    slice_ = cold_truth(truth, train, max_train)
+    return summarise(per_user_metrics(recs, slice_, k), k).withColumn(
+        "metric", F.concat(F.lit(COLD), F.col("metric"))
+    )
+
+
 def summarise(per_user: DataFrame, k: int | None = None, col_model: str = MODEL) -> DataFrame:
     """Average per-user metrics into long form: (model, metric, k, value, users).
 

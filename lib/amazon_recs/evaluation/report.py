@@ -8,13 +8,18 @@ from pyspark.sql import SparkSession
 from amazon_recs import io
 from amazon_recs.config import Config
 from amazon_recs.evaluation import plots
+from amazon_recs.evaluation.metrics import COLD
 
 BY_MODEL_PNG = "metrics_by_model.png"
 AGAINST_K_PNG = "metrics_at_k.png"
 
 
-def metrics_table(rows: list[dict]) -> str:
-    """A Markdown table, one row per model, one column per metric."""
+def metrics_table(rows: list[dict], cold: bool = False) -> str:
+    """A Markdown table, one row per model, one column per metric: of the whole test
+    split, or (``cold``) of its cold-item slice, whose metrics are named cold_*."""
+    rows = [r for r in rows if r["metric"].startswith(COLD) == cold]
+    if cold:
+        rows = [{**r, "metric": r["metric"][len(COLD) :]} for r in rows]
     metrics = sorted({r["metric"] for r in rows}, key=_metric_order)
     models = plots.model_order({r["model"] for r in rows})
     k = rows[0]["k"] if rows else 10
@@ -32,6 +37,20 @@ def metrics_table(rows: list[dict]) -> str:
 def _metric_order(metric: str) -> tuple[int, str]:
     order = ["precision", "recall", "ndcg", "map", "hit_rate", "mrr", "coverage", "novelty"]
     return (order.index(metric) if metric in order else len(order), metric)
+
+
+def cold_section(rows: list[dict], cold: dict) -> str:
+    """The cold-item slice: what it holds, and every model's metrics on it."""
+    share = cold["interactions"] / cold["test_interactions"] if cold["test_interactions"] else 0.0
+    head = (
+        f"Test interactions whose item had at most {cold['max_train']} training interactions "
+        f"(`evaluate.cold_item_max_train`): {cold['interactions']} of {cold['test_interactions']} "
+        f"({share:.1%}), from {cold['users']} users. Each model's usual top-k list, scored against "
+        "these items alone."
+    )
+    if not cold["interactions"]:
+        return head
+    return f"{head}\n\n{metrics_table(rows, cold=True)}"
 
 
 def tuning_section(tuning: dict | None) -> str:
@@ -60,10 +79,10 @@ def recall_line(lsh_recall: float | None, method: str | None = "lsh") -> str:
     if method == "exact":
         return "Neighbours found by the exact search (blocked sparse products): nothing missed."
     if lsh_recall is None:
-        return "LSH recall not measured (no item text, or more items than content.recall_check_max_items)."
+        return "LSH recall not measured (no item text, or content.lsh.recall_sample is 0)."
     return (
         f"LSH found {lsh_recall:.1%} of the exact top-`content.neighbours` cosine neighbours "
-        "(above content.min_similarity)."
+        "(above content.min_similarity) of `content.lsh.recall_sample` sampled items."
     )
 
 
@@ -88,11 +107,16 @@ def write_metrics_report(
     lsh_recall: float | None = None,
     curve: list[dict] | None = None,
     neighbour_method: str | None = "lsh",
+    cold: dict | None = None,
 ) -> str:
     """Write ``metrics.md`` and its two PNG plots under ``paths.reports``; return the report's path."""
     reports = config.require("paths.reports").rstrip("/")
     version = rows[0]["model_version"] if rows else "none"
-    io.write_bytes(spark, f"{reports}/{BY_MODEL_PNG}", plots.metrics_by_model(rows))
+    io.write_bytes(
+        spark,
+        f"{reports}/{BY_MODEL_PNG}",
+        plots.metrics_by_model([r for r in rows if not r["metric"].startswith(COLD)]),
+    )
     sections = [
         f"# Evaluation report\n\nModel version `{version}`, split protocol "
         f"`{config.require('split.protocol')}` (test_fraction {config.require('split.test_fraction')}), "
@@ -104,6 +128,8 @@ def write_metrics_report(
         sections.append(
             f"## Metrics against k\n\n{curve_table(curve)}\n\n![metrics against k]({AGAINST_K_PNG})\n"
         )
+    if cold is not None:
+        sections.append(f"## Cold items\n\n{cold_section(rows, cold)}\n")
     sections.append(f"## Tuning\n\n{tuning_section(tuning)}")
     sections.append(f"## Content neighbours\n\n{recall_line(lsh_recall, neighbour_method)}\n")
     path = f"{reports}/metrics.md"

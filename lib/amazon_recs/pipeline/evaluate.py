@@ -32,14 +32,23 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
     ks = curve_ks(config)
     # Every cut-off in one pass over the lists; the summary is tiny (models x ks x metrics).
     summaries = ev.summarise(ev.per_user_metrics_at(recs, truth.select(USER, ITEM), [k, *ks])).cache()
+    cold_max = config.require("evaluate.cold_item_max_train")
     metrics = (
         summaries.filter(F.col("k") == k)
         .unionByName(ev.coverage(recs, catalogue, k))
         .unionByName(ev.novelty(recs, train, k))
+        .unionByName(ev.cold_metrics(recs, truth, train, k, cold_max))
         .withColumn("model_version", F.lit(version))
     )
     io.overwrite_table(schemas.conform(metrics, schemas.METRICS, "gold/metrics"), config, "gold/metrics")
     rows = [r.asDict() for r in io.read_table(spark, config, "gold/metrics").collect()]
+    cold_slice = ev.cold_truth(truth, train, cold_max)
+    cold = {
+        "max_train": cold_max,
+        "interactions": cold_slice.count(),
+        "users": cold_slice.select(USER).distinct().count(),
+        "test_interactions": truth.count(),
+    }
     curve = [r.asDict() for r in summaries.filter(F.col("k").isin(ks)).collect()]
     info = json.loads(io.read_text(spark, f"{versions.model_dir(config, version)}/model_info.json") or "{}")
     path = report.write_metrics_report(
@@ -50,8 +59,17 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
         info.get("lsh_recall"),
         curve,
         neighbour_method=info.get("neighbour_method", "lsh"),
+        cold=cold,
     )
-    return {"model_version": version, "metrics": rows, "curve": curve, "report": path}
+    return {
+        "model_version": version,
+        "metrics": rows,
+        "curve": curve,
+        "cold": cold,
+        "report": path,
+        "lsh_recall": info.get("lsh_recall"),
+        "neighbour_method": info.get("neighbour_method"),
+    }
 
 
 def curve_ks(config: Config) -> list[int]:

@@ -41,6 +41,18 @@ def pipeline_summary(spark, config: Config, summaries: dict) -> str:
         report.metrics_table(evaluation.get("metrics", [])),
         "",
     ]
+    cold = evaluation.get("cold")
+    if cold and cold["interactions"]:
+        lines += [
+            f"Cold items (test interactions whose item had at most {cold['max_train']} training "
+            f"interactions: {cold['interactions']} of {cold['test_interactions']}):",
+            "",
+            report.metrics_table(evaluation.get("metrics", []), cold=True),
+            "",
+        ]
+    method = evaluation.get("neighbour_method")
+    if method:
+        lines.append(f"Content neighbours: {report.recall_line(evaluation.get('lsh_recall'), method)}")
     lines.append(f"Report:  {evaluation.get('report')}")
     lines.append(f"Models:  {summaries.get('train', {}).get('model_dir')}")
     export = summaries.get("export", {})

@@ -203,3 +203,30 @@ def test_metrics_at_several_ks_in_one_pass_equal_each_k_alone(recs, truth):
     assert {(m, metric): v for (m, metric, _), v in summary.items()} == pytest.approx(
         EXPECTED_SUMMARY, abs=1e-12
     )
+
+
+def test_cold_slice_keeps_held_out_items_with_few_training_interactions(spark, recs, truth):
+    """Training counts: a 3 (two of them one user's duplicate rows: rows count), b 1,
+    c 0, d 2, e 5, f 0, g 0. At most 1: b, c, f, g; u1 keeps b, u2 c and f, u3 g."""
+    train = spark.createDataFrame(
+        [("v1", "a"), ("v1", "a"), ("v2", "a"), ("v1", "b"), ("v1", "d"), ("v2", "d")]
+        + [(f"w{i}", "e") for i in range(5)],
+        "user_id string, item_id string",
+    )
+    cold = {(r.user_id, r.item_id) for r in ev.cold_truth(truth, train, 1).collect()}
+    assert cold == {("u1", "b"), ("u2", "c"), ("u2", "f"), ("u3", "g")}
+    assert {(r.user_id, r.item_id) for r in ev.cold_truth(truth, train, 0).collect()} == {
+        ("u2", "c"),
+        ("u2", "f"),
+        ("u3", "g"),
+    }
+
+    got = {
+        (r.model, r.metric): (r.value, r.users) for r in ev.cold_metrics(recs, truth, train, K, 1).collect()
+    }
+    assert {m for _, m in got} == {f"cold_{m}" for m in ev.PER_USER_METRICS}
+    # m1: u1 b at rank 3 (1/3), u2 c at rank 2 (1/3), u3 nothing; m2: u1 none, u2 c at 1, u3 g at 2.
+    assert got[("m1", "cold_precision")] == (pytest.approx((1 / 3 + 1 / 3 + 0) / 3), 3)
+    assert got[("m1", "cold_recall")] == (pytest.approx((1 + 1 / 2 + 0) / 3), 3)
+    assert got[("m2", "cold_hit_rate")] == (pytest.approx(2 / 3), 3)
+    assert got[("m2", "cold_mrr")] == (pytest.approx((0 + 1 + 1 / 2) / 3), 3)

@@ -54,3 +54,25 @@ def test_curve_cut_offs_outside_the_recommendations_are_refused(config, ks):
     config = config.with_overrides([f"evaluate.curve_ks={ks}"])
     with pytest.raises(ConfigError, match="evaluate.curve_ks must be between 1 and recommend.k"):
         curve_ks(config)
+
+
+def test_cold_rows_have_their_own_table_and_section():
+    cold_rows = [
+        {**r, "metric": f"cold_{r['metric']}", "value": r["value"] / 10}
+        for r in ROWS
+        if r["metric"] != "coverage"
+    ]
+    rows = ROWS + cold_rows
+    assert report.metrics_table(rows) == report.metrics_table(ROWS)  # the whole split only
+    cold_table = report.metrics_table(rows, cold=True).splitlines()
+    assert cold_table[0] == "| model | users | precision@10 | ndcg@10 |"
+    assert cold_table[3] == "| hybrid | 3 | 0.0300 | 0.0500 |"
+    section = report.cold_section(
+        rows, {"max_train": 5, "interactions": 12, "users": 9, "test_interactions": 48}
+    )
+    assert "at most 5 training interactions" in section and "12 of 48 (25.0%), from 9 users" in section
+    assert section.endswith("\n".join(cold_table))
+    empty = report.cold_section(
+        rows, {"max_train": 0, "interactions": 0, "users": 0, "test_interactions": 48}
+    )
+    assert "|" not in empty
