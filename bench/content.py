@@ -142,7 +142,7 @@ def report(args, spark, params, rows: list[dict]) -> str:
         f"LSH at `content.lsh` similarity {params.lsh_similarity}, recall {params.lsh_recall}, "
         f"window {params.lsh_window}, rounds {params.lsh_rounds}. Recall: the share of the exact top-"
         f"{params.neighbours} of {params.recall_sample} sampled items that LSH found. "
-        "Exact above the sampled-size line: the time of that many query items, scaled to the catalogue.",
+        "An exact time \"from N items\" is that many query items' time, scaled to the catalogue.",
         "",
         "| items | terms | terms/item | LSH plan (bits x bands) | P(meet) at 0.3 / 0.5 / 0.8 | LSH s | "
         "recall | " + ("bands alone s | bands alone recall | " if alone else "") + "exact s | LSH / exact |",

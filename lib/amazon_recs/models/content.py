@@ -63,7 +63,7 @@ class ContentParams:
     seed: int = 42
     # "exact" (blocked sparse products), "lsh", or "auto": exact up to exact_max_items.
     method: str = "auto"
-    exact_max_items: int = 200_000
+    exact_max_items: int = 20_000
 
     def use_exact(self, items_with_text: int) -> bool:
         if self.method not in METHODS:
