@@ -105,10 +105,24 @@ def plan(
     return LshPlan(bits=bits, bands=int(min(max_bands, max(1, bands))), window=window, rounds=rounds)
 
 
+def _jit(**options):
+    """numba.njit, caching the compiled kernel on disk where there is a place for it
+    (beside this file, NUMBA_CACHE_DIR or the user's cache). Imported from a zip (a
+    wheel on sys.path, Spark's --py-files) there is none: compiled once per process."""
+
+    def wrap(fn):
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+            return numba.njit(**options)(fn)
+
+    return wrap
+
+
 # --- kernels (numba: a per-pair sparse dot is a few nanoseconds a term here, ~50 in numpy) ----
 
 
-@numba.njit(cache=True, inline="always")
+@_jit(inline="always")
 def _mix(z: np.uint64) -> np.uint64:
     """splitmix64's finaliser: a well-spread 64-bit hash of z."""
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -116,7 +130,7 @@ def _mix(z: np.uint64) -> np.uint64:
     return z ^ (z >> np.uint64(31))
 
 
-@numba.njit(cache=True)
+@_jit()
 def signatures(indptr, indices, data, start, stop, words, seed):
     """Sign bits of rows ``start .. stop-1`` of a CSR matrix, ``words`` uint64 each.
 
@@ -145,7 +159,7 @@ def signatures(indptr, indices, data, start, stop, words, seed):
     return out
 
 
-@numba.njit(cache=True)
+@_jit()
 def band_key(sig, band, bits, words):
     """Per row, the 64 signature bits starting at bit band*bits (wrapping round): the
     band's own bits first, then the ones after it, which order a bucket inside."""
@@ -162,7 +176,7 @@ def band_key(sig, band, bits, words):
     return out
 
 
-@numba.njit(cache=True)
+@_jit()
 def _score_and_keep(q, cands, m, dense, indptr, indices, data, n, min_similarity, best_c, best_s):
     """Exact cosines of q with cands[:m] (``dense`` holds q's vector) into the sorted top n;
     returns how many were kept."""
@@ -189,7 +203,7 @@ def _score_and_keep(q, cands, m, dense, indptr, indices, data, n, min_similarity
     return kept
 
 
-@numba.njit(cache=True)
+@_jit()
 def _buffers(queries, width, n):
     """Output rows (query, neighbour, similarity, rank) for ``queries`` rows of at most
     ``n`` each, and the scratch of ``_rank``: a dense row and the running top n."""
@@ -204,7 +218,7 @@ def _buffers(queries, width, n):
     return out, work
 
 
-@numba.njit(cache=True)
+@_jit()
 def _rank(q, cands, m, indptr, indices, data, n, min_similarity, work, out, at):
     """Score q against cands[:m] by exact cosine and append its top n to ``out`` at ``at``."""
     dense, best_c, best_s = work
@@ -220,7 +234,7 @@ def _rank(q, cands, m, indptr, indices, data, n, min_similarity, work, out, at):
     return at
 
 
-@numba.njit(cache=True)
+@_jit()
 def band_candidates(q, orders, positions, prefixes, window, mark, cands):
     """Row q's candidates from every band into ``cands``, each once (``mark[c] == q``
     once taken); returns how many. From one band: at most ``window`` rows of q's
@@ -251,7 +265,7 @@ def band_candidates(q, orders, positions, prefixes, window, mark, cands):
     return m
 
 
-@numba.njit(cache=True)
+@_jit()
 def band_neighbours(
     queries, orders, positions, prefixes, window, indptr, indices, data, width, n, min_similarity
 ):
@@ -271,7 +285,7 @@ def band_neighbours(
     return out[0][:at], out[1][:at], out[2][:at], out[3][:at]
 
 
-@numba.njit(cache=True)
+@_jit()
 def graph_neighbours(queries, graph, indptr, indices, data, width, n, min_similarity):
     """One refinement round: each query row's ``n`` best, by exact cosine, among its
     current neighbours, the rows that list it (reverse neighbours), and the
@@ -318,7 +332,7 @@ def graph_neighbours(queries, graph, indptr, indices, data, width, n, min_simila
     return out[0][:at], out[1][:at], out[2][:at], out[3][:at]
 
 
-@numba.njit(cache=True)
+@_jit()
 def fresh_entries(before, after, after_counts):
     """Which entries of ``after`` were not in the same row of ``before``."""
     total, k = after.shape
