@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -39,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from report_block import write_block  # noqa: E402
+from scale import git_commit, machine  # noqa: E402
 
 from amazon_recs import config as cfg  # noqa: E402
 from amazon_recs.ingest.product_text import product_texts  # noqa: E402
@@ -113,27 +112,14 @@ def measure(spark, params, size: int, exact_max: int, exact_queries: int, bands_
     }
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.machine()}, {cpu}"
-
-
 def report(args, spark, params, rows: list[dict]) -> str:
     alone = not args.no_bands_alone
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     lines = [
         "## Content neighbours at catalogue scale (`make bench-content`)",
         "",
         f"`bin/spark-submit bench/content.py --config {args.config} --sizes {args.sizes}"
         f" --exact-queries {args.exact_queries}{'' if alone else ' --no-bands-alone'}` at "
-        f"{commit.stdout.strip() or 'unknown commit'}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{git_commit()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
         f"on {machine()}, Spark master {spark.sparkContext.master}.",
         "",
         f"Generated catalogues (`ingest/product_text.py`), TF-IDF over `content.terms: {params.terms}` "
@@ -142,7 +128,7 @@ def report(args, spark, params, rows: list[dict]) -> str:
         f"LSH at `content.lsh` similarity {params.lsh_similarity}, recall {params.lsh_recall}, "
         f"window {params.lsh_window}, rounds {params.lsh_rounds}. Recall: the share of the exact top-"
         f"{params.neighbours} of {params.recall_sample} sampled items that LSH found. "
-        "An exact time \"from N items\" is that many query items' time, scaled to the catalogue.",
+        'An exact time "from N items" is that many query items\' time, scaled to the catalogue.',
         "",
         "| items | terms | terms/item | LSH plan (bits x bands) | P(meet) at 0.3 / 0.5 / 0.8 | LSH s | "
         "recall | " + ("bands alone s | bands alone recall | " if alone else "") + "exact s | LSH / exact |",
