@@ -53,6 +53,14 @@ def cold_section(rows: list[dict], cold: dict) -> str:
     return f"{head}\n\n{metrics_table(rows, cold=True)}"
 
 
+def _trust(tuning: dict) -> str:
+    """How the hybrid trusts ALS on thin items, for versions tuned with it."""
+    if "als_half_trust" not in tuning:
+        return ""
+    half = tuning["als_half_trust"]
+    return f", ALS trust per item {'off' if not half else f'n / (n + {half:g})'}"
+
+
 def tuning_section(tuning: dict | None) -> str:
     """What tuning chose on validation, and every ALS grid point's score."""
     if not tuning:
@@ -63,7 +71,7 @@ def tuning_section(tuning: dict | None) -> str:
     sample = "" if scored == tuning["validation_users"] else f"{scored} (a seeded sample) of the "
     lines = [
         f"Chosen on {sample}{tuning['validation_users']} users of a validation split carved from training:",
-        f"ALS {tuning['als']}, hybrid weights {tuning['hybrid_weights']} "
+        f"ALS {tuning['als']}, hybrid weights {tuning['hybrid_weights']}{_trust(tuning)} "
         f"(validation NDCG@k {tuning['validation_ndcg']:.4f}).",
         "",
         "| " + " | ".join(columns) + " |",

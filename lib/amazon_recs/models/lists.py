@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -53,23 +54,64 @@ def _best_tier_per_item(tiered: DataFrame) -> DataFrame:
     return tiered.join(best, [USER_IDX, ITEM_IDX, "_tier"], how="inner")
 
 
-def blend(candidates: Mapping[str, DataFrame], weights: Mapping[str, float], k: int) -> DataFrame:
+def item_trust(interactions: np.ndarray, half_trust: float) -> np.ndarray:
+    """How far the hybrid trusts ALS on each item: n / (n + half_trust) for an item
+    with n training interactions (0 for a new item, 1/2 at ``half_trust``, towards 1
+    for a well-known one); 1 everywhere when ``half_trust`` is 0 (off)."""
+    n = np.asarray(interactions, np.float64)
+    if half_trust <= 0:
+        return np.ones(len(n))
+    return n / (n + float(half_trust))
+
+
+def trust_weights(name: str, weights: Mapping[str, float], trust):
+    """A model's fusion weight on each candidate item, given the item's ALS ``trust``:
+    ALS keeps ``w_als * trust``, content takes ``w_content + w_als * (1 - trust)``,
+    other models keep their weight. Works on numpy arrays and Spark columns alike,
+    with the same double arithmetic in the same order."""
+    w_als = float(weights.get("als", 0.0))
+    if name == "als":
+        return w_als * trust
+    if name == "content":
+        return float(weights.get("content", 0.0)) + w_als * (1 - trust)
+    return float(weights.get(name, 0.0)) + 0 * trust
+
+
+def blend(
+    candidates: Mapping[str, DataFrame],
+    weights: Mapping[str, float],
+    k: int,
+    trust: DataFrame | None = None,
+) -> DataFrame:
     """Hybrid: per-user min-max normalised scores, fused by weight, top ``k``.
 
     An item a model did not propose counts 0 for that model. The model that
-    contributed most to an item's fused score gives its reason.
+    contributed most to an item's fused score gives its reason. With ``trust``
+    (item_idx, trust: see ``item_trust``; an item not in it has trust 0), ALS's
+    weight on an item with little collaborative signal moves to content
+    (``trust_weights``); a candidate whose weight comes to 0 is left out.
 
     Args:
         candidates: model name -> candidates (user_idx, item_idx, score, because_idx, source).
         weights: model name -> fusion weight.
     """
-    parts = [
-        minmax_per_user(df)
-        .withColumn("_contribution", F.col(SCORE) * F.lit(float(weights[name])))
-        .select(USER_IDX, ITEM_IDX, "_contribution", BECAUSE, SOURCE)
-        for name, df in candidates.items()
-        if weights.get(name, 0.0) > 0
-    ]
+    parts = []
+    for name, df in candidates.items():
+        if trust is None:
+            if weights.get(name, 0.0) <= 0:
+                continue
+            weight = F.lit(float(weights[name]))
+        else:
+            df = df.join(F.broadcast(trust.select(ITEM_IDX, F.col("trust").alias("_trust"))), ITEM_IDX, "left")
+            weight = trust_weights(name, weights, F.coalesce(F.col("_trust"), F.lit(0.0)))
+        part = (
+            minmax_per_user(df)
+            .withColumn("_weight", weight)
+            .filter(F.col("_weight") > 0)
+            .withColumn("_contribution", F.col(SCORE) * F.col("_weight"))
+            .select(USER_IDX, ITEM_IDX, "_contribution", BECAUSE, SOURCE)
+        )
+        parts.append(part)
     stacked = parts[0]
     for part in parts[1:]:
         stacked = stacked.unionByName(part)

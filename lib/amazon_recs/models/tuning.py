@@ -27,7 +27,9 @@ from pyspark.sql import functions as F
 from amazon_recs.evaluation import metrics as ev
 from amazon_recs.features import split as sp
 from amazon_recs.models import als as m_als
+from amazon_recs.models import lists as rc
 from amazon_recs.models import weight_search as ws
+from amazon_recs.models.topk import collect_columns
 from amazon_recs.models.training import COMPONENTS, Content, ModelParams, candidates, fit_models
 from amazon_recs.schemas import ITEM_IDX, SCORE, SPLIT, USER, USER_IDX
 
@@ -53,6 +55,8 @@ class TuneParams:
     k: int = 10
     candidates: int = 100
     max_validation_users: int = 20000
+    # The hybrid's trust in ALS per item (lists.item_trust) tried with the weights; 0: off.
+    als_half_trust: tuple[float, ...] = (0.0, 1.0, 5.0)
     split: sp.SplitParams = field(default_factory=sp.SplitParams)
 
 
@@ -194,8 +198,24 @@ def candidates_per_user(lists: Mapping[str, DataFrame], validation: DataFrame) -
     return truth.join(per_user, USER_IDX, how="left").select("truth", "items", "scores", "models")
 
 
+def trust_by_item(popularity: DataFrame, half_trust: float) -> np.ndarray | None:
+    """The hybrid's trust in ALS indexed by item id, from the training interactions
+    that ``popularity`` counts (item-sized); None when off."""
+    if half_trust <= 0:
+        return None
+    ids, counts = collect_columns(popularity, ITEM_IDX, "interactions")
+    interactions = np.zeros(int(ids.max()) + 1 if len(ids) else 0)
+    interactions[ids.astype(np.int64)] = counts
+    return rc.item_trust(interactions, half_trust)
+
+
 def tune_weights(
-    spark: SparkSession, lists: Mapping[str, DataFrame], validation: DataFrame, k: int, step: float
+    spark: SparkSession,
+    lists: Mapping[str, DataFrame],
+    validation: DataFrame,
+    k: int,
+    step: float,
+    item_trust: np.ndarray | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
     """Fusion weights maximising validation NDCG@k over the simplex grid of ``step``.
 
@@ -203,7 +223,8 @@ def tune_weights(
     vector at once in numpy (``weight_search``): the work is users x their own
     candidates x weight vectors, with no cross join and no global sort. Only
     each partition's sums (one number per weight vector) reach the driver.
-    ``spark`` is kept for callers; the frames carry their session.
+    ``item_trust`` (by item id, see ``weight_search.ndcg_sums``) blends as the
+    recommend stage does. ``spark`` is kept for callers; the frames carry their session.
     """
     grid = weight_grid(step)
     weights = np.array([[w[name] for w in grid] for name in COMPONENTS])  # models x W
@@ -218,6 +239,7 @@ def tune_weights(
                 col_items="items",
                 col_scores="scores",
                 col_models="models",
+                item_trust=item_trust,
             ),
             "ndcg_sum array<double>, users long",
         )
@@ -255,16 +277,33 @@ def tune(
     # Candidates for the sampled users only; the models saw every fit row.
     scored = fit.join(sample.select(USER_IDX).distinct(), USER_IDX, how="left_semi")
     lists = candidates(fitted, scored, params.candidates, k)
-    weights, weight_results = tune_weights(spark, lists, sample, k, params.weight_step)
-    best = max(weight_results, key=lambda r: r["ndcg"])
+    # Each trust setting with its best weights; on a tie the one moving less weight wins.
+    best, weight_results = None, []
+    for half_trust in sorted(params.als_half_trust):
+        trust = trust_by_item(fitted.popularity, half_trust)
+        weights, results = tune_weights(spark, lists, sample, k, params.weight_step, trust)
+        top = max(r["ndcg"] for r in results)
+        log.info("tune hybrid als_half_trust %g: weights %s, validation ndcg@%d = %.4f", half_trust, weights, k, top)
+        weight_results += [{**r, "als_half_trust": half_trust} for r in results]
+        if best is None or round(top, 12) > round(best[2], 12):
+            best = (half_trust, weights, top)
+    half_trust, weights, top = best
     log.info(
-        "tuned als %s and hybrid weights %s (validation ndcg@%d %.4f)", als_params, weights, k, best["ndcg"]
+        "tuned als %s, hybrid weights %s and als_half_trust %g (validation ndcg@%d %.4f)",
+        als_params,
+        weights,
+        half_trust,
+        k,
+        top,
     )
     return {
         "als": als_params,
         "hybrid_weights": weights,
-        "validation_ndcg": best["ndcg"],
+        "als_half_trust": half_trust,
+        "validation_ndcg": top,
         "als_grid": als_results,
+        # every (trust setting, weight vector) scored, with its validation ndcg
+        "weight_grid": weight_results,
         "validation_users": validation.select(USER_IDX).distinct().count(),
         # the users tuning scored: a sample of at most tune.max_validation_users
         "validation_users_scored": sample.select(USER_IDX).distinct().count(),

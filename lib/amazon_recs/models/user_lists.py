@@ -35,6 +35,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from amazon_recs.models import lists as rc
 from amazon_recs.models.lists import BECAUSE, RANDOM_SOURCE, SOURCE
 from amazon_recs.models.topk import BLOCK_FLOATS, best_per_row, collect_columns, top_n_per_row
 from amazon_recs.schemas import ITEM_IDX, MODEL, RANK, SCORE, USER, USER_IDX, WEIGHT
@@ -78,6 +79,7 @@ class Catalogue:
     popular_order: np.ndarray  # int64: places by popularity (score desc, item asc)
     popular_scores: np.ndarray  # float64, aligned with popular_order
     random_order: np.ndarray  # int64: places of the catalogue, shuffled by the seed
+    als_trust: np.ndarray  # float64 per place: the hybrid's trust in ALS (lists.item_trust)
 
     @property
     def size(self) -> int:
@@ -105,11 +107,13 @@ def catalogue(
     neighbours: DataFrame,
     popularity: DataFrame,
     seed: int,
+    half_trust: float = 0.0,
 ) -> Catalogue:
     """Collect the item-sized model parts into numpy (every frame here is item-sized).
 
     The random order is the one of ``baseline.recommend_random``: the items
-    sorted by a seeded xxhash64, then by item.
+    sorted by a seeded xxhash64, then by item. ``half_trust`` sets the hybrid's
+    trust in ALS per item from its training interactions (``lists.item_trust``).
     """
     ids, hashes = collect_columns(
         items.select(ITEM_IDX).distinct().withColumn("_hash", F.xxhash64(F.lit(seed), ITEM_IDX)),
@@ -118,7 +122,7 @@ def catalogue(
     )
     f_ids, factors = collect_columns(item_factors, "id", "features")
     n_ids, n_items, n_sims = collect_columns(neighbours, ITEM_IDX, "neighbour_idx", "similarity")
-    p_ids, p_scores = collect_columns(popularity, ITEM_IDX, SCORE)
+    p_ids, p_scores, p_counts = collect_columns(popularity, ITEM_IDX, SCORE, "interactions")
     every = np.unique(np.concatenate([a.astype(np.int64) for a in (ids, f_ids, n_ids, n_items, p_ids)]))
     cat = np.asarray(every, np.int32)
 
@@ -137,6 +141,8 @@ def catalogue(
     ptr = np.zeros(len(cat) + 1, np.int64)
     np.cumsum(np.bincount(src, minlength=len(cat)), out=ptr[1:])
     pop_order = np.lexsort((p_ids, -p_scores.astype(np.float64)))
+    interactions = np.zeros(len(cat))
+    interactions[places(p_ids)] = p_counts
     return Catalogue(
         items=cat,
         als_places=als_places,
@@ -147,6 +153,7 @@ def catalogue(
         popular_order=places(p_ids[pop_order]),
         popular_scores=np.asarray(p_scores, np.float64)[pop_order],
         random_order=places(ids[np.lexsort((ids, hashes))]),
+        als_trust=rc.item_trust(interactions, half_trust),
     )
 
 
@@ -256,7 +263,7 @@ def lists_for_batch(
     random.scores = 1.0 - (ranks - 1) / k
 
     candidates = {"als": als, "content": content, "popular": popular}
-    hybrid, hybrid_source = _blend(candidates, weights, n_rows, k)
+    hybrid, hybrid_source = _blend(candidates, weights, n_rows, k, cat.als_trust)
     parts = []
     for name, flat in (*candidates.items(), (RANDOM_SOURCE, random)):
         filled, source = _fill_to_k(flat, popular, n_rows, k, name, cat.size)
@@ -466,13 +473,21 @@ def _fill_to_k(
     return both.take(order), sources[order]
 
 
-def _blend(candidates: Mapping[str, Flat], weights: Mapping[str, float], n_rows: int, k: int):
+def _blend(
+    candidates: Mapping[str, Flat], weights: Mapping[str, float], n_rows: int, k: int, trust: np.ndarray
+):
     """Per-user min-max normalised scores fused by weight, top ``k`` (as ``lists.blend``);
-    the model that contributes most to an item gives its source and reason."""
+    ALS's weight on an item moves to content as its ``trust`` (per place) falls
+    (``lists.trust_weights``); the model that contributes most to an item gives
+    its source and reason."""
     parts = []
     for code, name in enumerate(COMPONENTS):
         flat = candidates[name]
-        if weights[name] <= 0 or not len(flat.rows):
+        if not len(flat.rows):
+            continue
+        weight = rc.trust_weights(name, weights, trust[flat.places])
+        keep = weight > 0
+        if not keep.any():
             continue
         bounds = _segments(flat.rows, n_rows)
         nonempty = np.flatnonzero(bounds[1:] > bounds[:-1])
@@ -484,7 +499,13 @@ def _blend(candidates: Mapping[str, Flat], weights: Mapping[str, float], n_rows:
         spread = high > low
         norm = np.where(spread, (flat.scores - low) / np.where(spread, high - low, 1.0), 1.0)
         parts.append(
-            (flat.rows, flat.places, norm * weights[name], flat.because, np.full(len(flat.rows), code))
+            (
+                flat.rows[keep],
+                flat.places[keep],
+                norm[keep] * weight[keep],
+                flat.because[keep],
+                np.full(int(keep.sum()), code),
+            )
         )
     if not parts:
         return Flat.empty(), np.empty(0, dtype=object)

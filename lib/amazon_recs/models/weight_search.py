@@ -67,6 +67,7 @@ def ndcg_sums(
     models: Sequence,
     weights: np.ndarray,
     k: int,
+    item_trust: np.ndarray | None = None,
 ) -> np.ndarray:
     """Sum over users of NDCG@k under each weight vector.
 
@@ -77,6 +78,10 @@ def ndcg_sums(
             proposes an item at most once per user.
         weights: (models x W) fusion weights, non-negative.
         k: list length.
+        item_trust: the hybrid's trust in ALS by item id (``lists.item_trust``; an id
+            past its end has trust 0), or None for none. With it, the models are
+            COMPONENTS (als, content, popular) and each item's weights are
+            ``lists.trust_weights``, in the same arithmetic as ``user_lists``.
 
     Returns:
         (W,) sums of per-user NDCG@k; users without a hit add 0.
@@ -100,6 +105,9 @@ def ndcg_sums(
     matrix = np.zeros((pair[-1] + 1, n_models))  # a model that did not propose an item: 0
     matrix[pair, model] = norm
     pair_user, pair_item = user[starts_pair], item[starts_pair]
+    if item_trust is not None:
+        known = pair_item < len(item_trust)
+        pair_trust = np.where(known, item_trust[np.where(known, pair_item, 0)], 0.0)
 
     truth_lengths, truth_items = _flat(truth, np.int64)
     truth_users = np.repeat(np.arange(n_users), truth_lengths)
@@ -119,11 +127,19 @@ def ndcg_sums(
     for lo in range(0, len(hits), block):
         u, pos = hit_user[lo : lo + block], hit_pos[lo : lo + block]
         valid = columns[None, :] < per_user[u][:, None]
-        rows = matrix[np.minimum(first[u][:, None] + columns[None, :], len(matrix) - 1)]
+        at = np.minimum(first[u][:, None] + columns[None, :], len(matrix) - 1)
+        rows = matrix[at]
         # Summed model by model, in Spark's order: bit-identical scores, identical ties.
-        fused = rows[:, :, 0, None] * weights[0]
-        for m in range(1, n_models):
-            fused += rows[:, :, m, None] * weights[m]
+        if item_trust is None:
+            fused = rows[:, :, 0, None] * weights[0]
+            for m in range(1, n_models):
+                fused += rows[:, :, m, None] * weights[m]
+        else:
+            trust = pair_trust[at][:, :, None]
+            fused = rows[:, :, 0, None] * (weights[0] * trust)
+            fused += rows[:, :, 1, None] * (weights[1] + weights[0] * (1 - trust))
+            for m in range(2, n_models):
+                fused += rows[:, :, m, None] * (weights[m] + 0 * trust)
         fused[~valid] = -np.inf
         own = fused[np.arange(len(u)), pos][:, None, :]
         ahead = (fused > own).sum(axis=1)
@@ -141,6 +157,7 @@ def partition_sums(
     col_items: str,
     col_scores: str,
     col_models: str,
+    item_trust: np.ndarray | None = None,
 ) -> Iterator[pd.DataFrame]:
     """For ``mapInPandas``: one row per partition with the NDCG@k sums per weight
     vector (``ndcg_sum``) and the number of users (``users``)."""
@@ -153,6 +170,7 @@ def partition_sums(
             batch[col_models].tolist(),
             weights,
             k,
+            item_trust,
         )
         users += len(batch)
     yield pd.DataFrame({"ndcg_sum": [sums.tolist()], "users": [users]})

@@ -71,5 +71,6 @@ def tune_params(config: Config) -> TuneParams:
         k=config.require("evaluate.k"),
         candidates=config.require("recommend.candidates"),
         max_validation_users=config.require("tune.max_validation_users"),
+        als_half_trust=tuple(float(v) for v in config.require("tune.als_half_trust")),
         split=split_params(config),
     )

@@ -26,6 +26,14 @@ def hybrid_weights(spark: SparkSession, config: Config, version: str) -> dict[st
     return tuned["hybrid_weights"] if tuned else config.require("recommend.hybrid_weights")
 
 
+def als_half_trust(spark: SparkSession, config: Config, version: str) -> float:
+    """The hybrid's trust setting tuned for ``version``, or the configured one."""
+    tuned = versions.tuning(spark, config, version)
+    if tuned and "als_half_trust" in tuned:
+        return float(tuned["als_half_trust"])
+    return float(config.require("recommend.als_half_trust"))
+
+
 @stage
 def run_recommend(spark: SparkSession, config: Config) -> dict:
     version = versions.current_version(spark, config)
@@ -44,6 +52,7 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
         spark.read.format("delta").load(f"{src}/item_neighbours"),
         spark.read.format("delta").load(f"{src}/popularity"),
         seed,
+        als_half_trust(spark, config, version),
     )
     progress(
         f"catalogue of {catalogue.size:,} items collected in {time.perf_counter() - started:.1f}s "

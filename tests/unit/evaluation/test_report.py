@@ -76,3 +76,19 @@ def test_cold_rows_have_their_own_table_and_section():
         rows, {"max_train": 0, "interactions": 0, "users": 0, "test_interactions": 48}
     )
     assert "|" not in empty
+
+
+def test_tuning_section_says_what_was_chosen_with_the_trust_setting():
+    tuned = {
+        "als": {"rank": 32, "alpha": 5.0},
+        "hybrid_weights": {"als": 0.6, "content": 0.3, "popular": 0.1},
+        "validation_ndcg": 0.1546,
+        "als_grid": [{"rank": 32, "alpha": 5.0, "ndcg": 0.13}],
+        "validation_users": 40,
+    }
+    assert "ALS trust" not in report.tuning_section(tuned)  # a version tuned before the setting
+    off = report.tuning_section({**tuned, "als_half_trust": 0.0})
+    assert "ALS trust per item off (validation NDCG@k 0.1546)" in off
+    assert "ALS trust per item n / (n + 5)" in report.tuning_section({**tuned, "als_half_trust": 5.0})
+    assert "| 5.0000 | 32 | 0.1300 |" in off
+    assert report.tuning_section(None).startswith("Not tuned")

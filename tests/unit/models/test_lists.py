@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
 
@@ -186,6 +187,38 @@ def test_blend_fuses_normalised_scores_by_weight(spark):
         CANDIDATES + ", rank int",
     )
     assert_approx_df_equality(blended, expected, 1e-9, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_item_trust_rises_with_interactions_and_is_one_when_off():
+    trust = rc.item_trust(np.array([0, 1, 5, 95]), 5.0)
+    assert trust.tolist() == pytest.approx([0.0, 1 / 6, 0.5, 0.95])
+    assert rc.item_trust(np.array([0, 3]), 0.0).tolist() == [1.0, 1.0]
+
+
+def test_blend_moves_als_weight_to_content_on_items_without_collaborative_signal(spark):
+    # One user. ALS proposes the well-known item 1 and item 2 (5 interactions, trust
+    # 1/2); content proposes item 2 and the new item 3 (no interactions, not even in
+    # the trust table), equally normalised to 1.0 where they lead.
+    als = spark.createDataFrame([(1, 1, 2.0, 10, "als"), (1, 2, 1.0, 10, "als")], CANDIDATES)
+    content = spark.createDataFrame([(1, 3, 0.9, 11, "content"), (1, 2, 0.5, 12, "content")], CANDIDATES)
+    popular = spark.createDataFrame([(1, 1, 3.0, None, "popular")], CANDIDATES)
+    trust = spark.createDataFrame([(1, 95 / 100), (2, 0.5)], "item_idx int, trust double")
+    weights = {"als": 0.7, "content": 0.2, "popular": 0.1}
+    candidates = {"als": als, "content": content, "popular": popular}
+
+    plain = {r.item_idx: (r.score, r.source) for r in rc.blend(candidates, weights, 3).collect()}
+    trusted = {r.item_idx: (r.score, r.source) for r in rc.blend(candidates, weights, 3, trust).collect()}
+
+    # Without trust: item 1 = 0.7 + 0.1, item 2 = 0.7 * 0 + 0.2 * 0, item 3 = 0.2.
+    assert plain[1] == pytest.approx((0.8, "als"))
+    assert plain[3] == pytest.approx((0.2, "content"))
+    # With it: item 1 = 0.7 * 0.95 + 0.1; the new item 3 gets content's weight and all
+    # of ALS's: (0.2 + 0.7) * 1.0, and now ranks first.
+    assert trusted[1] == pytest.approx((0.7 * 0.95 + 0.1, "als"))
+    assert trusted[3] == pytest.approx((0.9, "content"))
+    assert max(trusted, key=lambda i: trusted[i][0]) == 3
+    # Item 2: both normalise it to 0, so it stays at 0 whatever the trust.
+    assert trusted[2][0] == pytest.approx(0.0)
 
 
 # --- with_reason ---------------------------------------------------------------------------

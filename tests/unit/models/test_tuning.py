@@ -6,11 +6,13 @@ import math
 import random
 from datetime import datetime, timedelta
 
+import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
 from amazon_recs.features.split import SplitParams
 from amazon_recs.models import als as m_als
+from amazon_recs.models import lists as rc
 from amazon_recs.models import tuning
 from amazon_recs.models.content import NEIGHBOURS_SCHEMA
 from amazon_recs.models.lists import as_candidates
@@ -50,9 +52,10 @@ def test_tune_weights_finds_the_model_that_predicts_validation(spark):
     assert weights == {"als": 0.0, "content": 1.0, "popular": 0.0}
 
 
-def spark_weight_search(spark, lists, validation, k, step):
+def spark_weight_search(spark, lists, validation, k, step, trust=None):
     """The weight search as it was: every user's candidates cross-joined with every
-    weight vector, ranked by a window. The reference the numpy search must match."""
+    weight vector, ranked by a window. The reference the numpy search must match.
+    ``trust`` (item_idx, trust) blends as ``lists.blend`` does with it."""
     grid = tuning.weight_grid(step)
     combos = spark.createDataFrame(
         [(i, *(w[name] for name in COMPONENTS)) for i, w in enumerate(grid)],
@@ -62,11 +65,24 @@ def spark_weight_search(spark, lists, validation, k, step):
     for name in COMPONENTS:
         part = minmax_per_user(lists[name]).select(*keys, F.col("score").alias(f"s_{name}"))
         normalised = part if normalised is None else normalised.join(part, keys, how="full")
-    fused = (
-        normalised.fillna(0.0)
-        .crossJoin(F.broadcast(combos))
-        .withColumn("score", sum(F.col(f"w_{name}") * F.col(f"s_{name}") for name in COMPONENTS))
-    )
+    normalised = normalised.fillna(0.0)
+    if trust is None:
+        fused = normalised.crossJoin(F.broadcast(combos)).withColumn(
+            "score", sum(F.col(f"w_{name}") * F.col(f"s_{name}") for name in COMPONENTS)
+        )
+    else:
+        t = F.coalesce(F.col("trust"), F.lit(0.0))
+        w = {"als": F.col("w_als"), "content": F.col("w_content"), "popular": F.col("w_popular")}
+        fused = (
+            normalised.join(trust, "item_idx", "left")
+            .crossJoin(F.broadcast(combos))
+            .withColumn(
+                "score",
+                F.col("s_als") * (w["als"] * t)
+                + F.col("s_content") * (w["content"] + w["als"] * (1 - t))
+                + F.col("s_popular") * (w["popular"] + 0 * t),
+            )
+        )
     ranked = top_k(fused, k, col_user=["combo", "user_idx"]).select("combo", "user_idx", "item_idx", "rank")
     scores = tuning.ndcg_by(ranked, validation, k, "combo")
     results = [{**grid[i], "ndcg": scores.get(i, 0.0)} for i in range(len(grid))]
@@ -160,6 +176,31 @@ def test_weight_search_equals_the_spark_reference_on_random_lists(spark):
     assert max(r["ndcg"] for r in results) > 0
 
 
+def test_weight_search_with_item_trust_equals_the_spark_reference(spark):
+    # Items 0..39 with 0..7 training interactions (item 39 past the trust array: trust 0).
+    rng = random.Random(11)
+    rows = {
+        name: [(u, i, rng.randint(0, 4) / 4) for u in range(30) for i in rng.sample(range(40), rng.randint(1, 12))]
+        for name in COMPONENTS
+    }
+    truth = {u: set(rng.sample(range(40), rng.randint(1, 4))) for u in range(0, 36, 2)}
+    interactions = np.array([i % 8 for i in range(39)], dtype=float)
+    item_trust = rc.item_trust(interactions, 3.0)
+    trust = spark.createDataFrame(
+        [(i, float(t)) for i, t in enumerate(item_trust)], "item_idx int, trust double"
+    )
+    lists, validation = lists_of(spark, rows), truth_of(spark, truth)
+
+    weights, results = tuning.tune_weights(spark, lists, validation, 5, 0.1, item_trust)
+    expected_weights, expected = spark_weight_search(spark, lists, validation, 5, 0.1, trust)
+    plain = tuning.tune_weights(spark, lists, validation, 5, 0.1)[1]
+
+    assert [r["ndcg"] for r in results] == pytest.approx([r["ndcg"] for r in expected], abs=1e-12)
+    assert weights == expected_weights
+    # The trust changes the search (else this test would prove nothing).
+    assert [r["ndcg"] for r in results] != pytest.approx([r["ndcg"] for r in plain], abs=1e-9)
+
+
 def test_validation_is_carved_from_training_only(spark, config):
     base = datetime(2024, 1, 1)
     train = (
@@ -243,5 +284,9 @@ def test_tune_fits_als_once_per_grid_point_and_reuses_the_best(spark, monkeypatc
     # the losing point's factors were released; the best model's two remain
     assert len(set(tuning._factor_rdds(spark)) - factors_before) == 2
     assert (summary["validation_users"], summary["validation_users_scored"]) == (30, 10)
-    assert set(summary) >= {"als", "hybrid_weights", "validation_ndcg", "als_grid"}
+    assert set(summary) >= {"als", "hybrid_weights", "als_half_trust", "validation_ndcg", "als_grid"}
     assert sum(summary["hybrid_weights"].values()) == pytest.approx(1.0)
+    # every trust setting was searched with the weights, and the best of all was kept
+    assert summary["als_half_trust"] in params.als_half_trust
+    assert summary["validation_ndcg"] == pytest.approx(max(r["ndcg"] for r in summary["weight_grid"]))
+    assert {r["als_half_trust"] for r in summary["weight_grid"]} == set(params.als_half_trust)

@@ -13,6 +13,7 @@ import datetime as dt
 
 import numpy as np
 import pytest
+from pyspark.sql import functions as F
 
 from amazon_recs.models import baseline as m_baseline
 from amazon_recs.models import lists as rc
@@ -60,11 +61,15 @@ def shop(spark):
     return train, items, neighbours, user_ids
 
 
-def reference(spark, models, train, items):
+def reference(spark, models, train, items, half_trust=0.0):
     """The recommend stage's lists before user_lists (Spark rows and windows)."""
     cands = training.candidates(models, train, N, K)
     lists = {name: rc.fill_to_k(df, cands["popular"], K) for name, df in cands.items()}
-    lists["hybrid"] = rc.blend(cands, WEIGHTS, K)
+    trust = None
+    if half_trust > 0:
+        n = F.col("interactions").cast("double")
+        trust = models.popularity.select("item_idx", (n / (n + F.lit(half_trust))).alias("trust"))
+    lists["hybrid"] = rc.blend(cands, WEIGHTS, K, trust)
     users = train.select("user_idx").distinct()
     random = m_baseline.recommend_random(items, users, train, K, SEED)
     lists["random"] = rc.fill_to_k(rc.as_candidates(random, "random"), cands["popular"], K)
@@ -87,11 +92,12 @@ def fitted(spark):
     train.unpersist()
 
 
-@pytest.mark.parametrize("block_floats", [ul.BLOCK_FLOATS, 3 * N_ITEMS])
-def test_every_list_matches_the_spark_reference(fitted, block_floats):
+@pytest.mark.parametrize("block_floats, half_trust", [(ul.BLOCK_FLOATS, 0.0), (3 * N_ITEMS, 0.0), (3 * N_ITEMS, 2.0)])
+def test_every_list_matches_the_spark_reference(fitted, block_floats, half_trust):
     spark, train, items, neighbours, user_ids, models = fitted
-    expected = reference(spark, models, train, items)
-    catalogue = ul.catalogue(items, models.als.itemFactors, neighbours, models.popularity, SEED)
+    expected = reference(spark, models, train, items, half_trust)
+    catalogue = ul.catalogue(items, models.als.itemFactors, neighbours, models.popularity, SEED, half_trust)
+    assert (catalogue.als_trust < 1).any() == (half_trust > 0)
     users = ul.per_user(train, models.als.userFactors, user_ids, SEED)
     timer = spark.sparkContext.accumulator(0.0)
     got_rows = ul.user_lists(users, catalogue, K, N, WEIGHTS, timer, block_floats=block_floats).collect()
