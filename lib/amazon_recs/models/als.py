@@ -10,6 +10,8 @@ from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from amazon_recs.errors import ConfigError
+from amazon_recs.models.als_blocked import fit_blocked
 from amazon_recs.models.topk import (
     BLOCK_FLOATS,
     SEEN,
@@ -36,14 +38,41 @@ class AlsParams:
     checkpoint_interval: int = 5
     num_blocks: int = 0  # user and item blocks; 0: Spark's default parallelism
     seed: int = 42
+    # "blocked" (als_blocked: numba solves, factors broadcast), "mllib", or "auto":
+    # blocked while the larger side's factors are at most blocked_max_factors_mb.
+    solver: str = "auto"
+    blocked_max_factors_mb: int = 1024
+
+
+SOLVERS = ("auto", "blocked", "mllib")
 
 
 def fit_als(train: DataFrame, params: AlsParams) -> ALSModel:
     """Fit implicit ALS on (user_idx, item_idx, weight); confidence is 1 + alpha * weight.
 
-    The input is sorted so that the same data gives the same factors: ALS's
-    partitioning, and so its floating-point sums, follow row order.
+    Both solvers fit the same model (``als_blocked``'s docstring); ``solver`` picks one.
     """
+    if params.solver not in SOLVERS:
+        raise ConfigError(f"als.solver must be one of {', '.join(SOLVERS)}, not {params.solver!r}")
+    if choose_solver(train, params) == "blocked":
+        return fit_blocked(train, params.rank, params.max_iter, params.reg_param, params.alpha, params.seed)
+    return fit_mllib(train, params)
+
+
+def choose_solver(train: DataFrame, params: AlsParams) -> str:
+    """``auto``: blocked while the larger side's factors (ids up to the largest, rank
+    float32 each: what the blocked solver broadcasts) fit ``blocked_max_factors_mb``."""
+    if params.solver != "auto":
+        return params.solver
+    largest = train.agg(F.max(USER_IDX), F.max(ITEM_IDX)).first()
+    rows = max((v or 0) + 1 for v in largest)
+    megabytes = rows * params.rank * 4 / 2**20
+    return "blocked" if megabytes <= params.blocked_max_factors_mb else "mllib"
+
+
+def fit_mllib(train: DataFrame, params: AlsParams) -> ALSModel:
+    """MLlib's ALS. The input is sorted so that the same data gives the same factors:
+    ALS's partitioning, and so its floating-point sums, follow row order."""
     parallelism = train.sparkSession.sparkContext.defaultParallelism
     blocks = params.num_blocks or parallelism
     als = ALS(

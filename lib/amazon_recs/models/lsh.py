@@ -43,8 +43,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numba
 import numpy as np
+
+from amazon_recs.models.jit import njit_cached
 
 WORD_BITS = 64
 
@@ -105,24 +106,10 @@ def plan(
     return LshPlan(bits=bits, bands=int(min(max_bands, max(1, bands))), window=window, rounds=rounds)
 
 
-def _jit(**options):
-    """numba.njit, caching the compiled kernel on disk where there is a place for it
-    (beside this file, NUMBA_CACHE_DIR or the user's cache). Imported from a zip (a
-    wheel on sys.path, Spark's --py-files) there is none: compiled once per process."""
-
-    def wrap(fn):
-        try:
-            return numba.njit(cache=True, **options)(fn)
-        except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-            return numba.njit(**options)(fn)
-
-    return wrap
-
-
 # --- kernels (numba: a per-pair sparse dot is a few nanoseconds a term here, ~50 in numpy) ----
 
 
-@_jit(inline="always")
+@njit_cached(inline="always")
 def _mix(z: np.uint64) -> np.uint64:
     """splitmix64's finaliser: a well-spread 64-bit hash of z."""
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -130,7 +117,7 @@ def _mix(z: np.uint64) -> np.uint64:
     return z ^ (z >> np.uint64(31))
 
 
-@_jit()
+@njit_cached()
 def signatures(indptr, indices, data, start, stop, words, seed):
     """Sign bits of rows ``start .. stop-1`` of a CSR matrix, ``words`` uint64 each.
 
@@ -159,7 +146,7 @@ def signatures(indptr, indices, data, start, stop, words, seed):
     return out
 
 
-@_jit()
+@njit_cached()
 def band_key(sig, band, bits, words):
     """Per row, the 64 signature bits starting at bit band*bits (wrapping round): the
     band's own bits first, then the ones after it, which order a bucket inside."""
@@ -176,7 +163,7 @@ def band_key(sig, band, bits, words):
     return out
 
 
-@_jit()
+@njit_cached()
 def _score_and_keep(q, cands, m, dense, indptr, indices, data, n, min_similarity, best_c, best_s):
     """Exact cosines of q with cands[:m] (``dense`` holds q's vector) into the sorted top n;
     returns how many were kept."""
@@ -203,7 +190,7 @@ def _score_and_keep(q, cands, m, dense, indptr, indices, data, n, min_similarity
     return kept
 
 
-@_jit()
+@njit_cached()
 def _buffers(queries, width, n):
     """Output rows (query, neighbour, similarity, rank) for ``queries`` rows of at most
     ``n`` each, and the scratch of ``_rank``: a dense row and the running top n."""
@@ -218,7 +205,7 @@ def _buffers(queries, width, n):
     return out, work
 
 
-@_jit()
+@njit_cached()
 def _rank(q, cands, m, indptr, indices, data, n, min_similarity, work, out, at):
     """Score q against cands[:m] by exact cosine and append its top n to ``out`` at ``at``."""
     dense, best_c, best_s = work
@@ -234,7 +221,7 @@ def _rank(q, cands, m, indptr, indices, data, n, min_similarity, work, out, at):
     return at
 
 
-@_jit()
+@njit_cached()
 def band_candidates(q, orders, positions, prefixes, window, mark, cands):
     """Row q's candidates from every band into ``cands``, each once (``mark[c] == q``
     once taken); returns how many. From one band: at most ``window`` rows of q's
@@ -265,7 +252,7 @@ def band_candidates(q, orders, positions, prefixes, window, mark, cands):
     return m
 
 
-@_jit()
+@njit_cached()
 def band_neighbours(
     queries, orders, positions, prefixes, window, indptr, indices, data, width, n, min_similarity
 ):
@@ -285,7 +272,7 @@ def band_neighbours(
     return out[0][:at], out[1][:at], out[2][:at], out[3][:at]
 
 
-@_jit()
+@njit_cached()
 def graph_neighbours(queries, graph, indptr, indices, data, width, n, min_similarity):
     """One refinement round: each query row's ``n`` best, by exact cosine, among its
     current neighbours, the rows that list it (reverse neighbours), and the
@@ -332,7 +319,7 @@ def graph_neighbours(queries, graph, indptr, indices, data, width, n, min_simila
     return out[0][:at], out[1][:at], out[2][:at], out[3][:at]
 
 
-@_jit()
+@njit_cached()
 def fresh_entries(before, after, after_counts):
     """Which entries of ``after`` were not in the same row of ``before``."""
     total, k = after.shape

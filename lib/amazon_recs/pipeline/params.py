@@ -33,6 +33,8 @@ def als_params(config: Config) -> AlsParams:
         checkpoint_interval=config.require("als.checkpoint_interval"),
         num_blocks=config.require("als.num_blocks"),
         seed=config.require("als.seed"),
+        solver=config.require("als.solver"),
+        blocked_max_factors_mb=config.require("als.blocked_max_factors_mb"),
     )
 
 

@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 from amazon_recs import io
 from amazon_recs.config import Config
 from amazon_recs.features.split import TRAIN
+from amazon_recs.models import als as m_als
 from amazon_recs.models import training
 from amazon_recs.models import tuning as tuning_mod
 from amazon_recs.pipeline import params as p
@@ -44,7 +45,11 @@ def run_train(spark: SparkSession, config: Config) -> dict:
         tuning = tuning_mod.tune(spark, train, items, params, p.tune_params(config), content)
         params = dataclasses.replace(params, als=dataclasses.replace(params.als, **tuning["als"]))
         io.write_text(spark, f"{out}/tuning.json", json.dumps(tuning, indent=2, sort_keys=True))
-    progress(f"fitting ALS (rank {params.als.rank}, {params.als.max_iter} iterations) on the training split")
+    solver = m_als.choose_solver(train, params.als)
+    progress(
+        f"fitting ALS ({solver} solver, rank {params.als.rank}, {params.als.max_iter} iterations) "
+        "on the training split"
+    )
     started = time.perf_counter()
     models = training.fit_models(spark, train, items, params, content=content)
     fit_seconds = round(time.perf_counter() - started, 2)
@@ -58,6 +63,7 @@ def run_train(spark: SparkSession, config: Config) -> dict:
         "lsh_recall": models.lsh_recall,
         "neighbour_method": models.neighbour_method,
         "als_fit_seconds": fit_seconds,
+        "als_solver": solver,
     }
     io.write_text(spark, f"{out}/model_info.json", json.dumps(info))
 

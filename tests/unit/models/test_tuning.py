@@ -272,7 +272,8 @@ def test_tune_fits_als_once_per_grid_point_and_reuses_the_best(spark, monkeypatc
     params = tuning.TuneParams(
         als_grid=grid, weight_step=0.5, k=3, candidates=5, max_validation_users=10, split=SplitParams()
     )
-    models = ModelParams(als=m_als.AlsParams(rank=4, max_iter=3))
+    # MLlib's solver: its factors are persisted RDDs, which tuning must release.
+    models = ModelParams(als=m_als.AlsParams(rank=4, max_iter=3, solver="mllib"))
     factors_before = set(tuning._factor_rdds(spark))
 
     summary = tuning.tune(spark, train, spark.createDataFrame([], "item_idx int"), models, params, content)
