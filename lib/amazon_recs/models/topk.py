@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, Window
@@ -81,18 +83,29 @@ def with_seen_items(
 
 def collect_columns(df: DataFrame, *cols: str) -> list[np.ndarray]:
     """Columns of an item-sized frame as numpy arrays on the driver; an array column
-    becomes a 2-D array. Rows become numpy on the executors, one array per partition,
-    so the driver never holds a Python object per row. Never call it on a user-sized frame."""
+    becomes a 2-D array. Each Arrow batch becomes numpy on the executors and travels
+    as one pickled record, so neither side holds a Python object per row. Never call
+    it on a user-sized frame."""
 
-    def to_arrays(rows):
-        rows = list(rows)
-        if rows:
-            yield [np.array([r[c] for r in rows]) for c in cols]
+    def to_arrays(batches):
+        for batch in batches:
+            if len(batch):
+                arrays = [_as_array(batch[c]) for c in cols]
+                yield pd.DataFrame({"payload": [pickle.dumps(arrays, protocol=pickle.HIGHEST_PROTOCOL)]})
 
-    parts = df.select(*cols).rdd.mapPartitions(to_arrays).collect()
-    if not parts:
+    rows = df.select(*cols).mapInPandas(to_arrays, "payload binary").collect()
+    if not rows:
         return [np.empty(0) for _ in cols]
+    parts = [pickle.loads(r.payload) for r in rows]
     return [np.concatenate([p[i] for p in parts]) for i in range(len(cols))]
+
+
+def _as_array(column: pd.Series) -> np.ndarray:
+    """A pandas column from Arrow as numpy: an array column stacked into 2-D."""
+    values = column.to_numpy()
+    if values.dtype == object and len(values) and isinstance(values[0], np.ndarray | list):
+        return np.stack(values)
+    return values
 
 
 def index_of(ids: np.ndarray, values: np.ndarray, sorter: np.ndarray | None = None) -> tuple:

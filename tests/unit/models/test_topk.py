@@ -277,3 +277,16 @@ def test_top_n_per_row_on_wide_rows_matches_a_full_sort(n):
         ref = reference_top_n({i: s for i, s in enumerate(row) if s > -np.inf}, set(), n)
         assert cs[vs].tolist() == [i for i, _ in ref]
         assert vs.tolist() == sorted(vs.tolist(), reverse=True)
+
+
+def test_collect_columns_brings_every_row_as_numpy_with_arrays_stacked(spark):
+    rows = [(i, float(i) / 2, [float(i), -float(i), 0.5]) for i in range(25)]
+    df = spark.createDataFrame(rows, "id int, score double, features array<float>").repartition(4)
+    ids, scores, features = topk.collect_columns(df, "id", "score", "features")
+    order = np.argsort(ids)
+    assert ids[order].tolist() == list(range(25))
+    assert scores[order].tolist() == [i / 2 for i in range(25)]
+    assert features.shape == (25, 3)
+    assert features[order].tolist() == [[float(i), -float(i), 0.5] for i in range(25)]
+    empty = topk.collect_columns(df.filter("id < 0"), "id", "features")
+    assert [len(a) for a in empty] == [0, 0]
