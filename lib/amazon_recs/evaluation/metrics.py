@@ -128,7 +128,10 @@ def cold_metrics(recs: DataFrame, truth: DataFrame, train: DataFrame, k: int, ma
     ``cold_<metric>``: how well each model finds new products, over the users who
     had one in the test split. Long form, as ``summarise``."""
     slice_ = cold_truth(truth, train, max_train)
-    return summarise(per_user_metrics(recs, slice_, k), k).withColumn(
+    # Only the lists of users with a cold item count: the rest of recs is left out
+    # before the hit join (the slice's users are few; Spark broadcasts them when so).
+    mine = recs.filter(F.col(RANK) <= k).join(slice_.select(USER).distinct(), USER, how="left_semi")
+    return summarise(per_user_metrics(mine, slice_, k), k).withColumn(
         "metric", F.concat(F.lit(COLD), F.col("metric"))
     )
 
