@@ -193,34 +193,126 @@ def _model(spark, rank: int, user_ids, users, item_ids, items) -> ALSModel:
 @njit_cached(fastmath=True)
 def solve_rows(indptr, cols, vals, other, gram, alpha, reg_param, out):
     """Row r's factors into ``out[r]``: the normal equations of the module docstring,
-    accumulated in double precision and solved by Cholesky."""
+    in double precision. A row with few ratings (most users) is solved through the
+    Woodbury identity from the precomputed inverse of G + reg_param * n I (about
+    n rank^2 operations); the others by accumulating the matrix and a Cholesky
+    factorisation (about rank^3 / 6 + n rank^2)."""
     rank = other.shape[1]
+    # The Woodbury path needs G + reg n I invertible and every preferred item weighted.
+    small = rank // 3 if reg_param > 0 and alpha > 0 else 0
+    inverses = _shifted_inverses(gram, reg_param, small)
     a = np.empty((rank, rank))
     b = np.empty(rank)
     y = np.empty(rank)
+    w = np.empty((max(small, 1), rank))
+    s = np.empty((max(small, 1), max(small, 1)))
+    d = np.empty(max(small, 1))
+    c = np.empty(max(small, 1))
+    z = np.empty(max(small, 1))
     for r in range(len(indptr) - 1):
-        a[:, :] = gram
-        b[:] = 0.0
+        lo, hi = indptr[r], indptr[r + 1]
+        weighted = 0
         positives = 0
-        for p in range(indptr[r], indptr[r + 1]):
-            rating = vals[p]
-            c1 = alpha * abs(rating)
-            for i in range(rank):
-                y[i] = other[cols[p], i]
-            if rating > 0:
+        for p in range(lo, hi):
+            if vals[p] != 0.0 and alpha != 0.0:
+                weighted += 1
+            if vals[p] > 0:
                 positives += 1
+        if positives == 0:  # no preference anywhere: the right-hand side is 0, so is x
+            for i in range(rank):
+                out[r, i] = 0.0
+        elif weighted <= small and positives <= small:
+            _woodbury_row(lo, hi, cols, vals, other, inverses[positives], alpha, w, s, d, c, z, y)
+            for i in range(rank):
+                out[r, i] = y[i]
+        else:
+            a[:, :] = gram
+            b[:] = 0.0
+            for p in range(lo, hi):
+                rating = vals[p]
+                c1 = alpha * abs(rating)
                 for i in range(rank):
-                    b[i] += (1.0 + c1) * y[i]
-            if c1 != 0.0:
-                for i in range(rank):
-                    ci = c1 * y[i]
-                    for j in range(rank):  # the whole row: vectorises, unlike a triangle
-                        a[i, j] += ci * y[j]
+                    y[i] = other[cols[p], i]
+                if rating > 0:
+                    for i in range(rank):
+                        b[i] += (1.0 + c1) * y[i]
+                if c1 != 0.0:
+                    for i in range(rank):
+                        ci = c1 * y[i]
+                        for j in range(rank):  # the whole row: vectorises, unlike a triangle
+                            a[i, j] += ci * y[j]
+            for i in range(rank):
+                a[i, i] += reg_param * positives
+            _cholesky_solve(a, b, rank)
+            for i in range(rank):
+                out[r, i] = b[i]
+
+
+@njit_cached(fastmath=True)
+def _shifted_inverses(gram, reg_param, small):
+    """(G + reg_param * m I)^-1 for m = 0 .. small (m = 0 is never used)."""
+    rank = gram.shape[0]
+    inverses = np.zeros((small + 1, rank, rank))
+    a = np.empty((rank, rank))
+    e = np.empty(rank)
+    for m in range(1, small + 1):
+        for col in range(rank):
+            a[:, :] = gram
+            for i in range(rank):
+                a[i, i] += reg_param * m
+                e[i] = 0.0
+            e[col] = 1.0
+            _cholesky_solve(a, e, rank)
+            for i in range(rank):
+                inverses[m, i, col] = e[i]
+    return inverses
+
+
+@njit_cached(fastmath=True, inline="always")
+def _woodbury_row(lo, hi, cols, vals, other, inverse, alpha, w, s, d, c, z, x):
+    """x = (M + U^T C U)^-1 U^T d with M^-1 = ``inverse``, U the rated items' factors,
+    C their c1 = alpha |r| and d their 1 + c1 (0 where r <= 0). With W = U M^-1 and
+    S = C^-1 + U W^T: x = W^T (d - S^-1 (S - C^-1) d)."""
+    rank = other.shape[1]
+    n = 0
+    for p in range(lo, hi):
+        rating = vals[p]
+        c1 = alpha * abs(rating)
+        if c1 == 0.0:
+            continue  # no confidence, no preference: the entry adds nothing
+        row = cols[p]
         for i in range(rank):
-            a[i, i] += reg_param * positives
-        _cholesky_solve(a, b, rank)
-        for i in range(rank):
-            out[r, i] = b[i]
+            t = 0.0
+            for k in range(rank):
+                t += inverse[i, k] * other[row, k]
+            w[n, i] = t
+        c[n] = c1
+        d[n] = 1.0 + c1 if rating > 0 else 0.0
+        n += 1
+    # S = C^-1 + U W^T (symmetric), and the right-hand side t = (S - C^-1) d into x[:n]
+    j = 0
+    for p in range(lo, hi):
+        if alpha * abs(vals[p]) == 0.0:
+            continue
+        row = cols[p]
+        for k in range(n):
+            t = 0.0
+            for i in range(rank):
+                t += other[row, i] * w[k, i]
+            s[j, k] = t
+        j += 1
+    for j in range(n):
+        t = 0.0
+        for k in range(n):
+            t += s[j, k] * d[k]
+        z[j] = t
+        s[j, j] += 1.0 / c[j]
+    _cholesky_solve(s, z, n)
+    for i in range(rank):
+        t = 0.0
+        for j in range(n):
+            t += (d[j] - z[j]) * w[j, i]
+        x[i] = t
 
 
 @njit_cached(fastmath=True, inline="always")

@@ -37,25 +37,31 @@ def normal_equations(cols, vals, other, reg, alpha):
     return np.linalg.solve(a + reg * positives * np.eye(rank), b)
 
 
-def test_kernel_solves_the_normal_equations_row_by_row():
+# Rank 12: rows of up to 4 weighted ratings take the Woodbury path, longer ones
+# Cholesky; rank 4: only single ratings take Woodbury; alpha 0: Cholesky always.
+@pytest.mark.parametrize("rank, alpha", [(12, ALPHA), (4, ALPHA), (12, 0.0)])
+def test_kernel_solves_the_normal_equations_row_by_row(rank, alpha):
     rng = np.random.default_rng(3)
-    other = rng.standard_normal((12, RANK)).astype(np.float32)
+    other = rng.standard_normal((12, rank)).astype(np.float32)
     rows = [
         ([0, 3, 3, 7], [1.0, 2.0, 2.0, 5.0]),  # a duplicated column counts twice, as in MLlib
         ([5], [4.0]),  # a single rating
         ([1, 2, 11], [-2.0, 0.0, 3.0]),  # a negative and a zero rating: no preference
         ([4, 6, 8, 9, 10], [1.0, 1.0, 1.0, 1.0, 1.0]),
+        ([2, 9], [-1.0, 0.0]),  # no positive rating: all zeros
+        (list(range(12)), list(rng.integers(1, 6, 12).astype(float))),  # heavy
     ]
     indptr = np.cumsum([0] + [len(c) for c, _ in rows]).astype(np.int64)
     cols = np.concatenate([c for c, _ in rows]).astype(np.int32)
     vals = np.concatenate([v for _, v in rows]).astype(np.float32)
     gram = other.astype(np.float64).T @ other.astype(np.float64)
-    out = np.empty((len(rows), RANK), np.float32)
+    out = np.empty((len(rows), rank), np.float32)
 
-    ab.solve_rows(indptr, cols, vals, other, gram, ALPHA, REG, out)
+    ab.solve_rows(indptr, cols, vals, other, gram, alpha, REG, out)
 
     for r, (c, v) in enumerate(rows):
-        assert out[r] == pytest.approx(normal_equations(c, v, other, REG, ALPHA), rel=1e-4, abs=1e-5), r
+        assert out[r] == pytest.approx(normal_equations(c, v, other, REG, alpha), rel=1e-4, abs=1e-5), r
+    assert not out[4].any()
 
 
 def shop(spark, seed=5, n_users=60, n_items=30):
