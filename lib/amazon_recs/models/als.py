@@ -38,13 +38,16 @@ class AlsParams:
     checkpoint_interval: int = 5
     num_blocks: int = 0  # user and item blocks; 0: Spark's default parallelism
     seed: int = 42
-    # "blocked" (als_blocked: numba solves, factors broadcast), "mllib", or "auto":
-    # blocked while the larger side's factors are at most blocked_max_factors_mb.
+    # "local" (als_blocked in the driver), "blocked" (als_blocked on the executors:
+    # numba solves, factors broadcast), "mllib", or "auto": local up to
+    # local_max_ratings ratings, blocked while the larger side's factors are at most
+    # blocked_max_factors_mb, MLlib above.
     solver: str = "auto"
+    local_max_ratings: int = 500_000
     blocked_max_factors_mb: int = 1024
 
 
-SOLVERS = ("auto", "blocked", "mllib")
+SOLVERS = ("auto", "local", "blocked", "mllib")
 
 
 def fit_als(train: DataFrame, params: AlsParams) -> ALSModel:
@@ -54,17 +57,24 @@ def fit_als(train: DataFrame, params: AlsParams) -> ALSModel:
     """
     if params.solver not in SOLVERS:
         raise ConfigError(f"als.solver must be one of {', '.join(SOLVERS)}, not {params.solver!r}")
-    if choose_solver(train, params) == "blocked":
-        return fit_blocked(train, params.rank, params.max_iter, params.reg_param, params.alpha, params.seed)
+    solver = choose_solver(train, params)
+    if solver in ("local", "blocked"):
+        return fit_blocked(
+            train, params.rank, params.max_iter, params.reg_param, params.alpha, params.seed, solver == "local"
+        )
     return fit_mllib(train, params)
 
 
 def choose_solver(train: DataFrame, params: AlsParams) -> str:
-    """``auto``: blocked while the larger side's factors (ids up to the largest, rank
-    float32 each: what the blocked solver broadcasts) fit ``blocked_max_factors_mb``."""
+    """``auto``: local up to ``local_max_ratings`` ratings (two Spark jobs per
+    iteration cost more than the solves there), then blocked while the larger
+    side's factors (ids up to the largest, rank float32 each: what the blocked
+    solver broadcasts) fit ``blocked_max_factors_mb``, then MLlib."""
     if params.solver != "auto":
         return params.solver
-    largest = train.agg(F.max(USER_IDX), F.max(ITEM_IDX)).first()
+    ratings, *largest = train.agg(F.count(F.lit(1)), F.max(USER_IDX), F.max(ITEM_IDX)).first()
+    if ratings <= params.local_max_ratings:
+        return "local"
     rows = max((v or 0) + 1 for v in largest)
     megabytes = rows * params.rank * 4 / 2**20
     return "blocked" if megabytes <= params.blocked_max_factors_mb else "mllib"

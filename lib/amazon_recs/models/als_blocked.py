@@ -40,6 +40,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from amazon_recs.models.jit import njit_cached
+from amazon_recs.models.topk import collect_columns
 from amazon_recs.schemas import ITEM_IDX, USER_IDX, WEIGHT
 
 log = logging.getLogger(__name__)
@@ -57,16 +58,29 @@ class Block:
     vals: np.ndarray  # float32: the ratings
 
 
-def fit_blocked(train: DataFrame, rank: int, max_iter: int, reg_param: float, alpha: float, seed: int) -> ALSModel:
-    """Implicit ALS on (user_idx, item_idx, weight), as an MLlib ``ALSModel``."""
+def fit_blocked(
+    train: DataFrame, rank: int, max_iter: int, reg_param: float, alpha: float, seed: int, local: bool = False
+) -> ALSModel:
+    """Implicit ALS on (user_idx, item_idx, weight), as an MLlib ``ALSModel``.
+
+    ``local``: the ratings are collected and solved in the driver process, one
+    block per side, with the same kernel: for a small input, where the two Spark
+    jobs of each half-iteration would cost more than the solves (the caller
+    decides what is small: ``als.local_max_ratings``).
+    """
     spark = train.sparkSession
     sc = spark.sparkContext
-    parts = sc.defaultParallelism
-    by_user = _blocks(train, USER_IDX, ITEM_IDX, parts)
-    by_item = _blocks(train, ITEM_IDX, USER_IDX, parts)
+    if local:
+        u, i, w = collect_columns(train.select(USER_IDX, ITEM_IDX, WEIGHT), USER_IDX, ITEM_IDX, WEIGHT)
+        frame = pd.DataFrame({USER_IDX: u, ITEM_IDX: i, WEIGHT: w})
+        by_user = [_block(frame, USER_IDX, ITEM_IDX)] if len(frame) else []
+        by_item = [_block(frame, ITEM_IDX, USER_IDX)] if len(frame) else []
+    else:
+        by_user = _blocks(train, USER_IDX, ITEM_IDX, sc.defaultParallelism)
+        by_item = _blocks(train, ITEM_IDX, USER_IDX, sc.defaultParallelism)
     try:
-        user_ids = np.sort(np.concatenate([ids for ids in by_user.map(lambda b: b.ids).collect()] or [[]]))
-        item_ids = np.sort(np.concatenate([ids for ids in by_item.map(lambda b: b.ids).collect()] or [[]]))
+        user_ids = _ids(by_user)
+        item_ids = _ids(by_item)
         users = _initial(user_ids, rank, seed)
         items = np.zeros((int(item_ids[-1]) + 1 if len(item_ids) else 0, rank), np.float32)
         started = time.perf_counter()
@@ -79,7 +93,8 @@ def fit_blocked(train: DataFrame, rank: int, max_iter: int, reg_param: float, al
                 "ALS iteration %d of %d: %.1fs", iteration, max_iter, seconds
             )
         log.info(
-            "ALS (blocked): %d users, %d items, rank %d, %d iterations in %.1fs",
+            "ALS (%s): %d users, %d items, rank %d, %d iterations in %.1fs",
+            "in the driver" if local else "blocked",
             len(user_ids),
             len(item_ids),
             rank,
@@ -87,9 +102,29 @@ def fit_blocked(train: DataFrame, rank: int, max_iter: int, reg_param: float, al
             time.perf_counter() - started,
         )
     finally:
-        by_user.unpersist(False)
-        by_item.unpersist(False)
+        if not local:
+            by_user.unpersist(False)
+            by_item.unpersist(False)
     return _model(spark, rank, user_ids, users, item_ids, items)
+
+
+def _ids(blocks) -> np.ndarray:
+    """Every row id of the blocks (a list, or a cached RDD), ascending."""
+    parts = [b.ids for b in blocks] if isinstance(blocks, list) else blocks.map(lambda b: b.ids).collect()
+    return np.sort(np.concatenate(parts)) if parts else np.empty(0, np.int32)
+
+
+def _block(df: pd.DataFrame, key: str, other: str) -> Block:
+    """Ratings grouped by ``key``, sorted by (key, other, rating): a fixed summing order."""
+    k = df[key].to_numpy().astype(np.int32)
+    o = df[other].to_numpy().astype(np.int32)
+    v = df[WEIGHT].to_numpy().astype(np.float32)
+    order = np.lexsort((v, o, k))
+    k, o, v = k[order], o[order], v[order]
+    ids, counts = np.unique(k, return_counts=True)
+    indptr = np.zeros(len(ids) + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return Block(ids.astype(np.int32), indptr, o, v)
 
 
 def _blocks(train: DataFrame, key: str, other: str, parts: int):
@@ -99,21 +134,13 @@ def _blocks(train: DataFrame, key: str, other: str, parts: int):
         frames = [b for b in batches if len(b)]
         if not frames:
             return
-        df = pd.concat(frames, ignore_index=True)
-        k = df[key].to_numpy(np.int32)
-        o = df[other].to_numpy(np.int32)
-        v = df[WEIGHT].to_numpy(np.float32)
-        order = np.lexsort((v, o, k))
-        k, o, v = k[order], o[order], v[order]
-        ids, counts = np.unique(k, return_counts=True)
-        indptr = np.zeros(len(ids) + 1, np.int64)
-        np.cumsum(counts, out=indptr[1:])
+        block = _block(pd.concat(frames, ignore_index=True), key, other)
         yield pd.DataFrame(
             {
-                "ids": [ids.astype(np.int32).tobytes()],
-                "indptr": [indptr.tobytes()],
-                "cols": [o.tobytes()],
-                "vals": [v.tobytes()],
+                "ids": [block.ids.tobytes()],
+                "indptr": [block.indptr.tobytes()],
+                "cols": [block.cols.tobytes()],
+                "vals": [block.vals.tobytes()],
             }
         )
 
@@ -139,22 +166,28 @@ def _initial(ids: np.ndarray, rank: int, seed: int) -> np.ndarray:
 
 
 def _half(sc, blocks, other: np.ndarray, size: int, rank: int, reg_param: float, alpha: float) -> np.ndarray:
-    """Every row of ``blocks`` solved against the ``other`` side's factors."""
-    shared = sc.broadcast(other)
+    """Every row of ``blocks`` solved against the ``other`` side's factors: in this
+    process for a list of blocks, on the executors (``other`` broadcast) for an RDD."""
     gram = other.astype(np.float64).T @ other.astype(np.float64)
-
-    def solve(block: Block):
-        out = np.empty((len(block.ids), rank), np.float32)
-        solve_rows(block.indptr, block.cols, block.vals, shared.value, gram, alpha, reg_param, out)
-        return block.ids, out
-
     factors = np.zeros((size, rank), np.float32)
+    if isinstance(blocks, list):
+        for block in blocks:
+            factors[block.ids] = _solve(block, other, gram, rank, reg_param, alpha)
+        return factors
+    shared = sc.broadcast(other)
     try:
-        for ids, solved in blocks.map(solve).collect():
-            factors[ids] = solved
+        solved = blocks.map(lambda b: (b.ids, _solve(b, shared.value, gram, rank, reg_param, alpha))).collect()
+        for ids, rows in solved:
+            factors[ids] = rows
     finally:
         shared.destroy()
     return factors
+
+
+def _solve(block: Block, other: np.ndarray, gram: np.ndarray, rank: int, reg_param: float, alpha: float):
+    out = np.empty((len(block.ids), rank), np.float32)
+    solve_rows(block.indptr, block.cols, block.vals, other, gram, alpha, reg_param, out)
+    return out
 
 
 def _model(spark, rank: int, user_ids, users, item_ids, items) -> ALSModel:

@@ -34,6 +34,7 @@ def als_params(config: Config) -> AlsParams:
         num_blocks=config.require("als.num_blocks"),
         seed=config.require("als.seed"),
         solver=config.require("als.solver"),
+        local_max_ratings=config.require("als.local_max_ratings"),
         blocked_max_factors_mb=config.require("als.blocked_max_factors_mb"),
     )
 
@@ -54,6 +55,7 @@ def content_params(config: Config) -> ContentParams:
         recall_sample=config.require("content.lsh.recall_sample"),
         method=config.require("content.method"),
         exact_max_items=config.require("content.exact_max_items"),
+        title_weight=config.require("content.title_weight"),
         seed=config.require("als.seed"),
     )
 

@@ -138,22 +138,30 @@ def test_blocked_fit_is_an_mllib_model_of_the_same_quality(spark, params):
     assert blocked.transform(train).filter("prediction is null").count() == 0
 
 
-def test_blocked_fit_does_not_depend_on_the_partitioning(spark, params):
+def test_blocked_fit_does_not_depend_on_the_partitioning_nor_on_where_it_runs(spark, params):
     train, _ = shop(spark, seed=9)
     blocked = replace(params, solver="blocked")
     first = m_als.fit_als(train.coalesce(1), blocked)
     second = m_als.fit_als(train.repartition(7, "item_idx").orderBy("weight"), blocked)
-    for a, b in ((first.userFactors, second.userFactors), (first.itemFactors, second.itemFactors)):
+    in_driver = m_als.fit_als(train.repartition(3), replace(params, solver="local"))
+    for a, b in (
+        (first.userFactors, second.userFactors),
+        (first.itemFactors, second.itemFactors),
+        (first.userFactors, in_driver.userFactors),
+        (first.itemFactors, in_driver.itemFactors),
+    ):
         fa, fb = factors_of(a), factors_of(b)
         assert fa.keys() == fb.keys()
         assert all(np.array_equal(fa[k], fb[k]) for k in fa)
 
 
-def test_auto_chooses_by_the_size_of_the_broadcast_factors(spark, params):
+def test_auto_chooses_by_the_ratings_and_the_size_of_the_broadcast_factors(spark, params):
     train, _ = shop(spark)
-    assert m_als.choose_solver(train, replace(params, solver="auto")) == "blocked"
+    auto = replace(params, solver="auto")
+    assert m_als.choose_solver(train, auto) == "local"  # ~300 ratings
+    assert m_als.choose_solver(train, replace(auto, local_max_ratings=100)) == "blocked"
     # 60 users x rank 4 x 4 bytes is 0.9 KiB: over a limit of 0 MB
-    assert m_als.choose_solver(train, replace(params, solver="auto", blocked_max_factors_mb=0)) == "mllib"
+    assert m_als.choose_solver(train, replace(auto, local_max_ratings=100, blocked_max_factors_mb=0)) == "mllib"
     assert m_als.choose_solver(train, replace(params, solver="mllib")) == "mllib"
-    with pytest.raises(ConfigError, match="als.solver must be one of auto, blocked, mllib, not 'fast'"):
+    with pytest.raises(ConfigError, match="als.solver must be one of auto, local, blocked, mllib, not 'fast'"):
         m_als.fit_als(train, replace(params, solver="fast"))

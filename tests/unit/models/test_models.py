@@ -40,7 +40,7 @@ def small_als(config):
     return replace(als_params(config), rank=4, max_iter=5)
 
 
-@pytest.mark.parametrize("solver", ["blocked", "mllib"])
+@pytest.mark.parametrize("solver", ["local", "blocked", "mllib"])
 def test_als_recommends_unseen_items_from_the_users_block(spark, small_als, solver):
     train = planted_train(spark).cache()
     n = 3
@@ -125,6 +125,23 @@ def test_with_tokens_drops_items_without_usable_text(spark):
     assert sorted(tokens) == [0, 1, 2, 3, 4, 5, 9]
     assert tokens[0] == ["red", "leather", "wallet"]
     assert tokens[9] == ["zebra", "giraffe"]
+
+
+def test_title_weight_repeats_the_title_and_category_words(spark):
+    items = spark.createDataFrame(
+        [
+            (0, "Red wallet. Soft leather, two pockets", "Red wallet", "Wallets"),
+            (1, "Blue socks", None, None),  # no title or category: the text alone
+            (2, None, "Lost title", "Gone"),  # no text: still no vector
+        ],
+        "item_idx int, text string, title string, category string",
+    )
+    tokens = {r.item_idx: r.tokens for r in m_content.with_tokens(items, title_weight=3).collect()}
+    assert sorted(tokens) == [0, 1]
+    counts = {w: tokens[0].count(w) for w in set(tokens[0])}
+    assert counts == {"red": 3, "wallet": 3, "wallets": 2, "soft": 1, "leather": 1, "two": 1, "pockets": 1}
+    assert tokens[1] == ["blue", "socks"]
+    assert m_content.with_tokens(items).collect()[0].tokens.count("red") == 1
 
 
 def test_item_neighbours(spark, config):
