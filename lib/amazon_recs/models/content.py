@@ -64,6 +64,9 @@ class ContentParams:
     # "exact" (blocked sparse products), "lsh", or "auto": exact up to exact_max_items.
     method: str = "auto"
     exact_max_items: int = 20_000
+    # How many times the title's and the category's words count in an item's text
+    # (1: once, as every other word of it).
+    title_weight: int = 1
 
     def use_exact(self, items_with_text: int) -> bool:
         if self.method not in METHODS:
@@ -74,17 +77,23 @@ class ContentParams:
         return m_lsh.plan(items, self.lsh_similarity, self.lsh_recall, self.lsh_window, self.lsh_rounds)
 
 
-def with_tokens(items: DataFrame) -> DataFrame:
+def with_tokens(items: DataFrame, title_weight: int = 1) -> DataFrame:
     """Items whose text yields at least one token; the rest have no content vector.
 
     Empty vectors carry no similarity and would only slow LSH down, so items
-    without metadata (or with only stop words) are skipped here, cleanly.
+    without metadata (or with only stop words) are skipped here, cleanly. With
+    ``title_weight`` w > 1, the title and category are repeated w - 1 more times,
+    so their words count w times in the term frequencies.
     """
     tokenizer = RegexTokenizer(
         inputCol="text", outputCol="_raw_tokens", pattern=r"[^\p{L}\p{N}]+", minTokenLength=2
     )
     remover = StopWordsRemover(inputCol="_raw_tokens", outputCol="tokens")
-    with_text = items.filter(F.col("text").isNotNull()).select(ITEM_IDX, "text")
+    text = F.col("text")
+    if title_weight > 1:
+        extra = [F.col(c) for c in ("title", "category") if c in items.columns] * (title_weight - 1)
+        text = F.concat_ws(" ", text, *extra)
+    with_text = items.filter(F.col("text").isNotNull()).select(ITEM_IDX, text.alias("text"))
     tokens = remover.transform(tokenizer.transform(with_text))
     return tokens.filter(F.size("tokens") > 0).select(ITEM_IDX, "tokens")
 

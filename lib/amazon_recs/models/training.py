@@ -63,7 +63,7 @@ def fit_content(
     The recall is None for the exact search, with ``check_recall`` off, and (with
     no rows) when no item has text at all.
     """
-    tokens = m_content.with_tokens(items).cache()
+    tokens = m_content.with_tokens(items, params.title_weight).cache()
     items_with_text = tokens.count()
     if not items_with_text:
         # Reviews without metadata: the content model has nothing to say, and
