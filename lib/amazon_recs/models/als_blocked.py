@@ -242,6 +242,7 @@ def solve_rows(indptr, cols, vals, other, gram, alpha, reg_param, out):
     d = np.empty(max(small, 1))
     c = np.empty(max(small, 1))
     z = np.empty(max(small, 1))
+    rated = np.empty(max(small, 1), np.int64)
     for r in range(len(indptr) - 1):
         lo, hi = indptr[r], indptr[r + 1]
         weighted = 0
@@ -255,7 +256,7 @@ def solve_rows(indptr, cols, vals, other, gram, alpha, reg_param, out):
             for i in range(rank):
                 out[r, i] = 0.0
         elif weighted <= small and positives <= small:
-            _woodbury_row(lo, hi, cols, vals, other, inverses[positives], alpha, w, s, d, c, z, y)
+            _woodbury_row(lo, hi, cols, vals, other, inverses[positives], alpha, rated, w, s, d, c, z, y)
             for i in range(rank):
                 out[r, i] = y[i]
         else:
@@ -302,7 +303,7 @@ def _shifted_inverses(gram, reg_param, small):
 
 
 @njit_cached(fastmath=True, inline="always")
-def _woodbury_row(lo, hi, cols, vals, other, inverse, alpha, w, s, d, c, z, x):
+def _woodbury_row(lo, hi, cols, vals, other, inverse, alpha, rated, w, s, d, c, z, x):
     """x = (M + U^T C U)^-1 U^T d with M^-1 = ``inverse``, U the rated items' factors,
     C their c1 = alpha |r| and d their 1 + c1 (0 where r <= 0). With W = U M^-1 and
     S = C^-1 + U W^T: x = W^T (d - S^-1 (S - C^-1) d)."""
@@ -313,27 +314,22 @@ def _woodbury_row(lo, hi, cols, vals, other, inverse, alpha, w, s, d, c, z, x):
         c1 = alpha * abs(rating)
         if c1 == 0.0:
             continue  # no confidence, no preference: the entry adds nothing
-        row = cols[p]
+        rated[n] = cols[p]
         for i in range(rank):
             t = 0.0
             for k in range(rank):
-                t += inverse[i, k] * other[row, k]
+                t += inverse[i, k] * other[cols[p], k]
             w[n, i] = t
         c[n] = c1
         d[n] = 1.0 + c1 if rating > 0 else 0.0
         n += 1
-    # S = C^-1 + U W^T (symmetric), and the right-hand side t = (S - C^-1) d into x[:n]
-    j = 0
-    for p in range(lo, hi):
-        if alpha * abs(vals[p]) == 0.0:
-            continue
-        row = cols[p]
+    # S = C^-1 + U W^T (symmetric), and the right-hand side (S - C^-1) d into z
+    for j in range(n):
         for k in range(n):
             t = 0.0
             for i in range(rank):
-                t += other[row, i] * w[k, i]
+                t += other[rated[j], i] * w[k, i]
             s[j, k] = t
-        j += 1
     for j in range(n):
         t = 0.0
         for k in range(n):
