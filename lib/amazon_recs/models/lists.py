@@ -65,7 +65,8 @@ def item_trust(interactions: np.ndarray, half_trust: float) -> np.ndarray:
 
 
 def trust_weights(name: str, weights: Mapping[str, float], trust):
-    """A model's fusion weight on each candidate item, given the item's ALS ``trust``:
+    """A model's fusion weight on each candidate item, given the item's ALS ``trust``
+    (1 where content does not propose the item to the user: see ``blend``):
     ALS keeps ``w_als * trust``, content takes ``w_content + w_als * (1 - trust)``,
     other models keep their weight. Works on numpy arrays and Spark columns alike,
     with the same double arithmetic in the same order."""
@@ -89,7 +90,9 @@ def blend(
     contributed most to an item's fused score gives its reason. With ``trust``
     (item_idx, trust: see ``item_trust``; an item not in it has trust 0), ALS's
     weight on an item with little collaborative signal moves to content
-    (``trust_weights``); a candidate whose weight comes to 0 is left out.
+    (``trust_weights``) where content proposes that item to the user too (elsewhere
+    there is nothing to move it to, and ALS keeps it); a candidate whose weight
+    comes to 0 is left out.
 
     Args:
         candidates: model name -> candidates (user_idx, item_idx, score, because_idx, source).
@@ -103,7 +106,12 @@ def blend(
             weight = F.lit(float(weights[name]))
         else:
             df = df.join(F.broadcast(trust.select(ITEM_IDX, F.col("trust").alias("_trust"))), ITEM_IDX, "left")
-            weight = trust_weights(name, weights, F.coalesce(F.col("_trust"), F.lit(0.0)))
+            item_trust = F.coalesce(F.col("_trust"), F.lit(0.0))
+            if name == "als" and "content" in candidates:
+                proposed = candidates["content"].select(USER_IDX, ITEM_IDX, F.lit(True).alias("_by_content"))
+                df = df.join(proposed, [USER_IDX, ITEM_IDX], "left")
+                item_trust = F.when(F.col("_by_content"), item_trust).otherwise(F.lit(1.0))
+            weight = trust_weights(name, weights, item_trust)
         part = (
             minmax_per_user(df)
             .withColumn("_weight", weight)

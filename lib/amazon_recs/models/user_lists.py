@@ -477,15 +477,20 @@ def _blend(
     candidates: Mapping[str, Flat], weights: Mapping[str, float], n_rows: int, k: int, trust: np.ndarray
 ):
     """Per-user min-max normalised scores fused by weight, top ``k`` (as ``lists.blend``);
-    ALS's weight on an item moves to content as its ``trust`` (per place) falls
-    (``lists.trust_weights``); the model that contributes most to an item gives
-    its source and reason."""
+    ALS's weight on an item content also proposes to the user moves to content as
+    the item's ``trust`` (per place) falls (``lists.trust_weights``); the model
+    that contributes most to an item gives its source and reason."""
+    content = candidates["content"]
+    by_content = content.rows * len(trust) + content.places
     parts = []
     for code, name in enumerate(COMPONENTS):
         flat = candidates[name]
         if not len(flat.rows):
             continue
-        weight = rc.trust_weights(name, weights, trust[flat.places])
+        item_trust = trust[flat.places]
+        if name == "als":  # nothing to move to where content has no say
+            item_trust = np.where(np.isin(flat.rows * len(trust) + flat.places, by_content), item_trust, 1.0)
+        weight = rc.trust_weights(name, weights, item_trust)
         keep = weight > 0
         if not keep.any():
             continue

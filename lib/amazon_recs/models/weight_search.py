@@ -81,7 +81,8 @@ def ndcg_sums(
         item_trust: the hybrid's trust in ALS by item id (``lists.item_trust``; an id
             past its end has trust 0), or None for none. With it, the models are
             COMPONENTS (als, content, popular) and each item's weights are
-            ``lists.trust_weights``, in the same arithmetic as ``user_lists``.
+            ``lists.trust_weights`` where content proposes it to the user (ALS keeps
+            its weight elsewhere), in the same arithmetic as ``user_lists``.
 
     Returns:
         (W,) sums of per-user NDCG@k; users without a hit add 0.
@@ -108,6 +109,10 @@ def ndcg_sums(
     if item_trust is not None:
         known = pair_item < len(item_trust)
         pair_trust = np.where(known, item_trust[np.where(known, pair_item, 0)], 0.0)
+        # ALS keeps its weight on an item content does not propose to the user (models[1]).
+        by_content = np.zeros(len(pair_user), bool)
+        by_content[pair[model == 1]] = True
+        pair_trust = np.where(by_content, pair_trust, 1.0)
 
     truth_lengths, truth_items = _flat(truth, np.int64)
     truth_users = np.repeat(np.arange(n_users), truth_lengths)

@@ -196,29 +196,33 @@ def test_item_trust_rises_with_interactions_and_is_one_when_off():
 
 
 def test_blend_moves_als_weight_to_content_on_items_without_collaborative_signal(spark):
-    # One user. ALS proposes the well-known item 1 and item 2 (5 interactions, trust
-    # 1/2); content proposes item 2 and the new item 3 (no interactions, not even in
-    # the trust table), equally normalised to 1.0 where they lead.
-    als = spark.createDataFrame([(1, 1, 2.0, 10, "als"), (1, 2, 1.0, 10, "als")], CANDIDATES)
-    content = spark.createDataFrame([(1, 3, 0.9, 11, "content"), (1, 2, 0.5, 12, "content")], CANDIDATES)
+    # One user. ALS normalises items 1, 2, 4 to 1, 0.5, 0; content items 3, 2, 5 to
+    # 1, 0.75, 0; popularity item 1 to 1. Trust: item 1 0.95, item 2 0.5, item 4 0.2,
+    # items 3 and 5 (new) are not in the table: 0.
+    als = spark.createDataFrame([(1, 1, 2.0, 10, "als"), (1, 2, 1.0, 10, "als"), (1, 4, 0.0, 10, "als")], CANDIDATES)
+    content = spark.createDataFrame(
+        [(1, 3, 0.9, 11, "content"), (1, 2, 0.8, 12, "content"), (1, 5, 0.5, 13, "content")], CANDIDATES
+    )
     popular = spark.createDataFrame([(1, 1, 3.0, None, "popular")], CANDIDATES)
-    trust = spark.createDataFrame([(1, 95 / 100), (2, 0.5)], "item_idx int, trust double")
+    trust = spark.createDataFrame([(1, 0.95), (2, 0.5), (4, 0.2)], "item_idx int, trust double")
     weights = {"als": 0.7, "content": 0.2, "popular": 0.1}
     candidates = {"als": als, "content": content, "popular": popular}
 
-    plain = {r.item_idx: (r.score, r.source) for r in rc.blend(candidates, weights, 3).collect()}
-    trusted = {r.item_idx: (r.score, r.source) for r in rc.blend(candidates, weights, 3, trust).collect()}
+    plain = {r.item_idx: (r.score, r.source) for r in rc.blend(candidates, weights, 5).collect()}
+    trusted = rc.blend(candidates, weights, 5, trust).collect()
+    by_item = {r.item_idx: (r.score, r.source) for r in trusted}
 
-    # Without trust: item 1 = 0.7 + 0.1, item 2 = 0.7 * 0 + 0.2 * 0, item 3 = 0.2.
-    assert plain[1] == pytest.approx((0.8, "als"))
+    assert plain[2] == pytest.approx((0.7 * 0.5 + 0.2 * 0.75, "als"))
     assert plain[3] == pytest.approx((0.2, "content"))
-    # With it: item 1 = 0.7 * 0.95 + 0.1; the new item 3 gets content's weight and all
-    # of ALS's: (0.2 + 0.7) * 1.0, and now ranks first.
-    assert trusted[1] == pytest.approx((0.7 * 0.95 + 0.1, "als"))
-    assert trusted[3] == pytest.approx((0.9, "content"))
-    assert max(trusted, key=lambda i: trusted[i][0]) == 3
-    # Item 2: both normalise it to 0, so it stays at 0 whatever the trust.
-    assert trusted[2][0] == pytest.approx(0.0)
+    # The new item 3 gets content's weight and all of ALS's: (0.2 + 0.7) * 1.0.
+    assert by_item[3] == pytest.approx((0.9, "content"))
+    # Item 2, proposed by both: ALS keeps 0.7 * 0.5 of its weight, content takes the rest.
+    assert by_item[2] == pytest.approx((0.5 * (0.7 * 0.5) + 0.75 * (0.2 + 0.7 * 0.5), "content"))
+    # Items 1 and 4, which content does not propose: nothing to move to, ALS keeps its weight.
+    assert by_item[1] == pytest.approx((0.7 + 0.1, "als"))
+    assert by_item[1] == pytest.approx(plain[1])
+    assert by_item[4] == pytest.approx(plain[4])
+    assert [r.item_idx for r in sorted(trusted, key=lambda r: r["rank"])][:3] == [3, 1, 2]
 
 
 # --- with_reason ---------------------------------------------------------------------------

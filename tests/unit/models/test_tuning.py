@@ -63,15 +63,17 @@ def spark_weight_search(spark, lists, validation, k, step, trust=None):
     )
     keys, normalised = ["user_idx", "item_idx"], None
     for name in COMPONENTS:
-        part = minmax_per_user(lists[name]).select(*keys, F.col("score").alias(f"s_{name}"))
+        proposed = F.lit(True).alias(f"p_{name}")
+        part = minmax_per_user(lists[name]).select(*keys, F.col("score").alias(f"s_{name}"), proposed)
         normalised = part if normalised is None else normalised.join(part, keys, how="full")
-    normalised = normalised.fillna(0.0)
+    normalised = normalised.fillna(0.0, [f"s_{name}" for name in COMPONENTS])
     if trust is None:
         fused = normalised.crossJoin(F.broadcast(combos)).withColumn(
             "score", sum(F.col(f"w_{name}") * F.col(f"s_{name}") for name in COMPONENTS)
         )
     else:
-        t = F.coalesce(F.col("trust"), F.lit(0.0))
+        # ALS keeps its weight on an item content does not propose to the user.
+        t = F.when(F.col("p_content"), F.coalesce(F.col("trust"), F.lit(0.0))).otherwise(F.lit(1.0))
         w = {"als": F.col("w_als"), "content": F.col("w_content"), "popular": F.col("w_popular")}
         fused = (
             normalised.join(trust, "item_idx", "left")
