@@ -53,14 +53,21 @@ SOLVERS = ("auto", "local", "blocked", "mllib")
 def fit_als(train: DataFrame, params: AlsParams) -> ALSModel:
     """Fit implicit ALS on (user_idx, item_idx, weight); confidence is 1 + alpha * weight.
 
-    Both solvers fit the same model (``als_blocked``'s docstring); ``solver`` picks one.
+    Every solver fits the same model (``als_blocked``'s docstring); ``solver`` picks
+    one, ``auto`` by the input's size (``choose_solver``).
     """
     if params.solver not in SOLVERS:
         raise ConfigError(f"als.solver must be one of {', '.join(SOLVERS)}, not {params.solver!r}")
     solver = choose_solver(train, params)
     if solver in ("local", "blocked"):
         return fit_blocked(
-            train, params.rank, params.max_iter, params.reg_param, params.alpha, params.seed, solver == "local"
+            train,
+            params.rank,
+            params.max_iter,
+            params.reg_param,
+            params.alpha,
+            params.seed,
+            solver == "local",
         )
     return fit_mllib(train, params)
 

@@ -10,7 +10,9 @@ normal equations in a numba kernel, and the solved factors come back to the
 driver (they are users x rank and items x rank floats: 250k users at rank 32
 are 32 MB). That broadcast is what bounds this solver: ``als.solver: auto``
 uses it while the larger side's factors stay under ``als.blocked_max_factors_mb``
-and MLlib's shuffle-based ALS above.
+and MLlib's shuffle-based ALS above. Below ``als.local_max_ratings`` the same
+kernel runs in the driver on one block per side (``local``), where the two
+Spark jobs per iteration would cost more than the solves.
 
 The model is MLlib's (Hu, Koren and Volinsky 2008, as ``pyspark.ml.recommendation.ALS``
 with ``implicitPrefs``): for a rating r, confidence - 1 is c1 = alpha * |r| and the
@@ -19,7 +21,8 @@ preference is 1 when r > 0; a row's factors solve
     (G + sum c1 y y^T + reg_param * n I) x = sum over r > 0 of (1 + c1) y
 
 with G the other side's Gram matrix and n the row's positive ratings (MLlib's
-scaled regularisation), by a Cholesky factorisation in double precision. Item
+scaled regularisation), in double precision: through the Woodbury identity
+for a row with few ratings, by a Cholesky factorisation for the others. Item
 factors are solved first, from seeded random unit user factors, as MLlib does.
 The result is an ``ALSModel``, so everything downstream (saving, loading,
 scoring) is unchanged. Rows are summed in (row, column, rating) order, so the
@@ -176,7 +179,9 @@ def _half(sc, blocks, other: np.ndarray, size: int, rank: int, reg_param: float,
         return factors
     shared = sc.broadcast(other)
     try:
-        solved = blocks.map(lambda b: (b.ids, _solve(b, shared.value, gram, rank, reg_param, alpha))).collect()
+        solved = blocks.map(
+            lambda b: (b.ids, _solve(b, shared.value, gram, rank, reg_param, alpha))
+        ).collect()
         for ids, rows in solved:
             factors[ids] = rows
     finally:

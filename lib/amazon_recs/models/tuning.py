@@ -198,15 +198,13 @@ def candidates_per_user(lists: Mapping[str, DataFrame], validation: DataFrame) -
     return truth.join(per_user, USER_IDX, how="left").select("truth", "items", "scores", "models")
 
 
-def trust_by_item(popularity: DataFrame, half_trust: float) -> np.ndarray | None:
-    """The hybrid's trust in ALS indexed by item id, from the training interactions
-    that ``popularity`` counts (item-sized); None when off."""
-    if half_trust <= 0:
-        return None
+def interactions_by_item(popularity: DataFrame) -> np.ndarray:
+    """The training interactions that ``popularity`` counts, indexed by item id
+    (item-sized; 0 for an id it does not list)."""
     ids, counts = collect_columns(popularity, ITEM_IDX, "interactions")
     interactions = np.zeros(int(ids.max()) + 1 if len(ids) else 0)
     interactions[ids.astype(np.int64)] = counts
-    return rc.item_trust(interactions, half_trust)
+    return interactions
 
 
 def tune_weights(
@@ -279,11 +277,18 @@ def tune(
     lists = candidates(fitted, scored, params.candidates, k)
     # Each trust setting with its best weights; on a tie the one moving less weight wins.
     best, weight_results = None, []
+    interactions = interactions_by_item(fitted.popularity)  # collected once for every setting
     for half_trust in sorted(params.als_half_trust):
-        trust = trust_by_item(fitted.popularity, half_trust)
+        trust = rc.item_trust(interactions, half_trust) if half_trust > 0 else None
         weights, results = tune_weights(spark, lists, sample, k, params.weight_step, trust)
         top = max(r["ndcg"] for r in results)
-        log.info("tune hybrid als_half_trust %g: weights %s, validation ndcg@%d = %.4f", half_trust, weights, k, top)
+        log.info(
+            "tune hybrid als_half_trust %g: weights %s, validation ndcg@%d = %.4f",
+            half_trust,
+            weights,
+            k,
+            top,
+        )
         weight_results += [{**r, "als_half_trust": half_trust} for r in results]
         if best is None or round(top, 12) > round(best[2], 12):
             best = (half_trust, weights, top)

@@ -45,7 +45,9 @@ def run_train(spark: SparkSession, config: Config) -> dict:
         tuning = tuning_mod.tune(spark, train, items, params, p.tune_params(config), content)
         params = dataclasses.replace(params, als=dataclasses.replace(params.als, **tuning["als"]))
         io.write_text(spark, f"{out}/tuning.json", json.dumps(tuning, indent=2, sort_keys=True))
+    # Resolved once here: fit_als would otherwise count the ratings again for "auto".
     solver = m_als.choose_solver(train, params.als)
+    params = dataclasses.replace(params, als=dataclasses.replace(params.als, solver=solver))
     progress(
         f"fitting ALS ({solver} solver, rank {params.als.rank}, {params.als.max_iter} iterations) "
         "on the training split"
