@@ -403,7 +403,8 @@ def setup_line(config: Config, split: Split, n_users: int) -> str:
         f"interaction), train items excluded. implicit: factors {config.require('als.rank')}, "
         f"{NUM_THREADS} threads, seed {config.require('als.seed')}; ALS {config.require('als.max_iter')} "
         f"iterations on confidence 1 + {config.require('als.alpha'):g} * weight. Our als fit seconds: "
-        f"`fit_als` (solver {config.require('als.solver')}, {config.require('spark.master')}, reg_param {config.require('als.reg_param'):g}) "
+        f"`fit_als` (solver {config.require('als.solver')}, {config.require('spark.master')}, "
+        f"reg_param {config.require('als.reg_param'):g}) "
         "on the same train rows, timed here; our other models are not timed (-)."
     )
 

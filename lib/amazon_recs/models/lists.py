@@ -105,7 +105,9 @@ def blend(
                 continue
             weight = F.lit(float(weights[name]))
         else:
-            df = df.join(F.broadcast(trust.select(ITEM_IDX, F.col("trust").alias("_trust"))), ITEM_IDX, "left")
+            df = df.join(
+                F.broadcast(trust.select(ITEM_IDX, F.col("trust").alias("_trust"))), ITEM_IDX, "left"
+            )
             item_trust = F.coalesce(F.col("_trust"), F.lit(0.0))
             if name == "als" and "content" in candidates:
                 proposed = candidates["content"].select(USER_IDX, ITEM_IDX, F.lit(True).alias("_by_content"))

@@ -161,7 +161,11 @@ def test_auto_chooses_by_the_ratings_and_the_size_of_the_broadcast_factors(spark
     assert m_als.choose_solver(train, auto) == "local"  # ~300 ratings
     assert m_als.choose_solver(train, replace(auto, local_max_ratings=100)) == "blocked"
     # 60 users x rank 4 x 4 bytes is 0.9 KiB: over a limit of 0 MB
-    assert m_als.choose_solver(train, replace(auto, local_max_ratings=100, blocked_max_factors_mb=0)) == "mllib"
+    assert (
+        m_als.choose_solver(train, replace(auto, local_max_ratings=100, blocked_max_factors_mb=0)) == "mllib"
+    )
     assert m_als.choose_solver(train, replace(params, solver="mllib")) == "mllib"
-    with pytest.raises(ConfigError, match="als.solver must be one of auto, local, blocked, mllib, not 'fast'"):
+    with pytest.raises(
+        ConfigError, match="als.solver must be one of auto, local, blocked, mllib, not 'fast'"
+    ):
         m_als.fit_als(train, replace(params, solver="fast"))

@@ -199,7 +199,9 @@ def test_blend_moves_als_weight_to_content_on_items_without_collaborative_signal
     # One user. ALS normalises items 1, 2, 4 to 1, 0.5, 0; content items 3, 2, 5 to
     # 1, 0.75, 0; popularity item 1 to 1. Trust: item 1 0.95, item 2 0.5, item 4 0.2,
     # items 3 and 5 (new) are not in the table: 0.
-    als = spark.createDataFrame([(1, 1, 2.0, 10, "als"), (1, 2, 1.0, 10, "als"), (1, 4, 0.0, 10, "als")], CANDIDATES)
+    als = spark.createDataFrame(
+        [(1, 1, 2.0, 10, "als"), (1, 2, 1.0, 10, "als"), (1, 4, 0.0, 10, "als")], CANDIDATES
+    )
     content = spark.createDataFrame(
         [(1, 3, 0.9, 11, "content"), (1, 2, 0.8, 12, "content"), (1, 5, 0.5, 13, "content")], CANDIDATES
     )

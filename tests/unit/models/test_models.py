@@ -45,7 +45,9 @@ def test_als_recommends_unseen_items_from_the_users_block(spark, small_als, solv
     train = planted_train(spark).cache()
     n = 3
     users = train.select("user_idx").distinct()
-    recs = m_als.recommend_als(m_als.fit_als(train, replace(small_als, solver=solver)), users, train, n).collect()
+    recs = m_als.recommend_als(
+        m_als.fit_als(train, replace(small_als, solver=solver)), users, train, n
+    ).collect()
 
     seen = {(r.user_idx, r.item_idx) for r in train.collect()}
     by_user: dict[int, list] = {}

@@ -182,7 +182,11 @@ def test_weight_search_with_item_trust_equals_the_spark_reference(spark):
     # Items 0..39 with 0..7 training interactions (item 39 past the trust array: trust 0).
     rng = random.Random(11)
     rows = {
-        name: [(u, i, rng.randint(0, 4) / 4) for u in range(30) for i in rng.sample(range(40), rng.randint(1, 12))]
+        name: [
+            (u, i, rng.randint(0, 4) / 4)
+            for u in range(30)
+            for i in rng.sample(range(40), rng.randint(1, 12))
+        ]
         for name in COMPONENTS
     }
     truth = {u: set(rng.sample(range(40), rng.randint(1, 4))) for u in range(0, 36, 2)}

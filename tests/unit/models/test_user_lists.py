@@ -92,7 +92,9 @@ def fitted(spark):
     train.unpersist()
 
 
-@pytest.mark.parametrize("block_floats, half_trust", [(ul.BLOCK_FLOATS, 0.0), (3 * N_ITEMS, 0.0), (3 * N_ITEMS, 2.0)])
+@pytest.mark.parametrize(
+    "block_floats, half_trust", [(ul.BLOCK_FLOATS, 0.0), (3 * N_ITEMS, 0.0), (3 * N_ITEMS, 2.0)]
+)
 def test_every_list_matches_the_spark_reference(fitted, block_floats, half_trust):
     spark, train, items, neighbours, user_ids, models = fitted
     expected = reference(spark, models, train, items, half_trust)
