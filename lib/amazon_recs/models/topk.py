@@ -10,6 +10,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from amazon_recs.models.jit import njit_cached
 from amazon_recs.schemas import ITEM_IDX, RANK, SCORE, USER_IDX
 
 
@@ -139,15 +140,18 @@ def flat_seen(seen_lists, ids: np.ndarray, sorter: np.ndarray | None = None) -> 
 
 def top_n_per_row(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``n`` highest finite scores, by score descending then column ascending
-    (``top_k``'s order); -inf marks an excluded entry.
+    (``top_k``'s order); -inf (or NaN) marks an excluded entry.
 
-    Wide rows go through a floor first: the columns are cut into groups (at
+    Rows narrower than 64n go through a bounded heap of the ``n`` best so far
+    (compiled): a score enters only when it beats the heap's worst.
+
+    Wider rows go through a floor first: the columns are cut into groups (at
     least 2n), and the ``n``-th largest group maximum is a floor no row's
     ``n``-th best score lies under (``n`` groups each hold a score at or above
     it). Only the groups reaching the floor are read again, and only their
     scores at or above it, typically a few times ``n``, are sorted. One pass
-    for the maxima costs far less than selecting in every row
-    (``argpartition``), which used to be most of an all-user top-k.
+    for the maxima is memory-bound numpy, faster there than the heap's
+    compare per column.
 
     Returns:
         (cols, valid), both rows x min(n, columns): the chosen columns in rank order,
@@ -155,11 +159,12 @@ def top_n_per_row(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """
     n_rows, n_cols = scores.shape
     k = min(n, n_cols)
-    if k <= 0:
-        return np.empty((n_rows, 0), np.int64), np.empty((n_rows, 0), bool)
-    if n_cols < 16 * k or not n_rows:
-        return _top_n_by_partition(scores, k)
-    # Groups of `size` columns, at least 2k groups (n_cols >= 16k), the columns left over in
+    if k <= 0 or not n_rows:
+        return np.zeros((n_rows, max(k, 0)), np.int64), np.zeros((n_rows, max(k, 0)), bool)
+    if n_cols < 64 * k:
+        cols, counts = _heap_top_rows(np.ascontiguousarray(scores), k)
+        return cols, np.arange(k) < counts[:, None]
+    # Groups of `size` columns, at least 2k groups (n_cols >= 64k), the columns left over in
     # a last group. Group j holds the columns j, j + groups, j + 2 groups, ...: its maximum
     # is an elementwise maximum of contiguous slices, the fastest reduction numpy has.
     size = max(8, n_cols // (16 * k))
@@ -193,40 +198,134 @@ def best_per_row(
     """Each row's ``n`` best of flat entries (row, col, score): score descending, then col
     ascending (``top_k``'s order).
 
-    Without ``cols`` the entries must come sorted by (row, col): two stable sorts
-    then give that order, cheaper than the three-key lexsort used otherwise.
+    Without ``cols`` the entries must come sorted by (row, col); the position then
+    breaks ties. Entries are grouped by row (a stable radix sort unless already
+    grouped) and each row's best are chosen through a bounded heap (compiled).
 
     Returns:
         (index, rank): the chosen entries' indices in (row, rank) order, and their ranks 1..n.
     """
-    if cols is None:
-        order = np.argsort(-scores, kind="stable")
-        order = order[np.argsort(rows[order], kind="stable")]
+    rows = np.asarray(rows)
+    if not len(rows) or n <= 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    if len(rows) > 1 and (rows[1:] < rows[:-1]).any():
+        order = np.argsort(rows, kind="stable")
     else:
-        order = np.lexsort((cols, -scores, rows))
-    ranked = rows[order]
-    rank = np.arange(len(order)) - np.searchsorted(ranked, ranked) + 1
-    keep = rank <= n
-    return order[keep], rank[keep]
+        order = np.arange(len(rows))
+    ties = np.arange(len(rows)) if cols is None else np.asarray(cols, np.int64)
+    grouped = rows[order]
+    heads = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    bounds = np.r_[heads, len(rows)].astype(np.int64)
+    scores = np.asarray(scores)
+    chosen, rank = _heap_best_in_runs(
+        bounds, np.ascontiguousarray(scores[order]), np.ascontiguousarray(ties[order]), int(n)
+    )
+    return order[chosen], rank
 
 
-def _top_n_by_partition(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``top_n_per_row`` for narrow rows: argpartition, then an exact sort of the chosen."""
+@njit_cached()
+def _worse(s1, t1, s2, t2) -> bool:
+    """Entry 1 ranks after entry 2: a lower score, or an equal score and a larger tie key."""
+    return s1 < s2 or (s1 == s2 and t1 > t2)
+
+
+@njit_cached()
+def _heap_push_pop(hs, ht, hi, size, s, t, i, k):
+    """Add (score s, tie t, index i) to the heap of the ``k`` best (worst at the root);
+    returns the heap's new size. An entry not better than a full heap's root is dropped."""
+    if size < k:
+        j = size
+        size += 1
+        hs[j], ht[j], hi[j] = s, t, i
+        while j > 0:
+            parent = (j - 1) // 2
+            if _worse(hs[j], ht[j], hs[parent], ht[parent]):
+                hs[j], hs[parent] = hs[parent], hs[j]
+                ht[j], ht[parent] = ht[parent], ht[j]
+                hi[j], hi[parent] = hi[parent], hi[j]
+                j = parent
+            else:
+                break
+        return size
+    if not _worse(hs[0], ht[0], s, t):
+        return size
+    hs[0], ht[0], hi[0] = s, t, i
+    _sift_down(hs, ht, hi, 0, size)
+    return size
+
+
+@njit_cached()
+def _sift_down(hs, ht, hi, j, size):
+    while True:
+        child = 2 * j + 1
+        if child >= size:
+            return
+        if child + 1 < size and _worse(hs[child + 1], ht[child + 1], hs[child], ht[child]):
+            child += 1
+        if _worse(hs[child], ht[child], hs[j], ht[j]):
+            hs[j], hs[child] = hs[child], hs[j]
+            ht[j], ht[child] = ht[child], ht[j]
+            hi[j], hi[child] = hi[child], hi[j]
+            j = child
+        else:
+            return
+
+
+@njit_cached()
+def _drain(hs, ht, hi, size, out):
+    """Empty the heap into ``out`` best first (the heap's indices); returns the count."""
+    count = size
+    while size > 0:
+        out[size - 1] = hi[0]
+        size -= 1
+        hs[0], ht[0], hi[0] = hs[size], ht[size], hi[size]
+        _sift_down(hs, ht, hi, 0, size)
+    return count
+
+
+@njit_cached()
+def _heap_top_rows(scores, k):
     n_rows, n_cols = scores.shape
-    cols = np.argpartition(scores, n_cols - k, axis=1)[:, n_cols - k :]
-    top = np.take_along_axis(scores, cols, axis=1)
-    order = np.lexsort((cols, -top))
-    cols, top = np.take_along_axis(cols, order, axis=1), np.take_along_axis(top, order, axis=1)
-    # argpartition picks arbitrarily among scores equal to the k-th: where more
-    # columns reach it than were taken, choose again exactly, by column.
-    threshold = top[:, -1]
-    for r in np.flatnonzero(np.count_nonzero(scores >= threshold[:, None], axis=1) > k):
-        row = scores[r]
-        reach = np.flatnonzero(row >= threshold[r] if threshold[r] > -np.inf else row > -np.inf)
-        best = reach[np.lexsort((reach, -row[reach]))[:k]]
-        cols[r, : len(best)], cols[r, len(best) :] = best, 0
-        top[r, : len(best)], top[r, len(best) :] = row[best], -np.inf
-    return cols, np.isfinite(top)
+    cols = np.zeros((n_rows, k), np.int64)
+    counts = np.zeros(n_rows, np.int64)
+    hs = np.empty(k, scores.dtype)
+    ht = np.empty(k, np.int64)
+    hi = np.empty(k, np.int64)
+    for r in range(n_rows):
+        size = 0
+        for c in range(n_cols):
+            s = scores[r, c]
+            if s == -np.inf or s != s:
+                continue
+            if size == k and s <= hs[0]:  # columns ascend: an equal score ranks after the root
+                continue
+            size = _heap_push_pop(hs, ht, hi, size, s, c, c, k)
+        counts[r] = _drain(hs, ht, hi, size, cols[r])
+    return cols, counts
+
+
+@njit_cached()
+def _heap_best_in_runs(bounds, scores, ties, n):
+    """For each run [bounds[g], bounds[g + 1]), its ``n`` best entries (score desc, tie asc):
+    their positions in (run, rank) order and their ranks 1..n."""
+    total = 0
+    for g in range(len(bounds) - 1):
+        total += min(n, bounds[g + 1] - bounds[g])
+    chosen = np.empty(total, np.int64)
+    rank = np.empty(total, np.int64)
+    hs = np.empty(n, scores.dtype)
+    ht = np.empty(n, np.int64)
+    hi = np.empty(n, np.int64)
+    at = 0
+    for g in range(len(bounds) - 1):
+        size = 0
+        for i in range(bounds[g], bounds[g + 1]):
+            size = _heap_push_pop(hs, ht, hi, size, scores[i], ties[i], i, n)
+        count = _drain(hs, ht, hi, size, chosen[at:])
+        for j in range(count):
+            rank[at + j] = j + 1
+        at += count
+    return chosen, rank
 
 
 def first_unseen_steps(seen_at: np.ndarray, start: int, length: int, n: int) -> np.ndarray:

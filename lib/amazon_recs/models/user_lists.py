@@ -35,6 +35,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from amazon_recs.errors import ConfigError
+from amazon_recs.models import ivf
 from amazon_recs.models import lists as rc
 from amazon_recs.models.lists import BECAUSE, RANDOM_SOURCE, SOURCE
 from amazon_recs.models.topk import BLOCK_FLOATS, best_per_row, collect_columns, top_n_per_row
@@ -64,6 +66,30 @@ LIST_SCHEMA = T.StructType(
 
 
 @dataclass(frozen=True)
+class AlsSearch:
+    """How each user's ALS candidates are found (``recommend.als_search``).
+
+    ``exact`` scores every item; ``ivf`` searches an inverted file of the item
+    factors (``models.ivf``), probing ``probe_fraction`` of its clusters; ``auto``
+    is ``ivf`` from ``ivf_min_items`` items with factors on, ``exact`` below.
+    """
+
+    method: str = "auto"
+    ivf_min_items: int = 20_000
+    probe_fraction: float = 0.0625
+    head_multiple: int = 20  # the head holds head_multiple x candidates items
+
+    def __post_init__(self):
+        if self.method not in ("auto", "exact", "ivf"):
+            raise ConfigError(f"recommend.als_search must be auto, exact or ivf, not {self.method!r}")
+        if not 0 < self.probe_fraction <= 1:
+            raise ConfigError(f"recommend.ivf_probe_fraction must be in (0, 1], not {self.probe_fraction}")
+
+    def uses_index(self, items_with_factors: int) -> bool:
+        return self.method == "ivf" or (self.method == "auto" and items_with_factors >= self.ivf_min_items)
+
+
+@dataclass(frozen=True)
 class Catalogue:
     """The item-sized arrays every user's lists are made from (broadcast once).
 
@@ -80,6 +106,7 @@ class Catalogue:
     popular_scores: np.ndarray  # float64, aligned with popular_order
     random_order: np.ndarray  # int64: places of the catalogue, shuffled by the seed
     als_trust: np.ndarray  # float64 per place: the hybrid's trust in ALS (lists.item_trust)
+    als_index: ivf.ItemIndex | None = None  # when set, ALS scores are searched through it
 
     @property
     def size(self) -> int:
@@ -108,12 +135,15 @@ def catalogue(
     popularity: DataFrame,
     seed: int,
     half_trust: float = 0.0,
+    search: AlsSearch | None = None,
+    n: int = 100,
 ) -> Catalogue:
     """Collect the item-sized model parts into numpy (every frame here is item-sized).
 
     The random order is the one of ``baseline.recommend_random``: the items
     sorted by a seeded xxhash64, then by item. ``half_trust`` sets the hybrid's
     trust in ALS per item from its training interactions (``lists.item_trust``).
+    ``search`` says whether ALS candidates (``n`` per user) go through an index.
     """
     ids, hashes = collect_columns(
         items.select(ITEM_IDX).distinct().withColumn("_hash", F.xxhash64(F.lit(seed), ITEM_IDX)),
@@ -154,6 +184,11 @@ def catalogue(
         popular_scores=np.asarray(p_scores, np.float64)[pop_order],
         random_order=places(ids[np.lexsort((ids, hashes))]),
         als_trust=rc.item_trust(interactions, half_trust),
+        als_index=(
+            ivf.build(als_factors, n, search.probe_fraction, seed, search.head_multiple)
+            if search is not None and search.uses_index(len(als_factors))
+            else None
+        ),
     )
 
 
@@ -177,6 +212,34 @@ def per_user(train: DataFrame, user_factors: DataFrame, user_ids: DataFrame, see
         .withColumn(START, F.xxhash64(F.lit(seed), USER_IDX))
         .select(USER, USER_IDX, FACTORS, SEEN_ITEMS, SEEN_WEIGHTS, START)
     )
+
+
+def search_recall(user_factors: DataFrame, cat: Catalogue, n: int, k: int, users: int, seed: int) -> dict:
+    """How much of the exact ALS top-``n`` (and top-``k``) the index finds, on ``users``
+    users sampled by a seeded hash of their id (seen items not excluded on either side).
+    Empty when the catalogue searches exactly."""
+    if cat.als_index is None or users <= 0:
+        return {}
+    sample = user_factors.orderBy(F.xxhash64(F.lit(seed), "id"), "id").limit(users)
+    (matrix,) = collect_columns(sample, "features")
+    if not len(matrix):
+        return {}
+    matrix = np.asarray(matrix, np.float32)
+    none = np.empty(0, np.int64)
+    exact = als_top_n(matrix, cat.als_factors, none, none, n)
+    found = als_top_n(matrix, cat.als_factors, none, none, n, cat.als_index)
+    index = cat.als_index
+    head_k = [_ranks(r[0], len(matrix)) <= k for r in (exact, found)]
+    return {
+        "als_search_users": len(matrix),
+        f"als_search_recall_at_{n}": round(ivf.recall(found, exact), 4),
+        f"als_search_recall_at_{k}": round(
+            ivf.recall(tuple(a[head_k[1]] for a in found), tuple(a[head_k[0]] for a in exact)), 4
+        ),
+        "als_search_clusters": index.clusters,
+        "als_search_probe": index.probe,
+        "als_search_head": len(index.head),
+    }
 
 
 def user_lists(
@@ -330,11 +393,11 @@ def _best_per_group(values: np.ndarray, ties: np.ndarray, head: np.ndarray) -> n
 
 
 def _als(batch, cat: Catalogue, seen_rows, seen_places, n: int, block_floats: int) -> Flat:
-    """Each user's ``n`` best unseen items by factor dot product (as ``recommend_from_factors``)."""
+    """Each user's ``n`` best unseen items by factor dot product (as ``recommend_from_factors``),
+    searched exactly or, with ``cat.als_index``, through the index (``models.ivf``)."""
     factors = batch[FACTORS].to_numpy()
     has = np.fromiter((f is not None for f in factors), bool, len(factors))
-    n_als = len(cat.als_places)
-    if not has.any() or not n_als or n <= 0:
+    if not has.any() or not len(cat.als_places) or n <= 0:
         return Flat.empty()
     users = np.flatnonzero(has)
     matrix = np.stack(factors[users]).astype(np.float32, copy=False)
@@ -343,21 +406,50 @@ def _als(batch, cat: Catalogue, seen_rows, seen_places, n: int, block_floats: in
     user_of_row[users] = np.arange(len(users))
     s_user, s_col = user_of_row[seen_rows], cat.als_column[seen_places]
     mask = (s_user != NO_ITEM) & (s_col != NO_ITEM)
-    s_user, s_col = s_user[mask], s_col[mask]
-    bounds = _segments(s_user, len(users))
-    step = max(1, block_floats // n_als)
+    rows, cols, scores = als_top_n(
+        matrix, cat.als_factors, s_user[mask], s_col[mask], n, cat.als_index, block_floats
+    )
+    return Flat(users[rows], cat.als_places[cols], scores, np.full(len(rows), NO_ITEM, np.int64))
+
+
+def als_top_n(
+    users: np.ndarray,
+    factors: np.ndarray,
+    seen_user: np.ndarray,
+    seen_col: np.ndarray,
+    n: int,
+    index: ivf.ItemIndex | None = None,
+    block_floats: int = BLOCK_FLOATS,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each user's ``n`` best unseen columns of ``factors`` by dot product, in blocks of
+    users holding at most ``block_floats`` scores; ``seen_*`` sorted by user.
+
+    Returns:
+        (user row, column, score as float64), by user then rank.
+    """
+    width = len(index.head) if index is not None else len(factors)
+    step = max(1, block_floats // max(width, 1))
+    bounds = _segments(seen_user, len(users))
     parts = []
     for start in range(0, len(users), step):
         stop = min(start + step, len(users))
-        scores = matrix[start:stop] @ cat.als_factors.T
         lo, hi = bounds[start], bounds[stop]
-        scores[s_user[lo:hi] - start, s_col[lo:hi]] = -np.inf
-        cols, valid = top_n_per_row(scores, n)
-        r, place = np.nonzero(valid)
-        chosen = cols[r, place]
-        parts.append((users[start + r], cat.als_places[chosen], scores[r, chosen].astype(np.float64)))
-    rows, places, scores = (np.concatenate(p) for p in zip(*parts, strict=True))
-    return Flat(rows, places, scores, np.full(len(rows), NO_ITEM, np.int64))
+        if index is not None:
+            r, chosen, top = ivf.top_n(
+                users[start:stop], factors, index, seen_user[lo:hi] - start, seen_col[lo:hi], n
+            )
+        else:
+            scores = users[start:stop] @ factors.T
+            scores[seen_user[lo:hi] - start, seen_col[lo:hi]] = -np.inf
+            cols, valid = top_n_per_row(scores, n)
+            r, place = np.nonzero(valid)
+            chosen = cols[r, place]
+            top = scores[r, chosen]
+        parts.append((start + r, chosen, top.astype(np.float64)))
+    if not parts:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+    rows, cols, scores = (np.concatenate(p) for p in zip(*parts, strict=True))
+    return rows, cols, scores
 
 
 def _als_because(shown: Flat, cat: Catalogue, seen_rows, seen_places, chunk: int = 1 << 20) -> np.ndarray:

@@ -34,6 +34,14 @@ def als_half_trust(spark: SparkSession, config: Config, version: str) -> float:
     return float(config.require("recommend.als_half_trust"))
 
 
+def als_search(config: Config) -> user_lists.AlsSearch:
+    return user_lists.AlsSearch(
+        method=config.require("recommend.als_search"),
+        ivf_min_items=config.require("recommend.ivf_min_items"),
+        probe_fraction=config.require("recommend.ivf_probe_fraction"),
+    )
+
+
 @stage
 def run_recommend(spark: SparkSession, config: Config) -> dict:
     version = versions.current_version(spark, config)
@@ -53,12 +61,30 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
         spark.read.format("delta").load(f"{src}/popularity"),
         seed,
         als_half_trust(spark, config, version),
+        als_search(config),
+        n,
     )
+    index = catalogue.als_index
     progress(
         f"catalogue of {catalogue.size:,} items collected in {time.perf_counter() - started:.1f}s "
         f"({catalogue.als_factors.nbytes / 2**20:.0f} MiB of ALS factors, "
-        f"{len(catalogue.neighbour_places):,} content neighbours)"
+        f"{len(catalogue.neighbour_places):,} content neighbours); ALS search: "
+        + (
+            f"index of {index.clusters:,} clusters ({index.probe} probed per user) and a head of "
+            f"{len(index.head):,} items"
+            if index is not None
+            else "exact"
+        )
     )
+    recall = user_lists.search_recall(
+        als.userFactors, catalogue, n, k, config.require("recommend.als_search_recall_users"), seed
+    )
+    if recall:
+        progress(
+            f"ALS search recall on {recall['als_search_users']:,} sampled users: "
+            f"{recall[f'als_search_recall_at_{n}']:.4f} at {n}, "
+            f"{recall[f'als_search_recall_at_{k}']:.4f} at {k}"
+        )
     users = user_lists.per_user(train, als.userFactors, io.read_table(spark, config, "silver/user_ids"), seed)
     timer = spark.sparkContext.accumulator(0.0)
     lists = user_lists.user_lists(users, catalogue, k, n, hybrid_weights(spark, config, version), timer)
@@ -77,4 +103,5 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
         **{f"rows_{r[MODEL]}": r["count"] for r in counts},
         "seconds_lists": seconds,
         "seconds_als_scores_worker": round(timer.value, 2),
+        **recall,
     }

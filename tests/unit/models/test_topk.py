@@ -290,3 +290,24 @@ def test_collect_columns_brings_every_row_as_numpy_with_arrays_stacked(spark):
     assert features[order].tolist() == [[float(i), -float(i), 0.5] for i in range(25)]
     empty = topk.collect_columns(df.filter("id < 0"), "id", "features")
     assert [len(a) for a in empty] == [0, 0]
+
+
+@pytest.mark.parametrize("with_cols", [True, False])
+def test_best_per_row_matches_a_lexsort_on_unsorted_rows_with_ties(with_cols):
+    rng = np.random.default_rng(9)
+    rows = rng.integers(0, 40, 2000)
+    cols = rng.permutation(2000)
+    scores = rng.integers(0, 6, 2000).astype(np.float64)
+    scores[::97] = -np.inf
+    if not with_cols:  # entries sorted by (row, col); position breaks ties
+        order = np.lexsort((cols, rows))
+        rows, cols, scores = rows[order], cols[order], scores[order]
+    index, rank = topk.best_per_row(rows, scores, 7, cols if with_cols else None)
+    expected = []
+    for r in range(40):
+        mine = np.flatnonzero(rows == r)
+        expected += list(mine[np.lexsort((cols[mine], -scores[mine]))][:7])
+    np.testing.assert_array_equal(index, expected)
+    np.testing.assert_array_equal(
+        rank, np.concatenate([np.arange(1, min(7, (rows == r).sum()) + 1) for r in range(40)])
+    )

@@ -92,14 +92,31 @@ def fitted(spark):
     train.unpersist()
 
 
+# ALS through the inverted file with every cluster probed: the same lists, found
+# through the head (N items), its floors and the clusters of the other 17 items.
+EVERY_CLUSTER = ul.AlsSearch("ivf", probe_fraction=1.0, head_multiple=1)
+
+
 @pytest.mark.parametrize(
-    "block_floats, half_trust", [(ul.BLOCK_FLOATS, 0.0), (3 * N_ITEMS, 0.0), (3 * N_ITEMS, 2.0)]
+    "block_floats, half_trust, search",
+    [
+        (ul.BLOCK_FLOATS, 0.0, None),
+        (3 * N_ITEMS, 0.0, None),
+        (3 * N_ITEMS, 2.0, None),
+        (ul.BLOCK_FLOATS, 0.0, EVERY_CLUSTER),
+        (3 * N, 2.0, EVERY_CLUSTER),
+    ],
 )
-def test_every_list_matches_the_spark_reference(fitted, block_floats, half_trust):
+def test_every_list_matches_the_spark_reference(fitted, block_floats, half_trust, search):
     spark, train, items, neighbours, user_ids, models = fitted
     expected = reference(spark, models, train, items, half_trust)
-    catalogue = ul.catalogue(items, models.als.itemFactors, neighbours, models.popularity, SEED, half_trust)
+    catalogue = ul.catalogue(
+        items, models.als.itemFactors, neighbours, models.popularity, SEED, half_trust, search, N
+    )
     assert (catalogue.als_trust < 1).any() == (half_trust > 0)
+    assert (catalogue.als_index is not None) == (search is not None)
+    if search is not None:
+        assert len(catalogue.als_index.head) == N and catalogue.als_index.clusters > 1
     users = ul.per_user(train, models.als.userFactors, user_ids, SEED)
     timer = spark.sparkContext.accumulator(0.0)
     got_rows = ul.user_lists(users, catalogue, K, N, WEIGHTS, timer, block_floats=block_floats).collect()
@@ -138,6 +155,22 @@ def test_every_list_matches_the_spark_reference(fitted, block_floats, half_trust
     assert {r.item_idx for r in lists[("random", ALMOST_ALL)]} == {22, 23, 24}
     # Content has nothing for a user whose items have no neighbours: popularity fills the list.
     assert {r.source for r in lists[("content", NO_NEIGHBOURS)]} == {"popular"}
+
+
+def test_search_recall_is_measured_only_for_an_index(fitted):
+    spark, train, items, neighbours, user_ids, models = fitted
+    args = (items, models.als.itemFactors, neighbours, models.popularity, SEED, 0.0)
+    exact = ul.catalogue(*args, ul.AlsSearch("exact"), N)
+    assert ul.search_recall(models.als.userFactors, exact, N, K, 100, SEED) == {}
+    indexed = ul.catalogue(*args, EVERY_CLUSTER, N)
+    recall = ul.search_recall(models.als.userFactors, indexed, N, K, 10, SEED)
+    assert recall["als_search_users"] == 10
+    assert recall[f"als_search_recall_at_{N}"] == recall[f"als_search_recall_at_{K}"] == 1.0
+    # Probing one cluster of several can only lose items, and the recall says how many.
+    one = ul.catalogue(*args, ul.AlsSearch("ivf", probe_fraction=0.01, head_multiple=1), N)
+    assert one.als_index.probe == 1
+    partial = ul.search_recall(models.als.userFactors, one, N, K, N_USERS, SEED)
+    assert 0 < partial[f"als_search_recall_at_{N}"] < 1
 
 
 def test_walk_is_the_first_unseen_steps_of_each_row():
