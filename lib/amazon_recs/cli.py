@@ -8,6 +8,7 @@ the process exits non-zero.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -105,11 +106,37 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def _run_stages(stages: list[str], args: argparse.Namespace) -> int:
+    config = _load(args)
+    with _run_lock(config, sorted(stages, key=STAGE_ORDER.index)) as lock:
+        return _run_locked(stages, config, lock)
+
+
+def _run_lock(config: Config, stages: list[str]):
+    """The warehouse's run lock (``pipeline.run_lock``), taken before Spark starts so
+    that a second run stops at once; a no-op where it cannot be held."""
+    from amazon_recs.pipeline import run_lock
+
+    run_id = run_lock.new_run_id()
+    warehouse = run_lock.local_path(config.require("paths.warehouse"))
+    if not config.require("run.lock") or warehouse is None:
+        if config.require("run.lock"):
+            log.warning("run %s: no run lock on %s (only local warehouses hold one)", run_id, warehouse)
+        return contextlib.nullcontext(None)
+    log.info("run %s: holding the lock %s", run_id, warehouse / run_lock.LOCK_NAME)
+    return run_lock.RunLock(
+        warehouse,
+        run_id,
+        stages,
+        ttl_s=config.require("run.lock_ttl_seconds"),
+        heartbeat_s=config.require("run.lock_heartbeat_seconds"),
+    )
+
+
+def _run_locked(stages: list[str], config: Config, lock) -> int:
     from amazon_recs.pipeline.base import NOW
     from amazon_recs.pipeline.summary import pipeline_summary
     from amazon_recs.spark import driver_facts, get_spark
 
-    config = _load(args)
     spark = get_spark(config)
     facts = driver_facts(spark)
     log.info(
@@ -121,6 +148,8 @@ def _run_stages(stages: list[str], args: argparse.Namespace) -> int:
     )
     summaries = {}
     for stage in sorted(stages, key=STAGE_ORDER.index):
+        if lock is not None:
+            lock.check()
         started = time.time()
         log.info("stage %s: starting", stage)
         try:
