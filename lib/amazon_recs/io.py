@@ -8,8 +8,11 @@ under ``paths.warehouse`` (``bronze/reviews``, ``gold/metrics``, ...).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
@@ -173,15 +176,27 @@ def table_exists(spark: SparkSession, path: str) -> bool:
     return DeltaTable.isDeltaTable(spark, path)
 
 
-def read_table(spark: SparkSession, config: Config, name: str) -> DataFrame:
-    """Read a Delta table; a missing one names the stage that writes it."""
+def read_table(spark: SparkSession, config: Config, name: str, version: int | None = None) -> DataFrame:
+    """Read a Delta table, at its commit ``version`` when given (time travel), else its
+    latest; a missing table names the stage that writes it."""
     path = table_path(config, name)
     if not table_exists(spark, path):
         raise StageOrderError(
             f"table {name} does not exist at {path}: run the stage that writes it first "
             f"(make run runs them all in order)"
         )
-    return spark.read.format("delta").load(path)
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", int(version))
+    return reader.load(path)
+
+
+def table_version(spark: SparkSession, config: Config, name: str) -> int:
+    """The latest commit version of a Delta table (one read of its log)."""
+    path = table_path(config, name)
+    if not table_exists(spark, path):
+        raise StageOrderError(f"table {name} does not exist at {path}: run the stage that writes it first")
+    return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
 
 
 def overwrite_table(df: DataFrame, config: Config, name: str, partition_by: list[str] | None = None) -> str:
@@ -221,9 +236,32 @@ def merge_table(
     return path
 
 
+def local_path(uri: str) -> Path | None:
+    """The local file system path of ``uri``, or None for a remote store (s3://, ...)."""
+    if uri.startswith("file:"):
+        return Path(uri.removeprefix("file:").removeprefix("//"))
+    if "://" in uri or uri.startswith(("s3:", "s3a:", "s3n:")):
+        return None
+    return Path(uri)
+
+
 def write_bytes(spark: SparkSession, path: str, data: bytes) -> None:
-    """Write a small file (a report, a plot, a DDL file) through Hadoop's file system,
-    so local paths and s3:// URIs take the same route."""
+    """Write a small file (a report, a plot, a DDL file, a version pointer) atomically:
+    a reader sees the old content or the new, never a part.
+
+    Locally: a temporary file beside it, then a rename over it (Hadoop's local
+    ``create(overwrite)`` truncates in place). On S3 a PUT is atomic already, so
+    remote paths go through Hadoop's file system as one object.
+    """
+    local = local_path(path)
+    if local is not None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, local)
+        # Hadoop's checksum of an older write would no longer match: reads would fail.
+        local.with_name(f".{local.name}.crc").unlink(missing_ok=True)
+        return
     jvm = spark.sparkContext._jvm
     hpath = jvm.org.apache.hadoop.fs.Path(path)
     fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())

@@ -240,3 +240,31 @@ def test_the_gold_table_store_serves_the_export_without_spark(spark, pipeline):
     newest_first = [r["item_id"] for r in interactions.orderBy(F.desc("ts"), "item_id").collect()]
     assert [r["item_id"] for r in store.history(user)] == newest_first
     assert len(store.metrics()) == io.read_table(spark, config, "gold/metrics").count()
+
+
+def test_later_stages_read_the_commits_the_model_was_trained_on(spark, pipeline):
+    from delta.tables import DeltaTable
+
+    from amazon_recs.pipeline import versions
+
+    config, _ = pipeline
+    version = versions.current_version(spark, config)
+    inputs = versions.model_info(spark, config, version)["inputs"]
+    assert set(inputs) == set(versions.INPUT_TABLES)
+    assert inputs == {name: io.table_version(spark, config, name) for name in versions.INPUT_TABLES}
+    metrics = sorted_rows(spark, config, "gold/metrics")
+    # The split changes under the trained model (a features run in between): every
+    # held-out row is gone from the latest commit.
+    io.overwrite_table(
+        io.read_table(spark, config, "silver/interactions").filter("split = 'train'"),
+        config,
+        "silver/interactions",
+    )
+    assert io.read_table(spark, config, "silver/interactions").filter("split = 'test'").count() == 0
+    try:
+        stage_function("evaluate")(spark, config)
+        assert sorted_rows(spark, config, "gold/metrics") == metrics  # measured on the pinned split
+    finally:
+        path = io.table_path(config, "silver/interactions")
+        DeltaTable.forPath(spark, path).restoreToVersion(inputs["silver/interactions"])
+    assert io.read_table(spark, config, "silver/interactions").filter("split = 'test'").count() > 0

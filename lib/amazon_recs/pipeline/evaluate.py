@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -24,9 +22,10 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
     k = config.require("evaluate.k")
     recs = io.read_table(spark, config, "gold/recommendations")
     version = recs.select("model_version").first()[0]
-    interactions = io.read_table(spark, config, "silver/interactions")
+    info = versions.model_info(spark, config, version)
+    interactions = versions.read_input(spark, config, version, "silver/interactions", info)
     truth = interactions.filter(F.col(SPLIT) == TEST)
-    catalogue = io.read_table(spark, config, "silver/items").count()
+    catalogue = versions.read_input(spark, config, version, "silver/items", info).count()
 
     train = interactions.filter(F.col(SPLIT) == TRAIN).select(USER, ITEM)
     ks = curve_ks(config)
@@ -50,7 +49,6 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
         "test_interactions": truth.count(),
     }
     curve = [r.asDict() for r in summaries.filter(F.col("k").isin(ks)).collect()]
-    info = json.loads(io.read_text(spark, f"{versions.model_dir(config, version)}/model_info.json") or "{}")
     path = report.write_metrics_report(
         spark,
         config,

@@ -48,8 +48,9 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
     src = versions.model_dir(config, version)
     k, n = config.require("recommend.k"), config.require("recommend.candidates")
     seed = config.require("split.seed")
-    interactions = io.read_table(spark, config, "silver/interactions")
-    items = io.read_table(spark, config, "silver/items")
+    info = versions.model_info(spark, config, version)
+    interactions = versions.read_input(spark, config, version, "silver/interactions", info)
+    items = versions.read_input(spark, config, version, "silver/items", info)
     train = interactions.filter(F.col(SPLIT) == TRAIN).select(USER_IDX, ITEM_IDX, WEIGHT)
     als = ALSModel.load(f"{src}/als")
 
@@ -85,10 +86,12 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
             f"{recall[f'als_search_recall_at_{n}']:.4f} at {n}, "
             f"{recall[f'als_search_recall_at_{k}']:.4f} at {k}"
         )
-    users = user_lists.per_user(train, als.userFactors, io.read_table(spark, config, "silver/user_ids"), seed)
+    user_ids = versions.read_input(spark, config, version, "silver/user_ids", info)
+    users = user_lists.per_user(train, als.userFactors, user_ids, seed)
     timer = spark.sparkContext.accumulator(0.0)
     lists = user_lists.user_lists(users, catalogue, k, n, hybrid_weights(spark, config, version), timer)
-    gold = rc.to_gold(rc.with_reason(lists, items), version, io.read_table(spark, config, "silver/item_ids"))
+    item_ids = versions.read_input(spark, config, version, "silver/item_ids", info)
+    gold = rc.to_gold(rc.with_reason(lists, items), version, item_ids)
 
     started = time.perf_counter()
     io.overwrite_table(gold, config, "gold/recommendations", partition_by=[MODEL])

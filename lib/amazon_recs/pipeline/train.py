@@ -18,16 +18,17 @@ from amazon_recs.models import training
 from amazon_recs.models import tuning as tuning_mod
 from amazon_recs.pipeline import params as p
 from amazon_recs.pipeline.base import progress, stage
-from amazon_recs.pipeline.versions import model_dir, model_version, pointer_path
+from amazon_recs.pipeline.versions import input_versions, model_dir, model_version, pointer_path
 from amazon_recs.schemas import SPLIT
 
 
 @stage
 def run_train(spark: SparkSession, config: Config) -> dict:
-    interactions = io.read_table(spark, config, "silver/interactions")
-    items = io.read_table(spark, config, "silver/items")
+    inputs = input_versions(spark, config)  # read at these commits here and in every later stage
+    interactions = io.read_table(spark, config, "silver/interactions", inputs["silver/interactions"])
+    items = io.read_table(spark, config, "silver/items", inputs["silver/items"])
     train = interactions.filter(F.col(SPLIT) == TRAIN).cache()
-    version = model_version(config, train)
+    version = model_version(config, train, items)
     out = model_dir(config, version)
     params = p.model_params(config)
 
@@ -66,6 +67,7 @@ def run_train(spark: SparkSession, config: Config) -> dict:
         "neighbour_method": models.neighbour_method,
         "als_fit_seconds": fit_seconds,
         "als_solver": solver,
+        "inputs": inputs,
     }
     io.write_text(spark, f"{out}/model_info.json", json.dumps(info))
 
