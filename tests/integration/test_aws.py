@@ -26,14 +26,15 @@ import pytest
 from botocore.exceptions import ClientError
 from deltalake import DeltaTable
 from pyspark import cloudpickle
+from pyspark.sql import functions as F
 
 from amazon_recs import io
 from amazon_recs.aws import athena
 from amazon_recs.config import load_config
 from amazon_recs.pipeline.export import publish
 from amazon_recs.pipeline.registry import STAGE_ORDER, stage_function
-from amazon_recs.schemas import MODELS
 from amazon_recs.serving import dynamodb, stores
+from amazon_recs.serving.validation import SERVED_MODELS
 from amazon_recs.spark import get_spark
 from tests.conftest import LOCAL_AWS_ENV, ROOT, shared_data
 
@@ -103,8 +104,9 @@ def store(config) -> dynamodb.ServingStore:
 
 
 def gold_lists(spark, config) -> dict[tuple[str, str], list[str]]:
-    """(user, model) -> the gold table's item ids in rank order."""
-    recs = io.read_table(spark, config, "gold/recommendations").collect()
+    """(user, served model) -> the gold table's item ids in rank order."""
+    recs = io.read_table(spark, config, "gold/recommendations").filter(F.col("model").isin(*SERVED_MODELS))
+    recs = recs.collect()
     lists: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
     for r in recs:
         lists[(r["user_id"], r["model"])].append((r["rank"], r["item_id"]))
@@ -120,6 +122,19 @@ def dynamodb_lists(config, version: str) -> dict[tuple[str, str], list[str]]:
             item = {k: dynamodb.untyped(v) for k, v in raw.items()}
             if item["pk"].startswith("rec#") and item["sk"] == version:
                 out[(item["user_id"], item["model"])] = [i["item_id"] for i in item["items"]]
+    return out
+
+
+def expiries(config) -> dict[tuple[str, str], int | None]:
+    """(pk, sk) -> the item's expires_at (None without one), for every list and fallback item."""
+    client = dynamodb.make_client(dynamodb.StoreSettings.from_config(config))
+    out = {}
+    for page in client.get_paginator("scan").paginate(TableName=config.require("export.dynamodb.table")):
+        for raw in page["Items"]:
+            item = {k: dynamodb.untyped(v) for k, v in raw.items()}
+            if item["pk"] != "pointer":
+                expires = item.get(dynamodb.TTL_ATTRIBUTE)
+                out[(item["pk"], item["sk"])] = None if expires is None else int(expires)
     return out
 
 
@@ -153,7 +168,7 @@ def test_dynamodb_holds_every_users_ten_products_in_order(spark, aws_config, fir
 
     expected = gold_lists(get_spark(aws_config), aws_config)
     stored = dynamodb_lists(aws_config, version)
-    assert {model for _, model in stored} == set(MODELS)
+    assert {model for _, model in stored} == set(SERVED_MODELS)  # random is not published
     assert all(len(items) == K for items in stored.values())
     assert stored == expected
     assert published["lists"] == len(expected)
@@ -230,6 +245,19 @@ def test_a_new_version_switches_over_atomically_while_a_reader_polls(spark, aws_
         assert not fallback, (version, key)
         assert ids == expected[version][key], (version, key)
     assert dynamodb_lists(config_v2, new_version) == new_lists
+
+    # The live version never expires; the replaced one got its TTL after the switch,
+    # with its lists unchanged, and so did its popular fallback.
+    assert summaries["export"]["dynamodb"]["previous_lists_expiring"] == len(old_lists)
+    assert dynamodb_lists(config_v2, old_version) == old_lists
+    ttl = expiries(config_v2)
+    hours = config_v2.require("export.dynamodb.replaced_ttl_hours")
+    assert {ttl[k] for k in ttl if k[1] == new_version} == {None}
+    old_ttls = {ttl[k] for k in ttl if k[1] == old_version}
+    assert None not in old_ttls and len(old_ttls) <= 2  # set in one pass, within a second
+    assert abs(min(old_ttls) - (time.time() + hours * 3600)) < 300
+    assert (dynamodb.FALLBACK_PK, old_version) in ttl and ttl[(dynamodb.FALLBACK_PK, new_version)] is None
+    assert not any(pk.startswith("rec#random#") for pk, _ in ttl)  # the random floor is not published
 
 
 class ThrottlingClient:

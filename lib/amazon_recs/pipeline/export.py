@@ -21,8 +21,15 @@ from amazon_recs.pipeline.base import stage
 from amazon_recs.schemas import ITEM, ITEM_IDX, MODEL, RANK, SCORE, USER
 from amazon_recs.serving import dynamodb, interface, writer
 from amazon_recs.serving.gold_tables import FALLBACK_TABLE
+from amazon_recs.serving.validation import SERVED_MODELS
 
 log = logging.getLogger(__name__)
+SERVING_TABLE = "gold/user_recommendations"
+
+
+def _latest_commit(spark: SparkSession, config: Config, name: str) -> int | None:
+    path = io.table_path(config, name)
+    return io.table_version(spark, config, name) if io.table_exists(spark, path) else None
 
 
 @stage
@@ -32,7 +39,7 @@ def run_export(spark: SparkSession, config: Config) -> dict:
     the gold tables; and, when enabled, the DynamoDB serving store."""
     recs = io.read_table(spark, config, "gold/recommendations")
     version = recs.select("model_version").first()[0]
-    items = io.read_table(spark, config, "silver/items").select(ITEM, "title", "category")
+    items = versions.read_input(spark, config, version, "silver/items").select(ITEM, "title", "category")
     serving_rows = (
         recs.join(items, ITEM, how="left")
         .groupBy(USER, MODEL, "model_version")
@@ -42,14 +49,17 @@ def run_export(spark: SparkSession, config: Config) -> dict:
             ).alias("items")
         )
     )
-    path = io.overwrite_table(serving_rows, config, "gold/user_recommendations", partition_by=[MODEL])
+    # The commits holding the version served until now: its DynamoDB items get their TTL
+    # from these rows once the new version is live.
+    before = {name: _latest_commit(spark, config, name) for name in (SERVING_TABLE, FALLBACK_TABLE)}
+    path = io.overwrite_table(serving_rows, config, SERVING_TABLE, partition_by=[MODEL])
     io.overwrite_table(popular_fallback(spark, config, version), config, FALLBACK_TABLE)
     ddl_path = f"{config.require('paths.warehouse').rstrip('/')}/gold/athena_ddl.sql"
     io.write_text(spark, ddl_path, athena.athena_ddl(config))
     summary = {"serving_table": path, "athena_ddl": ddl_path}
     if config.require("export.dynamodb.enabled"):
-        served = io.read_table(spark, config, "gold/user_recommendations")
-        summary["dynamodb"] = publish(spark, config, served, version)
+        served = io.read_table(spark, config, SERVING_TABLE)
+        summary["dynamodb"] = publish(spark, config, served, version, before=before)
     return summary
 
 
@@ -58,7 +68,7 @@ def popular_fallback(spark: SparkSession, config: Config, version: str) -> DataF
     is shown, from DynamoDB or from the gold tables alike."""
     k = config.require("recommend.k")
     popularity = spark.read.format("delta").load(f"{versions.model_dir(config, version)}/popularity")
-    items = io.read_table(spark, config, "silver/items")
+    items = versions.read_input(spark, config, version, "silver/items")
     top = (
         popularity.orderBy(F.desc(SCORE), ITEM_IDX)
         .limit(k)
@@ -83,22 +93,66 @@ def publish(
     served: DataFrame,
     version: str,
     client_factory=dynamodb.make_client,
+    before: dict[str, int | None] | None = None,
 ) -> dict:
-    """Write ``version``'s lists to DynamoDB from the executors, then switch readers over.
+    """Write ``version``'s lists of the served models to DynamoDB from the executors, then
+    switch readers over, then let the version it replaced expire.
 
     Each of ``export.dynamodb.max_concurrency`` partitions writes its rows with
-    one client; only counts come back to the driver. The pointer moves last,
-    and only from the version it was when the export started.
+    one client; only counts come back to the driver. The new version's items
+    carry no TTL: the live version never expires, however long until the next
+    publish. The pointer moves last, and only from the version it was when the
+    export started. Then the replaced version's items (read from ``before``: the
+    commits of the serving tables that held it) are written again with
+    ``expires_at`` = now + ``export.dynamodb.replaced_ttl_hours``, time for
+    readers that read the old pointer (and for a rollback) before TTL removes them.
     """
+    # Only what the API serves: the random floor is for evaluation (and Athena).
+    served = served.filter(F.col(MODEL).isin(*SERVED_MODELS))
     settings = dynamodb.StoreSettings.from_config(config)
     client = client_factory(settings)
     if config.require("export.dynamodb.create_table"):
         dynamodb.ensure_table(client, settings.table)
     previous = dynamodb.current_version(client, settings.table)
+    previous_version = previous["model_version"] if previous else None
     now = time.time()
     generated_at = datetime.fromtimestamp(now, tz=UTC).isoformat(timespec="seconds")
-    expires_at = int(now) + int(config.require("export.dynamodb.ttl_days") * 86_400)
+    stats = _write_lists(config, served, settings, version, generated_at, None, client_factory)
+    expected = served.count()
+    if stats.items != expected:
+        raise interface.ServingError(f"wrote {stats.items} lists to DynamoDB but the version has {expected}")
+    fallback = writer.list_item(
+        dynamodb.FALLBACK_PK, version, fallback_items(spark, config), generated_at, None
+    )
+    stats += writer.write_items(client, settings, [fallback])
+    dynamodb.switch_version(client, settings.table, version, generated_at, previous_version)
+    log.info("published version %s to DynamoDB %s: %s", version, settings.table, stats)
+    expired = 0
+    if previous_version is not None and previous_version != version:
+        expires_at = int(time.time() + config.require("export.dynamodb.replaced_ttl_hours") * 3600)
+        expired = expire_version(
+            spark,
+            config,
+            previous_version,
+            previous["generated_at"],
+            before or {},
+            expires_at,
+            client_factory,
+        )
+    return {
+        "table": settings.table,
+        "model_version": version,
+        "previous_version": previous_version,
+        "lists": stats.items - 1,
+        "batches": stats.batches,
+        "retries": stats.retries,
+        "throttled": stats.throttled,
+        "unprocessed_retried": stats.unprocessed,
+        "previous_lists_expiring": expired,
+    }
 
+
+def _write_lists(config, rows: DataFrame, settings, version, generated_at, expires_at, client_factory):
     write = partial(
         writer.write_partition,
         settings=settings,
@@ -107,26 +161,45 @@ def publish(
         expires_at=expires_at,
         client_factory=client_factory,
     )
-    rows = served.select(USER, MODEL, "items").repartition(config.require("export.dynamodb.max_concurrency"))
-    stats = sum((writer.WriteStats(*t) for t in rows.rdd.mapPartitions(write).collect()), writer.WriteStats())
-    expected = served.count()
-    if stats.items != expected:
-        raise interface.ServingError(f"wrote {stats.items} lists to DynamoDB but the version has {expected}")
-    fallback = writer.list_item(
-        dynamodb.FALLBACK_PK, version, fallback_items(spark, config), generated_at, expires_at
-    )
-    stats += writer.write_items(client, settings, [fallback])
-    dynamodb.switch_version(
-        client, settings.table, version, generated_at, previous["model_version"] if previous else None
-    )
-    log.info("published version %s to DynamoDB %s: %s", version, settings.table, stats)
-    return {
-        "table": settings.table,
-        "model_version": version,
-        "previous_version": previous["model_version"] if previous else None,
-        "lists": stats.items - 1,
-        "batches": stats.batches,
-        "retries": stats.retries,
-        "throttled": stats.throttled,
-        "unprocessed_retried": stats.unprocessed,
-    }
+    rows = rows.select(USER, MODEL, "items").repartition(config.require("export.dynamodb.max_concurrency"))
+    return sum((writer.WriteStats(*t) for t in rows.rdd.mapPartitions(write).collect()), writer.WriteStats())
+
+
+def expire_version(
+    spark: SparkSession,
+    config: Config,
+    version: str,
+    generated_at: str,
+    before: dict[str, int | None],
+    expires_at: int,
+    client_factory=dynamodb.make_client,
+) -> int:
+    """Give the DynamoDB items of a replaced ``version`` their TTL, by writing them again
+    from the serving tables' commits that held it. Returns the lists written (0 with a
+    warning when those commits are gone or held another version: its items then keep
+    no TTL and stay until deleted by hand)."""
+    commit = before.get(SERVING_TABLE)
+    rows = None
+    if commit is not None:
+        old = io.read_table(spark, config, SERVING_TABLE, commit)
+        rows = old.filter((F.col("model_version") == version) & F.col(MODEL).isin(*SERVED_MODELS))
+    if rows is None or rows.limit(1).count() == 0:
+        log.warning(
+            "the lists of the replaced version %s are not in %s's history: their DynamoDB items keep no TTL",
+            version,
+            SERVING_TABLE,
+        )
+        return 0
+    settings = dynamodb.StoreSettings.from_config(config)
+    stats = _write_lists(config, rows, settings, version, generated_at, expires_at, client_factory)
+    fallback_commit = before.get(FALLBACK_TABLE)
+    if fallback_commit is not None:
+        items = io.read_table(spark, config, FALLBACK_TABLE, fallback_commit)
+        items = [r.asDict() for r in items.filter(F.col("model_version") == version).orderBy(RANK).collect()]
+        if items:
+            for item in items:
+                item.pop("model_version", None)
+            fallback = writer.list_item(dynamodb.FALLBACK_PK, version, items, generated_at, expires_at)
+            writer.write_items(client_factory(settings), settings, [fallback])
+    log.info("the %d lists of replaced version %s expire at %d", stats.items, version, expires_at)
+    return stats.items

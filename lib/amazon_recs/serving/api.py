@@ -105,6 +105,7 @@ class ApiSettings:
     events_prefix: str = "raw/events"
     cors_origin: str = "*"
     max_k: int = 10
+    pointer_cache_s: float = 5.0
 
     @classmethod
     def from_config(cls, config: Config) -> ApiSettings:
@@ -117,6 +118,7 @@ class ApiSettings:
             events_prefix=config.require("api.events_prefix"),
             cors_origin=config.require("api.cors_origin"),
             max_k=config.require("recommend.k"),
+            pointer_cache_s=float(config.require("api.pointer_cache_seconds")),
         )
 
     @classmethod
@@ -146,7 +148,9 @@ def _store(settings: ApiSettings) -> dynamodb.ServingStore:
     store_settings = dynamodb.StoreSettings(
         table=settings.table, region=settings.region, endpoint_url=settings.dynamodb_endpoint or None
     )
-    return dynamodb.ServingStore(dynamodb.make_client(store_settings), settings.table)
+    return dynamodb.ServingStore(
+        dynamodb.make_client(store_settings), settings.table, pointer_ttl_s=settings.pointer_cache_s
+    )
 
 
 @lru_cache(maxsize=4)

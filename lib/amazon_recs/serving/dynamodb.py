@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -185,9 +186,17 @@ def switch_version(client, table: str, version: str, generated_at: str, expected
 class ServingStore:
     """Reads what the export published; the app and any serving code go through this."""
 
-    def __init__(self, client, table: str):
+    def __init__(self, client, table: str, pointer_ttl_s: float = 0.0, clock=time.monotonic):
+        """``pointer_ttl_s``: how long the version pointer read is reused (0: read every
+        call). A cached pointer can name the version just replaced for that long, which
+        stays readable (its items expire hours later), so no answer mixes versions; the
+        pointer item stops being read on every call (one hot key, strongly consistent)."""
         self.client = client
         self.table = table
+        self.pointer_ttl_s = pointer_ttl_s
+        self.clock = clock
+        self._pointer: dict | None = None
+        self._pointer_read_at = -math.inf
 
     @classmethod
     def from_config(cls, config: Config) -> ServingStore:
@@ -200,8 +209,13 @@ class ServingStore:
         return f"DynamoDB table {self.table}" + (f" at {endpoint}" if endpoint else "")
 
     def current_version(self) -> dict | None:
+        now = self.clock()
+        if self._pointer is not None and now - self._pointer_read_at < self.pointer_ttl_s:
+            return self._pointer
         with self._reading():
-            return current_version(self.client, self.table)
+            pointer = current_version(self.client, self.table)
+        self._pointer, self._pointer_read_at = pointer, now
+        return pointer
 
     def get_recommendations(self, user_id: str, model: str) -> Recommendations:
         """The user's top-k from ``model`` in the current version, or the popular fallback.

@@ -117,9 +117,9 @@ def _write_batch(client, settings: StoreSettings, batch: list[dict], backoff: Ba
 
 
 def list_item(
-    pk: str, version: str, items: list[dict], generated_at: str, expires_at: int, **extra: Any
+    pk: str, version: str, items: list[dict], generated_at: str, expires_at: int | None, **extra: Any
 ) -> dict:
-    """One stored top-k list in typed form."""
+    """One stored top-k list in typed form; without ``expires_at`` it never expires."""
     ordered = [
         {
             "rank": int(i["rank"]),
@@ -137,7 +137,7 @@ def list_item(
         "sk": version,
         "model_version": version,
         "generated_at": generated_at,
-        TTL_ATTRIBUTE: expires_at,
+        **({TTL_ATTRIBUTE: expires_at} if expires_at is not None else {}),
         "items": ordered,
         **extra,
     }
@@ -149,7 +149,7 @@ def write_partition(
     settings: StoreSettings,
     version: str,
     generated_at: str,
-    expires_at: int,
+    expires_at: int | None,
     client_factory: Callable[[StoreSettings], Any] = make_client,
 ) -> Iterator[tuple[int, ...]]:
     """Executor side of the export: one client per partition, rows written in batches.

@@ -875,6 +875,27 @@ def test_a_switch_while_removing_cleans_the_version_switched_to(local):
     assert ServingStore(client, table).get_recommendations("u1", "als").model_version == "v2"
 
 
+def test_a_cached_pointer_is_reused_for_its_ttl_and_never_mixes_versions(local):
+    store_settings, client = local
+    table, pk = store_settings.table, rec_key("als", "u1")
+    publish_lists(client, store_settings, {(pk, "v1"): ["a", "b"]})
+    switch_version(client, table, "v1", "gen-v1", expected=None)
+    now = [100.0]
+    store = ServingStore(client, table, pointer_ttl_s=5.0, clock=lambda: now[0])
+    assert store.get_recommendations("u1", "als").model_version == "v1"
+    # A publish of v2: for up to 5 seconds this reader still serves v1, whole.
+    publish_lists(client, store_settings, {(pk, "v2"): ["c", "d"]})
+    switch_version(client, table, "v2", "gen-v2", expected="v1")
+    now[0] = 104.9
+    got = store.get_recommendations("u1", "als")
+    assert (got.model_version, [i["item_id"] for i in got.items]) == ("v1", ["a", "b"])
+    now[0] = 105.0
+    got = store.get_recommendations("u1", "als")
+    assert (got.model_version, [i["item_id"] for i in got.items]) == ("v2", ["c", "d"])
+    # Without a TTL every call reads the pointer.
+    assert ServingStore(client, table).current_version()["model_version"] == "v2"
+
+
 def test_a_list_that_keeps_changing_stops_with_an_error(local):
     store_settings, client = local
     table, pk = store_settings.table, rec_key("als", "u1")
