@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 
 import pytest
@@ -34,3 +35,63 @@ def test_a_second_run_on_a_locked_warehouse_stops_at_once_naming_the_first(tmp_p
     assert "is in use by run 20261201T000000Z-abcdef" in errors[0] and "stages ingest, features" in errors[0]
     assert "stage ingest: starting" not in output and "Traceback" not in output
     assert not (tmp_path / "logs").exists()  # refused before the SparkSession was built
+
+
+def submit(tmp_path, root, *settings):
+    """bin/spark-submit jobs/pipeline.py on the test config with everything under ``root``."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    command = [str(ROOT / "bin" / "spark-submit"), "jobs/pipeline.py", "--config", "conf/test.yaml"]
+    for name in ("raw", "warehouse", "models", "reports"):
+        command += ["--set", f"paths.{name}={root / name}"]
+    command += ["--set", f"spark.checkpoint_dir={root / 'checkpoints'}"]
+    for setting in settings:
+        command += ["--set", setting]
+    return subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: the launcher, the JVM and the driver
+    )
+
+
+def gold(root) -> list[tuple]:
+    from deltalake import DeltaTable
+
+    rows = DeltaTable(str(root / "warehouse" / "gold" / "recommendations")).to_pyarrow_table().to_pylist()
+    return sorted((r["model"], r["user_id"], r["rank"], r["item_id"], r["model_version"]) for r in rows)
+
+
+def test_a_run_killed_in_training_is_recovered_by_the_next_run(tmp_path):
+    """kill -9 the driver while ALS is being fitted: its lock and half a model are left
+    behind. The next run takes the lock over at once (the pid is gone) and ends with
+    the same tables as a run that was never interrupted."""
+    crashed = tmp_path / "crashed"
+    first = submit(tmp_path, crashed)
+    output = []
+    for line in first.stdout:
+        output.append(line)
+        if "stage train: fitting ALS" in line:
+            os.killpg(first.pid, signal.SIGKILL)  # the whole run, the Python driver included
+            break
+    first.wait(timeout=120)
+    assert any("stage train: fitting ALS" in line for line in output), "".join(output)[-3000:]
+    holder = rl.RunLock(crashed / "warehouse", "probe", []).read()
+    assert holder is not None  # the dead run's lock is still there
+
+    again = submit(tmp_path, crashed)
+    log = again.communicate(timeout=900)[0]
+    assert again.returncode == 0, log[-3000:]
+    assert f"took over the lock of run {holder.run_id}" in log and "is gone from this host" in log
+    assert not (crashed / "warehouse" / rl.LOCK_NAME).exists()
+
+    clean = tmp_path / "clean"
+    reference = submit(tmp_path, clean)
+    reference_log = reference.communicate(timeout=900)[0]
+    assert reference.returncode == 0, reference_log[-3000:]
+    assert gold(crashed) == gold(clean)
+    assert (crashed / "models" / "CURRENT").read_text() == (clean / "models" / "CURRENT").read_text()
