@@ -114,10 +114,11 @@ def _run_stages(stages: list[str], args: argparse.Namespace) -> int:
 def _run_lock(config: Config, stages: list[str]):
     """The warehouse's run lock (``pipeline.run_lock``), taken before Spark starts so
     that a second run stops at once; a no-op where it cannot be held."""
+    from amazon_recs.io import local_path
     from amazon_recs.pipeline import run_lock
 
     run_id = run_lock.new_run_id()
-    warehouse = run_lock.local_path(config.require("paths.warehouse"))
+    warehouse = local_path(config.require("paths.warehouse"))
     if not config.require("run.lock") or warehouse is None:
         if config.require("run.lock"):
             log.warning("run %s: no run lock on %s (only local warehouses hold one)", run_id, warehouse)

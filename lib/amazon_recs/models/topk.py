@@ -230,6 +230,14 @@ def _worse(s1, t1, s2, t2) -> bool:
 
 
 @njit_cached()
+def _swap(hs, ht, hi, a, b):
+    """Exchange heap entries ``a`` and ``b`` (score, tie key, index)."""
+    hs[a], hs[b] = hs[b], hs[a]
+    ht[a], ht[b] = ht[b], ht[a]
+    hi[a], hi[b] = hi[b], hi[a]
+
+
+@njit_cached()
 def _heap_push_pop(hs, ht, hi, size, s, t, i, k):
     """Add (score s, tie t, index i) to the heap of the ``k`` best (worst at the root);
     returns the heap's new size. An entry not better than a full heap's root is dropped."""
@@ -240,9 +248,7 @@ def _heap_push_pop(hs, ht, hi, size, s, t, i, k):
         while j > 0:
             parent = (j - 1) // 2
             if _worse(hs[j], ht[j], hs[parent], ht[parent]):
-                hs[j], hs[parent] = hs[parent], hs[j]
-                ht[j], ht[parent] = ht[parent], ht[j]
-                hi[j], hi[parent] = hi[parent], hi[j]
+                _swap(hs, ht, hi, j, parent)
                 j = parent
             else:
                 break
@@ -263,9 +269,7 @@ def _sift_down(hs, ht, hi, j, size):
         if child + 1 < size and _worse(hs[child + 1], ht[child + 1], hs[child], ht[child]):
             child += 1
         if _worse(hs[child], ht[child], hs[j], ht[j]):
-            hs[j], hs[child] = hs[child], hs[j]
-            ht[j], ht[child] = ht[child], ht[j]
-            hi[j], hi[child] = hi[child], hi[j]
+            _swap(hs, ht, hi, j, child)
             j = child
         else:
             return

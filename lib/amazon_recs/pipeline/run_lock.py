@@ -41,7 +41,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from amazon_recs.errors import RecsError
-from amazon_recs.io import local_path  # noqa: F401 (the warehouse's local path, for callers)
 
 log = logging.getLogger("amazon_recs")
 LOCK_NAME = "_RUN_LOCK"

@@ -7,9 +7,11 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from amazon_recs.io import local_path
 from amazon_recs.pipeline import run_lock as rl
 
 
@@ -112,8 +114,8 @@ def test_an_unreadable_lock_counts_from_its_modification_time(tmp_path):
 
 
 def test_only_local_warehouses_hold_a_lock():
-    assert rl.local_path("data/warehouse") == rl.Path("data/warehouse")
-    assert rl.local_path("file:///tmp/w") == rl.Path("/tmp/w") == rl.local_path("file:/tmp/w")
-    assert rl.local_path("s3://bucket/warehouse") is None and rl.local_path("s3a://b/w") is None
+    assert local_path("data/warehouse") == Path("data/warehouse")
+    assert local_path("file:///tmp/w") == Path("/tmp/w") == local_path("file:/tmp/w")
+    assert local_path("s3://bucket/warehouse") is None and local_path("s3a://b/w") is None
     with pytest.raises(ValueError, match="shorter than its ttl"):
-        rl.RunLock(rl.Path("/tmp"), "x", [], ttl_s=10, heartbeat_s=10)
+        rl.RunLock(Path("/tmp"), "x", [], ttl_s=10, heartbeat_s=10)
