@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from amazon_recs.aws import commands as emr_commands
 from amazon_recs.config import DEFAULT_CONFIG, Config, add_config_arguments, load_config
-from amazon_recs.errors import RecsError, out_of_memory
+from amazon_recs.errors import ConfigError, RecsError, out_of_memory
 from amazon_recs.models import MODELS
 from amazon_recs.pipeline.registry import STAGE_ORDER, stage_function
 
@@ -113,24 +113,57 @@ def _run_stages(stages: list[str], args: argparse.Namespace) -> int:
 
 def _run_lock(config: Config, stages: list[str]):
     """The warehouse's run lock (``pipeline.run_lock``), taken before Spark starts so
-    that a second run stops at once; a no-op where it cannot be held."""
+    that a second run stops at once: a lock file on a local warehouse, a lease in
+    DynamoDB (``run.lock_table``) on an ``s3://`` one."""
     from amazon_recs.io import local_path
     from amazon_recs.pipeline import run_lock
 
     run_id = run_lock.new_run_id()
-    warehouse = local_path(config.require("paths.warehouse"))
-    if not config.require("run.lock") or warehouse is None:
-        if config.require("run.lock"):
-            log.warning("run %s: no run lock on %s (only local warehouses hold one)", run_id, warehouse)
+    if not config.require("run.lock"):
         return contextlib.nullcontext(None)
-    log.info("run %s: holding the lock %s", run_id, warehouse / run_lock.LOCK_NAME)
-    return run_lock.RunLock(
-        warehouse,
-        run_id,
-        stages,
-        ttl_s=config.require("run.lock_ttl_seconds"),
-        heartbeat_s=config.require("run.lock_heartbeat_seconds"),
+    timing = {
+        "ttl_s": config.require("run.lock_ttl_seconds"),
+        "heartbeat_s": config.require("run.lock_heartbeat_seconds"),
+    }
+    warehouse = config.require("paths.warehouse")
+    if local_path(warehouse) is not None:
+        log.info("run %s: holding the lock %s", run_id, local_path(warehouse) / run_lock.LOCK_NAME)
+        return run_lock.RunLock(local_path(warehouse), run_id, stages, **timing)
+    lease = run_lock.DynamoLease(
+        _lease_client(config), config.require("run.lock_table"), warehouse, run_id, stages, **timing
     )
+    log.info("run %s: holding %s", run_id, lease.where)
+    return lease
+
+
+def _lease_client(config: Config):
+    """A DynamoDB client for the run lease, its table created when export may create tables."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from amazon_recs.serving import dynamodb
+
+    table = config.require("run.lock_table")
+    client = boto3.client(
+        "dynamodb",
+        region_name=config.require("aws.region"),
+        endpoint_url=config.require("aws.dynamodb_endpoint") or None,
+        config=BotoConfig(
+            retries={"mode": "standard", "max_attempts": 4}, connect_timeout=5, read_timeout=10
+        ),
+    )
+    try:
+        if config.require("export.dynamodb.create_table"):
+            dynamodb.ensure_table(client, table)
+        else:
+            client.describe_table(TableName=table)
+    except (BotoCoreError, ClientError) as exc:
+        raise ConfigError(
+            f"the run lease of an s3:// warehouse lives in DynamoDB table {table} (run.lock_table), "
+            f"which cannot be used: {exc}"
+        ) from None
+    return client
 
 
 def _run_locked(stages: list[str], config: Config, lock) -> int:

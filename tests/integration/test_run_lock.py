@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
+import time
+import uuid
 
+import boto3
 import pytest
 
 from amazon_recs.pipeline import run_lock as rl
-from tests.conftest import ROOT
+from amazon_recs.serving import dynamodb
+from tests.conftest import LOCAL_AWS_ENV, ROOT, shared_data
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +100,65 @@ def test_a_run_killed_in_training_is_recovered_by_the_next_run(tmp_path):
     assert reference.returncode == 0, reference_log[-3000:]
     assert gold(crashed) == gold(clean)
     assert (crashed / "models" / "CURRENT").read_text() == (clean / "models" / "CURRENT").read_text()
+
+
+def test_runs_on_an_s3_warehouse_exclude_each_other_through_the_dynamodb_lease(tmp_path, local_aws):
+    """An s3:// warehouse's lock is a lease in DynamoDB: a live lease (held by a run on
+    another machine) stops a run at once; a dead one is taken over, the run completes
+    on the local S3 and DynamoDB servers, and its lease is gone afterwards."""
+    run = uuid.uuid4().hex[:8]
+    bucket, table = f"lease-{run}", f"lease-{run}"
+    s3 = boto3.client("s3", endpoint_url=local_aws["s3"], region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    for name in ("Gift_Cards_5.json.gz", "meta_Gift_Cards.json.gz"):
+        s3.upload_file(str(shared_data("amazon-2018", "gift_cards", name)), bucket, f"raw/{name}")
+    client = boto3.client("dynamodb", endpoint_url=local_aws["dynamodb"], region_name="us-east-1")
+    dynamodb.ensure_table(client, table)
+    warehouse = f"s3://{bucket}/warehouse"
+    other = rl.DynamoLease(client, table, warehouse, "20261201T000000Z-0ther0", ["train"])
+    other.me.host = "emr-primary.internal"  # a run on another machine: only its renewals count
+    other.me.started_at = other.me.renewed_at = time.time()
+    assert other._create()
+
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8", **LOCAL_AWS_ENV}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    command = [str(ROOT / "bin" / "spark-submit"), "jobs/ingest.py", "--config", "conf/local-aws.yaml"]
+    for setting in (
+        f"aws.bucket={bucket}",
+        f"aws.s3_endpoint={local_aws['s3']}",
+        f"aws.dynamodb_endpoint={local_aws['dynamodb']}",
+        f"export.dynamodb.table={table}",
+        f"input.reviews=s3://{bucket}/raw/Gift_Cards_5.json.gz",
+        f"input.products=s3://{bucket}/raw/meta_Gift_Cards.json.gz",
+        f"spark.log_dir={tmp_path / 'logs'}",
+        f"spark.checkpoint_dir={tmp_path / 'checkpoints'}",
+    ):
+        command += ["--set", setting]
+
+    def submit():
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        return done.returncode, done.stdout + done.stderr
+
+    code, output = submit()
+    assert code == 4, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output
+    assert f"the warehouse {warehouse} is in use by run 20261201T000000Z-0ther0" in errors[0]
+    assert "on emr-primary.internal" in errors[0] and f"DynamoDB table {table}" in errors[0]
+    assert "JVM heap at most" not in output  # refused before the SparkSession was built
+
+    client.update_item(  # that run died ten minutes ago
+        TableName=table,
+        Key=other.key,
+        UpdateExpression="SET renewed_at = :t",
+        ExpressionAttributeValues={":t": {"N": repr(time.time() - 600)}},
+    )
+    code, output = submit()
+    assert code == 0, output
+    assert "took over the lock of run 20261201T000000Z-0ther0" in output
+    assert re.search(r"not renewed for 6\d\ds \(ttl 300s\)", output), output
+    assert "stage ingest: done" in output
+    assert other.read() is None  # released at the end of the run
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="warehouse/bronze/reviews/_delta_log/")["KeyCount"]
+    assert listed > 0

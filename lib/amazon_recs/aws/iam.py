@@ -10,6 +10,8 @@ resources:
   multipart uploads); write EMR's logs; list the bucket only under those prefixes;
 - DynamoDB: the serving table (describe, create it and switch on TTL when
   ``export.dynamodb.create_table``, read the version pointer, write the lists);
+  the run lease of an ``s3://`` warehouse in ``run.lock_table`` (read, take,
+  renew and release one item by conditional writes);
 - Glue (with ``emr.spark.glue_catalog``): the catalog, the configured database
   and its tables; plus ``glue:GetDatabase`` on ``default``, which Spark's Hive
   client looks up when it opens the catalog.
@@ -47,6 +49,13 @@ DYNAMODB_ACTIONS = [
     "dynamodb:BatchWriteItem",
 ]
 DYNAMODB_CREATE_ACTIONS = ["dynamodb:CreateTable", "dynamodb:UpdateTimeToLive"]
+LEASE_ACTIONS = [
+    "dynamodb:DescribeTable",
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+]
 GLUE_ACTIONS = [
     "glue:GetDatabase",
     "glue:GetTable",
@@ -154,6 +163,14 @@ def instance_profile_policy(config: Config) -> dict[str, Any]:
         table = config.require("export.dynamodb.table")
         statements.append(
             _statement("ServingTable", actions, [f"arn:aws:dynamodb:{region}:{account}:table/{table}"])
+        )
+    if config.require("run.lock") and config.require("paths.warehouse").startswith("s3"):
+        actions = LEASE_ACTIONS + (
+            DYNAMODB_CREATE_ACTIONS if config.require("export.dynamodb.create_table") else []
+        )
+        table = config.require("run.lock_table")
+        statements.append(
+            _statement("RunLease", actions, [f"arn:aws:dynamodb:{region}:{account}:table/{table}"])
         )
     if config.require("emr.spark.glue_catalog"):
         database = config.require("export.glue_database")

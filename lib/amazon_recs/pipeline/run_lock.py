@@ -21,14 +21,22 @@ takes ``<warehouse>/_RUN_LOCK`` before its SparkSession starts:
 - **Releasing it** (the run ends, well or not) removes the file if it still
   names this run.
 
-This lock is for warehouses on a local or shared POSIX file system. An ``s3://``
-warehouse cannot hold it (S3 has no exclusive create that every client honours);
-there the lock is not taken and the run says so (a lease in DynamoDB is the
-planned answer).
+``RunLock`` is the lock file, for warehouses on a local or shared POSIX file
+system. An ``s3://`` warehouse cannot hold a file lock (S3 has no exclusive create
+that every client honours), and Delta on S3 is safe for one writer at a time only:
+there ``DynamoLease`` holds the same lock as an item of a DynamoDB table, so that
+runs on different machines (a laptop and an EMR cluster, two clusters) exclude each
+other. Taking it is a conditional put (the item must not exist), renewing it a
+conditional update of its renewal time (the item must still name this run), taking
+over a dead holder a conditional delete of exactly the item that was read (its run
+id and renewal time), releasing it a conditional delete. A renewal time is the
+holder's clock and a taker compares it with its own, so clocks are assumed to agree
+to well within the ttl (NTP; EC2's time sync keeps EMR nodes within milliseconds).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -39,6 +47,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from amazon_recs.errors import RecsError
 
@@ -76,21 +86,18 @@ class Holder:
         )
 
 
-class RunLock:
-    """The lock of one run on one warehouse directory; a context manager."""
+class _Lock:
+    """What every run lock does: take, renew, check, take over, release. A backend says
+    where the lock lives and gives the five atomic steps: ``_create`` (only if there is
+    none), ``read``, ``_take_over`` (remove exactly the dead holder's lock), ``_renewed``
+    (renew if still ours, then say who holds it) and ``_remove_mine``."""
 
-    def __init__(
-        self,
-        warehouse: Path,
-        run_id: str,
-        stages: list[str],
-        ttl_s: float = 300.0,
-        heartbeat_s: float = 30.0,
-        clock=time.time,
-    ):
+    where: str  # where the lock lives, for messages
+    remove_hint: str  # how a person removes a lock by hand
+
+    def __init__(self, run_id: str, stages: list[str], ttl_s: float, heartbeat_s: float, clock):
         if heartbeat_s >= ttl_s:
             raise ValueError(f"the lock's heartbeat ({heartbeat_s}s) must be shorter than its ttl ({ttl_s}s)")
-        self.path = Path(warehouse) / LOCK_NAME
         self.me = Holder(run_id, socket.gethostname(), os.getpid(), list(stages), 0.0, 0.0)
         self.ttl_s, self.heartbeat_s, self.clock = ttl_s, heartbeat_s, clock
         self.lost: str | None = None  # why the lock was lost, if it was
@@ -101,7 +108,6 @@ class RunLock:
 
     def acquire(self) -> Holder | None:
         """Take the lock, or raise ``WarehouseLocked``. Returns the dead holder taken over, if any."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         taken_over = None
         for _ in range(3):  # create; or take over a dead holder's lock, then create
             now = self.clock()
@@ -115,29 +121,24 @@ class RunLock:
             why_dead = self._dead(holder, now)
             if why_dead is None:
                 raise WarehouseLocked(
-                    f"the warehouse {self.path.parent} is in use by {holder.describe(now)}. "
+                    f"the warehouse {self.warehouse} is in use by {holder.describe(now)}. "
                     f"Wait for it to end; a lock not renewed for {self.ttl_s:.0f}s (run.lock_ttl_seconds) "
-                    f"is taken over; if that run is gone for sure, delete {self.path}"
+                    f"is taken over; if that run is gone for sure, {self.remove_hint}"
                 )
-            aside = self.path.with_name(f"{LOCK_NAME}.taken-by-{self.me.run_id}")
-            try:
-                os.rename(self.path, aside)  # only one taker wins this rename
-            except FileNotFoundError:
+            if not self._take_over(holder):  # another taker was first, or the holder renewed
                 continue
             log.warning("run lock: took over the lock of %s: %s", holder.describe(now), why_dead)
             taken_over = holder
-        raise WarehouseLocked(f"could not take the lock {self.path}: other runs keep taking it")
+        raise WarehouseLocked(f"could not take the lock {self.where}: other runs keep taking it")
 
     def release(self) -> None:
         """Stop renewing and remove the lock if it still names this run."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.heartbeat_s)
-        holder = self.read()
-        if holder is not None and holder.run_id == self.me.run_id:
-            self.path.unlink(missing_ok=True)
+        self._remove_mine()
 
-    def __enter__(self) -> RunLock:
+    def __enter__(self):
         self.acquire()
         return self
 
@@ -148,32 +149,6 @@ class RunLock:
         """Raise if the lock was lost (taken over while this run stalled)."""
         if self.lost:
             raise WarehouseLocked(f"this run ({self.me.run_id}) lost the warehouse lock: {self.lost}")
-
-    # --- the file ---------------------------------------------------------------------
-
-    def read(self) -> Holder | None:
-        """The holder named by the lock file, or None when there is none."""
-        try:
-            renewed = self.path.stat().st_mtime
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):  # unreadable or half-written: it counts from its mtime
-            data = {"run_id": "?", "host": "?", "pid": -1, "stages": [], "started_at": 0.0}
-        return Holder(
-            **{k: data.get(k) for k in Holder.__dataclass_fields__ if k != "renewed_at"}, renewed_at=renewed
-        )
-
-    def _create(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        fields = {k: v for k, v in self.me.__dict__.items() if k != "renewed_at"}
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(fields, sort_keys=True))
-        os.utime(self.path, (self.me.renewed_at, self.me.renewed_at))
-        return True
 
     def _dead(self, holder: Holder, now: float) -> str | None:
         """Why ``holder`` counts as dead, or None while it may be alive."""
@@ -195,22 +170,229 @@ class RunLock:
             self.renew()
 
     def renew(self) -> None:
-        """Set the renewal time; then, if the lock names another run (or none), it is lost.
-
-        Touching a lock another run has just taken only refreshes that live run's time."""
+        """Renew; if the lock now names another run (or none), it is lost. A renewal
+        that fails (the lease's table out of reach) is tried again at the next beat;
+        once the last renewal is older than the ttl, the lock counts as lost."""
         now = self.clock()
         try:
-            os.utime(self.path, (now, now))
-        except FileNotFoundError:
-            pass
-        holder = self.read()
+            holder = self._renewed(now)
+        except Exception as exc:  # noqa: BLE001 - the heartbeat thread must not die silently
+            log.warning("run lock: could not renew %s: %s", self.where, exc)
+            if now - self.me.renewed_at > self.ttl_s:
+                self.lost = f"not renewed for {now - self.me.renewed_at:.0f}s (ttl {self.ttl_s:.0f}s): {exc}"
+                self._stop.set()
+            return
         if holder is None or holder.run_id != self.me.run_id:
             self.lost = "taken over by " + (
-                holder.describe(now) if holder else "nobody (the file was removed)"
+                holder.describe(now) if holder else f"nobody ({self.where} was removed)"
             )
             self._stop.set()
             return
         self.me.renewed_at = now
+
+    # --- the backend ----------------------------------------------------------------------
+
+    @property
+    def warehouse(self) -> str:
+        raise NotImplementedError
+
+    def read(self) -> Holder | None:
+        raise NotImplementedError
+
+    def _create(self) -> bool:
+        raise NotImplementedError
+
+    def _take_over(self, holder: Holder) -> bool:
+        raise NotImplementedError
+
+    def _renewed(self, now: float) -> Holder | None:
+        raise NotImplementedError
+
+    def _remove_mine(self) -> None:
+        raise NotImplementedError
+
+
+class RunLock(_Lock):
+    """The lock file ``<warehouse>/_RUN_LOCK`` of a warehouse on a (shared) file system."""
+
+    def __init__(
+        self,
+        warehouse: Path,
+        run_id: str,
+        stages: list[str],
+        ttl_s: float = 300.0,
+        heartbeat_s: float = 30.0,
+        clock=time.time,
+    ):
+        super().__init__(run_id, stages, ttl_s, heartbeat_s, clock)
+        self.path = Path(warehouse) / LOCK_NAME
+        self.where = str(self.path)
+        self.remove_hint = f"delete {self.path}"
+
+    @property
+    def warehouse(self) -> str:
+        return str(self.path.parent)
+
+    def read(self) -> Holder | None:
+        """The holder named by the lock file, or None when there is none."""
+        try:
+            renewed = self.path.stat().st_mtime
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):  # unreadable or half-written: it counts from its mtime
+            data = {"run_id": "?", "host": "?", "pid": -1, "stages": [], "started_at": 0.0}
+        return Holder(
+            **{k: data.get(k) for k in Holder.__dataclass_fields__ if k != "renewed_at"}, renewed_at=renewed
+        )
+
+    def _create(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        fields = {k: v for k, v in self.me.__dict__.items() if k != "renewed_at"}
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(fields, sort_keys=True))
+        os.utime(self.path, (self.me.renewed_at, self.me.renewed_at))
+        return True
+
+    def _take_over(self, holder: Holder) -> bool:
+        """Rename the dead holder's file aside: of two takers only one rename succeeds."""
+        try:
+            os.rename(self.path, self.path.with_name(f"{LOCK_NAME}.taken-by-{self.me.run_id}"))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _renewed(self, now: float) -> Holder | None:
+        """Set the file's modification time, then read who holds it. Only the time is
+        touched, so touching a lock another run has just taken only refreshes that live
+        run's time."""
+        try:
+            os.utime(self.path, (now, now))
+        except FileNotFoundError:
+            pass
+        return self.read()
+
+    def _remove_mine(self) -> None:
+        holder = self.read()
+        if holder is not None and holder.run_id == self.me.run_id:
+            self.path.unlink(missing_ok=True)
+
+
+class DynamoLease(_Lock):
+    """The lock of a warehouse anywhere (``s3://``) as an item of a DynamoDB table:
+    ``pk = lock#<warehouse uri>``, ``sk = run``, with the holder's fields and its
+    renewal time (``renewed_at``, epoch seconds). Every write is conditional, so of
+    two runs on two machines exactly one holds it."""
+
+    SK = "run"
+
+    def __init__(
+        self,
+        client,
+        table: str,
+        warehouse: str,
+        run_id: str,
+        stages: list[str],
+        ttl_s: float = 300.0,
+        heartbeat_s: float = 30.0,
+        clock=time.time,
+    ):
+        super().__init__(run_id, stages, ttl_s, heartbeat_s, clock)
+        self.client, self.table, self.uri = client, table, warehouse.rstrip("/")
+        self.key = {"pk": {"S": f"lock#{self.uri}"}, "sk": {"S": self.SK}}
+        self.where = f"the lease lock#{self.uri} in DynamoDB table {table}"
+        self.remove_hint = f"delete the item pk=lock#{self.uri}, sk={self.SK} from DynamoDB table {table}"
+
+    @property
+    def warehouse(self) -> str:
+        return self.uri
+
+    def acquire(self) -> Holder | None:
+        try:
+            return super().acquire()
+        except (BotoCoreError, ClientError) as exc:
+            raise RecsError(f"cannot take {self.where}: {exc}") from None
+
+    def _remove_mine(self) -> None:
+        try:
+            self._conditional(
+                "delete_item",
+                Key=self.key,
+                ConditionExpression="run_id = :me",
+                ExpressionAttributeValues={":me": {"S": self.me.run_id}},
+            )
+        except (BotoCoreError, ClientError) as exc:  # it expires after its ttl
+            log.warning(
+                "run lock: could not release %s (it expires after %.0fs): %s", self.where, self.ttl_s, exc
+            )
+
+    def read(self) -> Holder | None:
+        item = self.client.get_item(TableName=self.table, Key=self.key, ConsistentRead=True).get("Item")
+        if item is None:
+            return None
+        try:
+            return Holder(
+                run_id=item["run_id"]["S"],
+                host=item["host"]["S"],
+                pid=int(item["pid"]["N"]),
+                stages=[v["S"] for v in item["stages"]["L"]],
+                started_at=float(item["started_at"]["N"]),
+                renewed_at=float(item["renewed_at"]["N"]),
+            )
+        except (KeyError, ValueError):  # written by hand or by something else: counts as never renewed
+            return Holder("?", "?", -1, [], 0.0, 0.0)
+
+    def _create(self) -> bool:
+        me = self.me
+        item = {
+            **self.key,
+            "run_id": {"S": me.run_id},
+            "host": {"S": me.host},
+            "pid": {"N": str(me.pid)},
+            "stages": {"L": [{"S": stage} for stage in me.stages]},
+            "started_at": {"N": repr(me.started_at)},
+            "renewed_at": {"N": repr(me.renewed_at)},
+        }
+        return self._conditional("put_item", Item=item, ConditionExpression="attribute_not_exists(pk)")
+
+    def _take_over(self, holder: Holder) -> bool:
+        """Delete the dead holder's item only if it is still exactly what was read: a
+        holder that renewed meanwhile, or another taker that was first, wins."""
+        if holder.run_id == "?":  # an unreadable item: whatever is there goes
+            return self._conditional("delete_item", Key=self.key)
+        return self._conditional(
+            "delete_item",
+            Key=self.key,
+            ConditionExpression="run_id = :run AND renewed_at = :renewed",
+            ExpressionAttributeValues={
+                ":run": {"S": holder.run_id},
+                ":renewed": {"N": repr(holder.renewed_at)},
+            },
+        )
+
+    def _renewed(self, now: float) -> Holder | None:
+        renewed = self._conditional(
+            "update_item",
+            Key=self.key,
+            UpdateExpression="SET renewed_at = :now",
+            ConditionExpression="run_id = :me",
+            ExpressionAttributeValues={":now": {"N": repr(now)}, ":me": {"S": self.me.run_id}},
+        )
+        if renewed:
+            return dataclasses.replace(self.me, renewed_at=now)
+        return self.read()
+
+    def _conditional(self, operation: str, **request) -> bool:
+        """One conditional write: True when it was made, False when its condition failed."""
+        try:
+            getattr(self.client, operation)(TableName=self.table, **request)
+        except self.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
 
 def _alive(pid: int) -> bool:

@@ -669,13 +669,27 @@ def test_policy_follows_the_configuration(config):
         "arn:aws:dynamodb:eu-west-1:123456789012:table/amazon-recs"
     ]
     assert "dynamodb:CreateTable" not in statements["ServingTable"]["Action"]
+    # The run lease of the s3:// warehouse: one item, taken and renewed by conditional writes.
+    assert statements["RunLease"]["Resource"] == statements["ServingTable"]["Resource"]
+    assert set(statements["RunLease"]["Action"]) == {
+        "dynamodb:DescribeTable",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+    }
+    leases = iam.instance_profile_policy(cfg.with_overrides(["run.lock_table=recs-locks"]))
+    lease = next(s for s in leases["Statement"] if s["Sid"] == "RunLease")
+    assert lease["Resource"] == ["arn:aws:dynamodb:eu-west-1:123456789012:table/recs-locks"]
     assert not any(a.startswith("glue:") for s in policy["Statement"] for a in s["Action"])
     assert {s["Resource"][0] for s in policy["Statement"] if s["Action"] == ["s3:ListBucket"]} == {
         "arn:aws:s3:::amazon-recs-example",
         "arn:aws:s3:::public-data",
         "arn:aws:s3:::other-reports",
     }
-    no_export = iam.instance_profile_policy(cfg.with_overrides(["export.dynamodb.enabled=false"]))
+    no_export = iam.instance_profile_policy(
+        cfg.with_overrides(["export.dynamodb.enabled=false", "run.lock=false"])
+    )
     assert not any(a.startswith("dynamodb:") for s in no_export["Statement"] for a in s["Action"])
 
 

@@ -1,4 +1,7 @@
-"""pipeline.run_lock: one run at a time on a warehouse, dead holders taken over."""
+"""pipeline.run_lock: one run at a time on a warehouse, dead holders taken over.
+
+Every behaviour is checked on both backends: the lock file of a local warehouse and
+the DynamoDB lease of an ``s3://`` one (against the local DynamoDB server)."""
 
 from __future__ import annotations
 
@@ -7,46 +10,112 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
+import boto3
 import pytest
 
 from amazon_recs.io import local_path
 from amazon_recs.pipeline import run_lock as rl
+from amazon_recs.serving import dynamodb
+
+STAGES = ["ingest", "features"]
 
 
-def lock(tmp_path, run_id, **kw):
-    return rl.RunLock(tmp_path, run_id, ["ingest", "features"], **{"ttl_s": 60, "heartbeat_s": 30, **kw})
+class FileBackend:
+    def __init__(self, where: Path):
+        self.where = where
+
+    def lock(self, run_id, **kw):
+        return rl.RunLock(self.where, run_id, STAGES, **{"ttl_s": 60, "heartbeat_s": 30, **kw})
+
+    def age(self, seconds: float) -> None:
+        """Make the lock's last renewal ``seconds`` old."""
+        old = time.time() - seconds
+        os.utime(self.where / rl.LOCK_NAME, (old, old))
+
+    def exists(self) -> bool:
+        return (self.where / rl.LOCK_NAME).exists()
+
+    def corrupt(self) -> None:
+        (self.where / rl.LOCK_NAME).write_text("{half a fi")
+
+    def renewed_ago(self) -> float:
+        return time.time() - (self.where / rl.LOCK_NAME).stat().st_mtime
 
 
-def test_a_second_run_is_refused_naming_the_holder_until_the_first_releases(tmp_path):
-    first = lock(tmp_path, "run-a")
+class DynamoBackend:
+    def __init__(self, endpoint: str, table: str):
+        self.client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+        self.table = table
+        self.uri = f"s3://bucket-{uuid.uuid4().hex[:8]}/warehouse"  # one warehouse per test
+        self.key = {"pk": {"S": f"lock#{self.uri}"}, "sk": {"S": "run"}}
+
+    def lock(self, run_id, **kw):
+        timing = {"ttl_s": 60, "heartbeat_s": 30, **kw}
+        return rl.DynamoLease(self.client, self.table, self.uri, run_id, STAGES, **timing)
+
+    def age(self, seconds: float) -> None:
+        self.client.update_item(
+            TableName=self.table,
+            Key=self.key,
+            UpdateExpression="SET renewed_at = :t",
+            ExpressionAttributeValues={":t": {"N": repr(time.time() - seconds)}},
+        )
+
+    def exists(self) -> bool:
+        return "Item" in self.client.get_item(TableName=self.table, Key=self.key, ConsistentRead=True)
+
+    def corrupt(self) -> None:
+        self.client.put_item(TableName=self.table, Item={**self.key, "note": {"S": "half a lease"}})
+
+    def renewed_ago(self) -> float:
+        return time.time() - self.lock("reader").read().renewed_at
+
+
+@pytest.fixture(scope="module")
+def lease_table(local_aws):
+    client = boto3.client("dynamodb", endpoint_url=local_aws["dynamodb"], region_name="us-east-1")
+    table = f"locks-{uuid.uuid4().hex[:8]}"
+    dynamodb.ensure_table(client, table)
+    return table
+
+
+@pytest.fixture(params=["file", "dynamodb"])
+def backend(request, tmp_path):
+    if request.param == "file":
+        return FileBackend(tmp_path)
+    local_aws, table = request.getfixturevalue("local_aws"), request.getfixturevalue("lease_table")
+    return DynamoBackend(local_aws["dynamodb"], table)
+
+
+def test_a_second_run_is_refused_naming_the_holder_until_the_first_releases(backend):
+    first = backend.lock("run-a")
     assert first.acquire() is None
     holder = first.read()
-    assert (holder.run_id, holder.pid, holder.stages) == ("run-a", os.getpid(), ["ingest", "features"])
+    assert (holder.run_id, holder.pid, holder.stages) == ("run-a", os.getpid(), STAGES)
     with pytest.raises(rl.WarehouseLocked) as refused:
-        lock(tmp_path, "run-b").acquire()
+        backend.lock("run-b").acquire()
     message = str(refused.value)
     assert "run run-a" in message and f"pid {os.getpid()}" in message and "since 20" in message
-    assert str(tmp_path / rl.LOCK_NAME) in message and refused.value.exit_code == 4
+    assert first.warehouse in message and first.remove_hint in message and refused.value.exit_code == 4
     first.release()
-    assert not (tmp_path / rl.LOCK_NAME).exists()
-    with lock(tmp_path, "run-b") as second:
+    assert not backend.exists()
+    with backend.lock("run-b") as second:
         assert second.read().run_id == "run-b"
-    assert not (tmp_path / rl.LOCK_NAME).exists()
+    assert not backend.exists()
 
 
-def test_a_lock_not_renewed_within_its_ttl_is_taken_over(tmp_path):
-    stalled = lock(tmp_path, "run-a")
+def test_a_lock_not_renewed_within_its_ttl_is_taken_over(backend):
+    stalled = backend.lock("run-a")
     stalled.acquire()
     stalled._stop.set()  # a hung run: alive (this very pid), but no longer renewing
-    old = time.time() - 61
-    os.utime(tmp_path / rl.LOCK_NAME, (old, old))
-    taker = lock(tmp_path, "run-b")
+    backend.age(61)
+    taker = backend.lock("run-b")
     taken = taker.acquire()
     assert taken.run_id == "run-a"
     assert taker.read().run_id == "run-b"
-    assert (tmp_path / f"{rl.LOCK_NAME}.taken-by-run-b").exists()
     # The stalled run learns it at its next renewal, stops at its next stage, and its
     # release leaves the new holder's lock alone.
     stalled.renew()
@@ -57,38 +126,60 @@ def test_a_lock_not_renewed_within_its_ttl_is_taken_over(tmp_path):
     taker.release()
 
 
-def test_the_lock_of_a_pid_gone_from_this_host_is_taken_over_at_once(tmp_path):
-    child = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
-    )
-    dead = lock(tmp_path, "run-dead")
-    dead.me.pid = int(child.stdout)  # as if that process had taken it, then been killed
-    assert dead._create()
-    taken = lock(tmp_path, "run-b").acquire()
-    assert taken.run_id == "run-dead" and taken.pid == int(child.stdout)
-
-
-def test_a_live_holder_renews_and_keeps_its_lock(tmp_path):
-    holder = lock(tmp_path, "run-a", ttl_s=1.0, heartbeat_s=0.05)
+def test_a_taker_that_read_a_dead_lock_loses_to_a_renewal_in_between(backend):
+    """Taking over removes exactly the lock that was read: if its holder renewed after
+    the taker read it, the taker finds a live holder and is refused."""
+    holder = backend.lock("run-a")
     holder.acquire()
-    path = tmp_path / rl.LOCK_NAME
-    os.utime(path, (time.time() - 0.9, time.time() - 0.9))
-    time.sleep(0.3)
-    assert time.time() - path.stat().st_mtime < 0.2  # renewed by the heartbeat
-    with pytest.raises(rl.WarehouseLocked):
-        lock(tmp_path, "run-b", ttl_s=1.0, heartbeat_s=0.05).acquire()
+    backend.age(61)
+    taker = backend.lock("run-b")
+    stale = taker.read()
+    holder.renew()  # the slow holder comes back
+    if isinstance(backend, DynamoBackend):
+        assert not taker._take_over(stale)
+    with pytest.raises(rl.WarehouseLocked, match="in use by run run-a"):
+        taker.acquire()
     holder.check()
     holder.release()
 
 
-def test_of_runs_starting_together_exactly_one_gets_the_lock(tmp_path):
+def test_the_lock_of_a_pid_gone_from_this_host_is_taken_over_at_once(backend):
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    dead = backend.lock("run-dead")
+    dead.me.pid = int(child.stdout)  # as if that process had taken it, then been killed
+    assert dead._create()
+    taken = backend.lock("run-b").acquire()
+    assert taken.run_id == "run-dead" and taken.pid == int(child.stdout)
+
+
+def test_a_live_holder_renews_and_keeps_its_lock(backend):
+    holder = backend.lock("run-a", ttl_s=1.0, heartbeat_s=0.05)
+    holder.acquire()
+    backend.age(0.9)
+    time.sleep(0.3)
+    assert backend.renewed_ago() < 0.2  # renewed by the heartbeat
+    with pytest.raises(rl.WarehouseLocked):
+        backend.lock("run-b", ttl_s=1.0, heartbeat_s=0.05).acquire()
+    holder.check()
+    holder.release()
+
+
+def test_of_runs_starting_together_exactly_one_gets_the_lock(tmp_path, request):
     for attempt in range(10):
-        where = tmp_path / str(attempt)
+        backend = (
+            FileBackend(tmp_path / str(attempt))
+            if attempt % 2 == 0
+            else DynamoBackend(
+                request.getfixturevalue("local_aws")["dynamodb"], request.getfixturevalue("lease_table")
+            )
+        )
         start = threading.Barrier(4)
         results = []
 
-        def run(i, where=where, start=start, results=results):
-            candidate = lock(where, f"run-{i}")
+        def run(i, backend=backend, start=start, results=results):
+            candidate = backend.lock(f"run-{i}")
             start.wait()
             try:
                 candidate.acquire()
@@ -101,19 +192,32 @@ def test_of_runs_starting_together_exactly_one_gets_the_lock(tmp_path):
             t.start()
         for t in threads:
             t.join()
-        assert sorted(r for r, _ in results) == ["held", "refused", "refused", "refused"]
+        assert sorted(r for r, _ in results) == ["held", "refused", "refused", "refused"], type(backend)
 
 
-def test_an_unreadable_lock_counts_from_its_modification_time(tmp_path):
-    (tmp_path / rl.LOCK_NAME).write_text("{half a fi")
-    with pytest.raises(rl.WarehouseLocked, match="run \\?"):
-        lock(tmp_path, "run-b").acquire()
-    old = time.time() - 61
-    os.utime(tmp_path / rl.LOCK_NAME, (old, old))
-    assert lock(tmp_path, "run-b").acquire().run_id == "?"
+def test_an_unreadable_lock_counts_from_its_last_known_renewal(backend):
+    backend.corrupt()
+    if isinstance(backend, FileBackend):  # a file has its modification time
+        with pytest.raises(rl.WarehouseLocked, match="run \\?"):
+            backend.lock("run-b").acquire()
+        backend.age(61)
+    assert backend.lock("run-b").acquire().run_id == "?"
 
 
-def test_only_local_warehouses_hold_a_lock():
+def test_a_lease_that_cannot_be_renewed_for_its_ttl_is_lost(backend):
+    holder = backend.lock("run-a", ttl_s=1.0, heartbeat_s=0.05)
+    holder.acquire()
+    holder._stop.set()
+    holder._renewed = lambda now: (_ for _ in ()).throw(ConnectionError("no route to the lease"))
+    holder.renew()  # within the ttl: a warning, still held
+    holder.check()
+    holder.me.renewed_at -= 2
+    holder.renew()
+    with pytest.raises(rl.WarehouseLocked, match="not renewed for 2s .*no route to the lease"):
+        holder.check()
+
+
+def test_only_local_warehouses_hold_a_lock_file():
     assert local_path("data/warehouse") == Path("data/warehouse")
     assert local_path("file:///tmp/w") == Path("/tmp/w") == local_path("file:/tmp/w")
     assert local_path("s3://bucket/warehouse") is None and local_path("s3a://b/w") is None
