@@ -52,19 +52,23 @@ def per_user_metrics_at(
     col_model: str = MODEL,
 ) -> DataFrame:
     """``per_user_metrics`` at every cut-off of ``ks`` in one pass over ``recs``: one row
-    per (model, evaluated user, k). The hits are found once (a join and a window);
-    each k is then a few more sums in the same aggregation."""
+    per (model, evaluated user, k).
+
+    Only the hits matter: a user's precision, recall, NDCG, MAP and MRR at k are sums
+    over the ranks of their relevant items within the top k. So the lists are joined
+    with the relevant pairs (an inner join: the misses, nine lists in ten at 1M users,
+    go no further), the few hit rows get their running hit count (a window over hits
+    only), and each k is a few sums over them; users without a hit score 0."""
     ks = sorted(set(ks))
     rel = truth.select(col_user, col_item).distinct()
     n_rel = rel.groupBy(col_user).agg(F.count(F.lit(1)).alias("_n_rel"))
     hits = (
         recs.filter(F.col(RANK) <= ks[-1])
         .select(col_model, col_user, col_item, RANK)
-        .join(rel.withColumn("_hit", F.lit(1)), [col_user, col_item], how="left")
-        .fillna(0, ["_hit"])
+        .join(rel, [col_user, col_item])
         .withColumn(
             "_hits_so_far",
-            F.sum("_hit").over(
+            F.count(F.lit(1)).over(
                 Window.partitionBy(col_model, col_user)
                 .orderBy(RANK)
                 .rowsBetween(Window.unboundedPreceding, 0)
@@ -78,10 +82,10 @@ def per_user_metrics_at(
     sums = []
     for k in ks:
         sums += [
-            F.sum(within(k, F.col("_hit"))).alias(f"_hits_{k}"),
-            F.sum(within(k, F.col("_hit") / F.log2(F.col(RANK) + 1))).alias(f"_dcg_{k}"),
-            F.sum(within(k, F.col("_hit") * F.col("_hits_so_far") / F.col(RANK))).alias(f"_ap_sum_{k}"),
-            F.min(F.when((F.col("_hit") == 1) & (F.col(RANK) <= k), F.col(RANK))).alias(f"_first_hit_{k}"),
+            F.sum(within(k, F.lit(1))).alias(f"_hits_{k}"),
+            F.sum(within(k, 1.0 / F.log2(F.col(RANK) + 1))).alias(f"_dcg_{k}"),
+            F.sum(within(k, F.col("_hits_so_far") / F.col(RANK))).alias(f"_ap_sum_{k}"),
+            F.min(F.when(F.col(RANK) <= k, F.col(RANK))).alias(f"_first_hit_{k}"),
         ]
     per_user = hits.groupBy(col_model, col_user).agg(*sums)
     models = recs.select(col_model).distinct()

@@ -25,6 +25,8 @@ from amazon_recs.serving.validation import SERVED_MODELS
 
 log = logging.getLogger(__name__)
 SERVING_TABLE = "gold/user_recommendations"
+# The most items whose titles are broadcast to every task (~100 bytes each: 50 MB).
+BROADCAST_TITLES = 500_000
 
 
 def _latest_commit(spark: SparkSession, config: Config, name: str) -> int | None:
@@ -41,7 +43,7 @@ def run_export(spark: SparkSession, config: Config) -> dict:
     version = recs.select("model_version").first()[0]
     items = versions.read_input(spark, config, version, "silver/items").select(ITEM, "title", "category")
     serving_rows = (
-        recs.join(items, ITEM, how="left")
+        with_titles(recs, items)
         .groupBy(USER, MODEL, "model_version")
         .agg(
             F.sort_array(
@@ -61,6 +63,18 @@ def run_export(spark: SparkSession, config: Config) -> dict:
         served = io.read_table(spark, config, SERVING_TABLE)
         summary["dynamodb"] = publish(spark, config, served, version, before=before)
     return summary
+
+
+def with_titles(recs: DataFrame, items: DataFrame) -> DataFrame:
+    """``recs`` with each item's title and category, arranged for a grouping by user.
+
+    Up to ``BROADCAST_TITLES`` items, the rows are exchanged on the user alone (all the
+    grouping needs) and the titles joined after the exchange from a broadcast table, so
+    the shuffle carries ids and scores, not texts, and no partial aggregation of lists
+    spills before it. A larger catalogue is joined as Spark plans it."""
+    if items.count() > BROADCAST_TITLES:
+        return recs.join(items, ITEM, how="left")
+    return recs.repartition(USER).join(F.broadcast(items), ITEM, how="left")
 
 
 def popular_fallback(spark: SparkSession, config: Config, version: str) -> DataFrame:
