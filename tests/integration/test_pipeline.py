@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 
 from amazon_recs import io
 from amazon_recs.config import load_config
+from amazon_recs.errors import ConfigError
 from amazon_recs.pipeline.recommend import hybrid_weights
 from amazon_recs.pipeline.registry import STAGE_ORDER, stage_function
 from amazon_recs.schemas import MODELS
@@ -169,8 +170,13 @@ def test_rerun_gives_the_same_tables_and_report(spark, pipeline):
         for t in ("bronze/reviews", "silver/user_ids", "gold/recommendations", "gold/metrics")
     }
     report_before = report_files(config)
+    version_dir = Path(summaries["train"]["model_dir"])
+    saved = {f: f.stat().st_mtime_ns for f in version_dir.rglob("*")}
     again = run_all(spark, config)
     assert again["train"]["model_version"] == summaries["train"]["model_version"]
+    # Versions are immutable: the same inputs find their version saved and reuse it.
+    assert (summaries["train"]["reused"], again["train"]["reused"]) == (False, True)
+    assert {f: f.stat().st_mtime_ns for f in version_dir.rglob("*")} == saved
     for table, rows in before.items():
         assert sorted_rows(spark, config, table) == rows, table
     assert report_files(config) == report_before
@@ -251,7 +257,10 @@ def test_later_stages_read_the_commits_the_model_was_trained_on(spark, pipeline)
     version = versions.current_version(spark, config)
     inputs = versions.model_info(spark, config, version)["inputs"]
     assert set(inputs) == set(versions.INPUT_TABLES)
-    assert inputs == {name: io.table_version(spark, config, name) for name in versions.INPUT_TABLES}
+    # The commits train read: the latest when it was fitted (the rerun above wrote the same
+    # rows again as new commits and reused the saved version, which keeps its own).
+    for name in versions.INPUT_TABLES:
+        assert 0 <= inputs[name] <= io.table_version(spark, config, name), name
     metrics = sorted_rows(spark, config, "gold/metrics")
     # The split changes under the trained model (a features run in between): every
     # held-out row is gone from the latest commit.
@@ -268,3 +277,36 @@ def test_later_stages_read_the_commits_the_model_was_trained_on(spark, pipeline)
         path = io.table_path(config, "silver/interactions")
         DeltaTable.forPath(spark, path).restoreToVersion(inputs["silver/interactions"])
     assert io.read_table(spark, config, "silver/interactions").filter("split = 'test'").count() > 0
+
+
+def test_a_version_is_visible_only_once_saved_whole(spark, pipeline, monkeypatch):
+    """A train run that dies while saving leaves no version directory and the pointer
+    where it was; the next run clears the leftover and saves the version whole."""
+    from amazon_recs.pipeline import versions
+
+    config, _ = pipeline
+    models = Path(config.require("paths.models"))
+    current = versions.current_version(spark, config)
+    other = config.with_overrides(["tune.enabled=false"])  # other settings: another version
+
+    def killed(*args):
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(versions, "complete", killed)
+    with pytest.raises(KeyboardInterrupt):
+        stage_function("train")(spark, other)
+    monkeypatch.undo()
+    (staged,) = models.glob(f"{versions.STAGING}*")
+    assert (staged / "als").is_dir() and (staged / "model_info.json").is_file()
+    version = staged.name.removeprefix(versions.STAGING).rsplit("-", 1)[0]
+    assert version != current and not (models / version).exists()
+    assert versions.current_version(spark, other) == current  # readers still see the old one
+    try:
+        summary = stage_function("train")(spark, other)
+        assert (summary["model_version"], summary["reused"]) == (version, False)
+        assert versions.is_complete(spark, other, version) and not list(models.glob(f"{versions.STAGING}*"))
+        assert versions.current_version(spark, other) == version
+        with pytest.raises(ConfigError, match="is saved already and versions are immutable"):
+            stage_function("train")(spark, other.with_overrides([f"run.model_version={version}"]))
+    finally:
+        io.write_text(spark, versions.pointer_path(config), current)

@@ -12,24 +12,33 @@ from pyspark.sql import functions as F
 
 from amazon_recs import io
 from amazon_recs.config import Config
+from amazon_recs.errors import ConfigError
 from amazon_recs.features.split import TRAIN
 from amazon_recs.models import als as m_als
 from amazon_recs.models import training
 from amazon_recs.models import tuning as tuning_mod
 from amazon_recs.pipeline import params as p
+from amazon_recs.pipeline import versions
 from amazon_recs.pipeline.base import progress, stage
-from amazon_recs.pipeline.versions import input_versions, model_dir, model_version, pointer_path
 from amazon_recs.schemas import SPLIT
 
 
 @stage
 def run_train(spark: SparkSession, config: Config) -> dict:
-    inputs = input_versions(spark, config)  # read at these commits here and in every later stage
+    inputs = versions.input_versions(spark, config)  # read at these commits here and in every later stage
     interactions = io.read_table(spark, config, "silver/interactions", inputs["silver/interactions"])
     items = io.read_table(spark, config, "silver/items", inputs["silver/items"])
     train = interactions.filter(F.col(SPLIT) == TRAIN).cache()
-    version = model_version(config, train, items)
-    out = model_dir(config, version)
+    version = versions.model_version(config, train, items)
+    if versions.is_complete(spark, config, version):
+        if config.require("run.model_version") != "auto":  # a name, not a fingerprint: say so
+            raise ConfigError(
+                f"model version {version} (run.model_version) is saved already and versions are "
+                f"immutable: choose another name, or 'auto' to name versions by their inputs"
+            )
+        return _reuse(spark, config, version)
+    versions.clear_staging(config)
+    out = versions.staging_dir(config, version)  # invisible until complete()
     params = p.model_params(config)
 
     progress("fitting the content model (TF-IDF, item neighbours)")
@@ -70,14 +79,35 @@ def run_train(spark: SparkSession, config: Config) -> dict:
         "inputs": inputs,
     }
     io.write_text(spark, f"{out}/model_info.json", json.dumps(info))
+    versions.complete(spark, config, version, out)
 
     # The pointer moves last: readers see the old version or the whole new one.
-    io.write_text(spark, pointer_path(config), version)
+    io.write_text(spark, versions.pointer_path(config), version)
     return {
         "model_version": version,
-        "model_dir": out,
+        "model_dir": versions.model_dir(config, version),
+        "reused": False,
         "tuning": tuning,
         "lsh_recall": models.lsh_recall,
         "neighbour_method": models.neighbour_method,
         "als_fit_seconds": fit_seconds,
+    }
+
+
+def _reuse(spark: SparkSession, config: Config, version: str) -> dict:
+    """The version these settings, inputs and code give is saved whole already: it is
+    made current as it is (versions are immutable), without fitting anything."""
+    info = versions.model_info(spark, config, version)
+    progress(
+        f"version {version} is saved already (same settings, training data and code): reused, not refitted"
+    )
+    io.write_text(spark, versions.pointer_path(config), version)
+    return {
+        "model_version": version,
+        "model_dir": versions.model_dir(config, version),
+        "reused": True,
+        "tuning": versions.tuning(spark, config, version),
+        "lsh_recall": info.get("lsh_recall"),
+        "neighbour_method": info.get("neighbour_method"),
+        "als_fit_seconds": info.get("als_fit_seconds"),
     }

@@ -2,16 +2,28 @@
 
 A version is derived from the model settings, the training rows, the items and
 the package version, so the same inputs give the same version; ``models/CURRENT``
-names the one later stages use. A version's ``model_info.json`` records the Delta
-commit of each silver table it was trained on (``inputs``); the stages after
-training read those commits (time travel), never "latest", so a features run in
-between cannot change the split under a trained model.
+names the one later stages use.
+
+Versions are immutable. A version is written whole before anyone can see it:
+locally into a hidden staging directory beside the others, renamed into place at
+the end; on S3 (no atomic rename of a prefix) into its own prefix, complete once
+its ``_COMPLETE`` marker, written last, exists. A complete version is never
+written again: the train stage finds it and reuses it instead of refitting.
+
+A version's ``model_info.json`` records the Delta commit of each silver table it
+was trained on (``inputs``); the stages after training read those commits (time
+travel), never "latest", so a features run in between cannot change the split
+under a trained model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import shutil
+import uuid
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -21,7 +33,10 @@ from amazon_recs.config import Config
 from amazon_recs.errors import StageOrderError
 from amazon_recs.schemas import ITEM_IDX, TS, USER_IDX, WEIGHT
 
+log = logging.getLogger(__name__)
 CURRENT_POINTER = "CURRENT"
+COMPLETE_MARKER = "_COMPLETE"  # written last into a version's directory
+STAGING = ".staging-"  # prefix of a local version being written
 # The silver tables a model is trained on and later stages read at the same commit.
 INPUT_TABLES = ("silver/interactions", "silver/items", "silver/user_ids", "silver/item_ids")
 VERSION_SECTIONS = ("split", "als", "content", "popular", "recommend", "tune")
@@ -83,3 +98,52 @@ def tuning(spark: SparkSession, config: Config, version: str) -> dict | None:
     """What tuning chose for ``version`` (``tuning.json``), or None when it was not tuned."""
     tuned = io.read_text(spark, f"{model_dir(config, version)}/tuning.json")
     return json.loads(tuned) if tuned else None
+
+
+def is_complete(spark: SparkSession, config: Config, version: str) -> bool:
+    """Whether ``version`` was saved whole (its marker exists)."""
+    return io.read_text(spark, f"{model_dir(config, version)}/{COMPLETE_MARKER}") is not None
+
+
+def staging_dir(config: Config, version: str) -> str:
+    """Where ``version`` is written before it becomes visible: locally a hidden sibling
+    of the versions, renamed into place by ``complete``; on S3 its own prefix."""
+    models = config.require("paths.models").rstrip("/")
+    if io.local_path(models) is None:
+        return model_dir(config, version)
+    return f"{models}/{STAGING}{version}-{uuid.uuid4().hex[:8]}"
+
+
+def complete(spark: SparkSession, config: Config, version: str, staged: str) -> None:
+    """Make the version written under ``staged`` visible, whole: the marker last, then
+    (locally) one rename. An incomplete directory of the same version (a run killed
+    before this change wrote versions this way) is moved aside first, then removed."""
+    io.write_text(spark, f"{staged}/{COMPLETE_MARKER}", version)
+    local = io.local_path(staged)
+    if local is None:
+        return
+    final = io.local_path(model_dir(config, version))
+    aside = None
+    if final.exists():
+        aside = final.with_name(f"{STAGING}{version}-replaced-{uuid.uuid4().hex[:8]}")
+        os.rename(final, aside)
+    os.rename(local, final)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def clear_staging(config: Config) -> list[str]:
+    """Remove the local staging directories of runs that died while saving a version.
+    The run lock makes this run the only writer, so every one found is dead."""
+    models = io.local_path(config.require("paths.models"))
+    if models is None or not models.exists():
+        return []
+    removed = []
+    for leftover in sorted(models.glob(f"{STAGING}*")):
+        shutil.rmtree(leftover, ignore_errors=True)
+        removed.append(leftover.name)
+    if removed:
+        log.warning(
+            "removed %d unfinished model version(s) of dead runs: %s", len(removed), ", ".join(removed)
+        )
+    return removed
