@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -489,3 +490,26 @@ def test_the_handlers_need_neither_spark_nor_deltalake_nor_pandas():
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert loaded.stdout.strip() == "[]"
+
+
+def test_readers_never_see_a_mixed_or_missing_list_while_a_version_is_published(local_aws, tmp_path):
+    """bench/api_latency.py's run under load, small: client processes call the handler
+    back to back while a second version is published (lists, pointer, old TTL)."""
+    out = tmp_path / "bench.md"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "api_latency.py"),
+            *("--endpoint", local_aws["dynamodb"], "--requests", "50", "--warmup", "5"),
+            *("--users", "100", "--clients", "4", "--duration", "20", "--out", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = out.read_text()
+    assert "Errors: **0**" in report and "mixing versions" in report and "): **0**." in report
+    after = re.search(r"`bench-v2` after it: ([\d,]+)", report)
+    assert after and int(after.group(1).replace(",", "")) > 0, report  # the switch was seen
