@@ -50,8 +50,6 @@ START = "_start"
 # hybrid item, the greater name gives the reason (as ``lists.blend``'s max_by).
 COMPONENTS = ("als", "content", "popular")
 NO_ITEM = -1
-# Tasks per core for the per-user pass: enough that no single task is a straggler.
-TASKS_PER_CORE = 2
 
 LIST_SCHEMA = T.StructType(
     [
@@ -272,11 +270,7 @@ def user_lists(
                     timer.add(als_seconds)
                 yield out
 
-    # The users arrive from a join that adaptive execution coalesces by bytes: a few
-    # large partitions (3 at 1M users), so one straggler holds a core while the other
-    # idles. The work is per user, not per byte: spread them evenly over the cores.
-    tasks = spark.sparkContext.defaultParallelism * TASKS_PER_CORE
-    return users.repartition(tasks).mapInPandas(run, LIST_SCHEMA)
+    return users.mapInPandas(run, LIST_SCHEMA)
 
 
 # --- one Arrow batch -----------------------------------------------------------------------------
