@@ -94,8 +94,8 @@ app-aws-local: up ## the app on the local DynamoDB and S3 (after make run-aws-lo
 	eval "$$($(SERVICES) env)" && \
 	$(VENV)/bin/streamlit run app/app.py $(STREAMLIT_FLAGS) -- --config conf/local-aws.yaml $(SET_ARGS)
 
-bench-api: setup ## p50/p99 of the recommendations API against local DynamoDB, alone and under 20 clients with a publish (BENCHMARKS.md)
-	$(PY) bench/api_latency.py --requests 2000 --clients 20 --duration 60 --out BENCHMARKS.md
+bench-api: setup ## p50/p99 of the recommendations API against local DynamoDB, alone and under 20 clients during a publish (BENCHMARKS.md)
+	$(PY) bench/api_latency.py --requests 2000 --users 250 --clients 20 --duration 60 --out BENCHMARKS.md
 
 $(VENV)/.installed-bench: $(VENV)/.installed setup.py constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[dev,bench]"

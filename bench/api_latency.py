@@ -12,7 +12,8 @@ consistent), the list read, JSON encoding.
 
 ``--clients N --duration S`` adds a run under load: N client processes (each its own
 warm function: its own client and pointer cache) call the handler back to back for
-S seconds, while this process publishes a second version halfway through, as the
+S seconds, while this process publishes a second version from a quarter of the
+way through (so that the switch, slowed by the load, falls inside the run), as the
 export does (every list first, then the pointer, then the replaced version's TTL).
 Every product's title names the version it was published in, so a response whose
 items are not all of its ``model_version`` is counted as mixed; errors and mixed
@@ -64,7 +65,7 @@ LOCAL_ENV = {  # the local servers take any key; the caller's AWS credentials ar
     "AWS_EC2_METADATA_DISABLED": "true",
 }
 VERSION = "bench-v1"
-SECOND_VERSION = "bench-v2"  # published halfway through the run under load
+SECOND_VERSION = "bench-v2"  # published during the run under load
 K = 10
 MODELS = ("hybrid", "als", "content", "popular")
 
@@ -214,7 +215,7 @@ def client_process(endpoint: str, table: str, users: list[str], args, index: int
 
 def under_load(endpoint: str, table: str, users: list[str], args) -> tuple[list[Call], dict]:
     """``args.clients`` processes for ``args.duration`` seconds; a new version published
-    (lists, pointer, then the old version's TTL) halfway through by this process."""
+    (lists, pointer, then the old version's TTL) by this process from a quarter of the way."""
     import multiprocessing
 
     from amazon_recs.serving import dynamodb, writer
@@ -228,7 +229,7 @@ def under_load(endpoint: str, table: str, users: list[str], args) -> tuple[list[
     ]
     for process in clients:
         process.start()
-    time.sleep(max(0.0, start_at + args.duration / 2 - time.time()))
+    time.sleep(max(0.0, start_at + args.duration / 4 - time.time()))
     began = time.time()
     _, _, written = publish(endpoint, args.users, args.seed, SECOND_VERSION, table)
     switched = time.time()
@@ -401,7 +402,7 @@ def load_report(args: argparse.Namespace, calls: list[Call], published: dict) ->
     after = [c for c in ok if c.at >= switched]
     served_old_after = [c.at - switched for c in after if c.version == VERSION]
     lines = [
-        f"#### Under load: {args.clients} clients for {args.duration:.0f} s, a new version published halfway",
+        f"#### Under load: {args.clients} clients for {args.duration:.0f} s during a publish",
         "",
         f"{args.clients} client processes (each a warm function with its own client and pointer cache) "
         f"call the handler back to back for {args.duration:.0f} s; at {published['at']:.1f} s this process "
