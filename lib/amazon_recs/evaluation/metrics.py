@@ -56,8 +56,8 @@ def per_user_metrics_at(
 
     Only the hits matter: a user's precision, recall, NDCG, MAP and MRR at k are sums
     over the ranks of their relevant items within the top k. So the lists are joined
-    with the relevant pairs (an inner join: the misses, nine lists in ten at 1M users,
-    go no further), the few hit rows get their running hit count (a window over hits
+    with the relevant pairs (an inner join: the misses, 99% of the list rows at 1M
+    users, go no further), the few hit rows get their running hit count (a window over hits
     only), and each k is a few sums over them; users without a hit score 0."""
     ks = sorted(set(ks))
     rel = truth.select(col_user, col_item).distinct()
