@@ -126,9 +126,10 @@ def _run_lock(config: Config, stages: list[str]):
         "heartbeat_s": config.require("run.lock_heartbeat_seconds"),
     }
     warehouse = config.require("paths.warehouse")
-    if local_path(warehouse) is not None:
-        log.info("run %s: holding the lock %s", run_id, local_path(warehouse) / run_lock.LOCK_NAME)
-        return run_lock.RunLock(local_path(warehouse), run_id, stages, **timing)
+    local = local_path(warehouse)
+    if local is not None:
+        log.info("run %s: holding the lock %s", run_id, local / run_lock.LOCK_NAME)
+        return run_lock.RunLock(local, run_id, stages, **timing)
     lease = run_lock.DynamoLease(
         _lease_client(config), config.require("run.lock_table"), warehouse, run_id, stages, **timing
     )

@@ -92,6 +92,7 @@ class _Lock:
     none), ``read``, ``_take_over`` (remove exactly the dead holder's lock), ``_renewed``
     (renew if still ours, then say who holds it) and ``_remove_mine``."""
 
+    warehouse: str  # the warehouse the lock is for, for messages
     where: str  # where the lock lives, for messages
     remove_hint: str  # how a person removes a lock by hand
 
@@ -192,10 +193,6 @@ class _Lock:
 
     # --- the backend ----------------------------------------------------------------------
 
-    @property
-    def warehouse(self) -> str:
-        raise NotImplementedError
-
     def read(self) -> Holder | None:
         raise NotImplementedError
 
@@ -226,12 +223,8 @@ class RunLock(_Lock):
     ):
         super().__init__(run_id, stages, ttl_s, heartbeat_s, clock)
         self.path = Path(warehouse) / LOCK_NAME
-        self.where = str(self.path)
+        self.warehouse, self.where = str(self.path.parent), str(self.path)
         self.remove_hint = f"delete {self.path}"
-
-    @property
-    def warehouse(self) -> str:
-        return str(self.path.parent)
 
     def read(self) -> Holder | None:
         """The holder named by the lock file, or None when there is none."""
@@ -303,13 +296,10 @@ class DynamoLease(_Lock):
     ):
         super().__init__(run_id, stages, ttl_s, heartbeat_s, clock)
         self.client, self.table, self.uri = client, table, warehouse.rstrip("/")
+        self.warehouse = self.uri
         self.key = {"pk": {"S": f"lock#{self.uri}"}, "sk": {"S": self.SK}}
         self.where = f"the lease lock#{self.uri} in DynamoDB table {table}"
         self.remove_hint = f"delete the item pk=lock#{self.uri}, sk={self.SK} from DynamoDB table {table}"
-
-    @property
-    def warehouse(self) -> str:
-        return self.uri
 
     def acquire(self) -> Holder | None:
         try:

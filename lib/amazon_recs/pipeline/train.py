@@ -80,34 +80,29 @@ def run_train(spark: SparkSession, config: Config) -> dict:
     }
     io.write_text(spark, f"{out}/model_info.json", json.dumps(info))
     versions.complete(spark, config, version, out)
-
-    # The pointer moves last: readers see the old version or the whole new one.
-    io.write_text(spark, versions.pointer_path(config), version)
-    return {
-        "model_version": version,
-        "model_dir": versions.model_dir(config, version),
-        "reused": False,
-        "tuning": tuning,
-        "lsh_recall": models.lsh_recall,
-        "neighbour_method": models.neighbour_method,
-        "als_fit_seconds": fit_seconds,
-    }
+    return _make_current(spark, config, version, info, tuning, reused=False)
 
 
 def _reuse(spark: SparkSession, config: Config, version: str) -> dict:
     """The version these settings, inputs and code give is saved whole already: it is
     made current as it is (versions are immutable), without fitting anything."""
-    info = versions.model_info(spark, config, version)
     progress(
         f"version {version} is saved already (same settings, training data and code): reused, not refitted"
     )
+    info, tuning = versions.model_info(spark, config, version), versions.tuning(spark, config, version)
+    return _make_current(spark, config, version, info, tuning, reused=True)
+
+
+def _make_current(
+    spark: SparkSession, config: Config, version: str, info: dict, tuning: dict | None, reused: bool
+) -> dict:
+    """Move ``models/CURRENT`` to the complete ``version`` (last: readers see the old
+    version or the whole new one) and summarise it from its ``model_info``."""
     io.write_text(spark, versions.pointer_path(config), version)
     return {
         "model_version": version,
         "model_dir": versions.model_dir(config, version),
-        "reused": True,
-        "tuning": versions.tuning(spark, config, version),
-        "lsh_recall": info.get("lsh_recall"),
-        "neighbour_method": info.get("neighbour_method"),
-        "als_fit_seconds": info.get("als_fit_seconds"),
+        "reused": reused,
+        "tuning": tuning,
+        **{key: info.get(key) for key in ("lsh_recall", "neighbour_method", "als_fit_seconds")},
     }
