@@ -19,7 +19,7 @@ from amazon_recs.aws import commands as emr_commands
 from amazon_recs.config import DEFAULT_CONFIG, Config, add_config_arguments, load_config
 from amazon_recs.errors import ConfigError, RecsError, out_of_memory
 from amazon_recs.models import MODELS
-from amazon_recs.pipeline.registry import STAGE_ORDER, stage_function
+from amazon_recs.pipeline.registry import STAGE_ORDER, STAGES, stage_function
 
 SHOP_SIZES = ("100k", "1m", "10m")  # amazon_recs.ingest.shop.SIZES, without importing numpy here
 
@@ -30,7 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amazon-recs", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run pipeline stages in order")
-    run.add_argument("stages", nargs="*", default=["all"], help=f"any of {', '.join(STAGE_ORDER)}, or all")
+    run.add_argument(
+        "stages",
+        nargs="*",
+        default=["all"],
+        help=f"any of {', '.join(STAGES)}, or all (the first {len(STAGE_ORDER)} in order)",
+    )
     add_config_arguments(run)
     show = sub.add_parser("show", help="print one user's top-10 for a model")
     show.add_argument("--user", required=True)
@@ -74,10 +79,10 @@ def job_main(stages: Sequence[str], argv: Sequence[str] | None = None) -> int:
 
 
 def run_job(stages: list[str], args: argparse.Namespace) -> int:
-    unknown = [s for s in stages if s not in STAGE_ORDER]
+    unknown = [s for s in stages if s not in STAGES]
     if unknown:
         print(
-            f"error: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGE_ORDER)}",
+            f"error: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}",
             file=sys.stderr,
         )
         return 2
@@ -107,7 +112,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 def _run_stages(stages: list[str], args: argparse.Namespace) -> int:
     config = _load(args)
-    with _run_lock(config, sorted(stages, key=STAGE_ORDER.index)) as lock:
+    with _run_lock(config, sorted(stages, key=STAGES.index)) as lock:
         return _run_locked(stages, config, lock)
 
 
@@ -182,7 +187,7 @@ def _run_locked(stages: list[str], config: Config, lock) -> int:
         f"; Spark's log: {facts['log_file']}" if facts["log_file"] else "",
     )
     summaries = {}
-    for stage in sorted(stages, key=STAGE_ORDER.index):
+    for stage in sorted(stages, key=STAGES.index):
         if lock is not None:
             lock.check()
         started = time.time()

@@ -44,11 +44,11 @@ class InputFile:
     modified_ms: int
 
 
-def list_files(spark: SparkSession, pattern: str) -> list[InputFile]:
+def list_files(spark: SparkSession, pattern: str, allow_none: bool = False) -> list[InputFile]:
     """Files matching a path or glob (directories are listed one level deep).
 
     Raises:
-        InputError: nothing matches ``pattern``.
+        InputError: nothing matches ``pattern`` (unless ``allow_none``: then no files).
     """
     jvm = spark.sparkContext._jvm
     hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
@@ -69,7 +69,7 @@ def list_files(spark: SparkSession, pattern: str) -> list[InputFile]:
                         child.getModificationTime(),
                     )
                 )
-    if not files:
+    if not files and not allow_none:
         raise InputError(f"no input files match '{pattern}'")
     return sorted(files, key=lambda f: f.path)
 

@@ -67,6 +67,33 @@ BRONZE_TAGS = T.StructType(
     ]
 )
 
+BRONZE_EVENTS = T.StructType(
+    [
+        T.StructField("event_id", T.StringType(), False),
+        T.StructField("event_type", T.StringType(), False),
+        T.StructField(USER, T.StringType(), False),
+        T.StructField(ITEM, T.StringType(), False),
+        T.StructField(RATING, T.DoubleType(), True),
+        T.StructField(TS, T.TimestampType(), False),
+        T.StructField("received_at", T.TimestampType(), True),
+        T.StructField("source_file", T.StringType(), False),
+        T.StructField("line_number", T.IntegerType(), False),
+        T.StructField("ingest_run_id", T.StringType(), False),
+    ]
+)
+
+# The events a features run turned into interactions: what a model trained on them
+# has seen, so ``refresh`` takes only the events after them.
+SILVER_EVENTS = T.StructType(
+    [
+        T.StructField("event_id", T.StringType(), False),
+        T.StructField("event_type", T.StringType(), False),
+        T.StructField(USER, T.StringType(), False),
+        T.StructField(ITEM, T.StringType(), False),
+        T.StructField(TS, T.TimestampType(), False),
+    ]
+)
+
 REJECTS = T.StructType(
     [
         T.StructField("kind", T.StringType(), False),

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from amazon_recs.config import Config, add_config_arguments, load_config
-from amazon_recs.pipeline.registry import STAGE_ORDER
+from amazon_recs.pipeline.registry import STAGES
 
 DEFAULT_EMR_CONFIG = "conf/emr.yaml"
 
@@ -26,7 +26,7 @@ def add_parser(emr: argparse.ArgumentParser) -> None:
     """The ``emr`` subcommands and their options, on ``emr``."""
     sub = emr.add_subparsers(dest="emr_command", required=True)
     jobs_help = "jobs to run as steps, in order: pipeline (all stages in one step) or stages " + ", ".join(
-        STAGE_ORDER
+        STAGES
     )
 
     package = sub.add_parser(

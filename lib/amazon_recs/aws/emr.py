@@ -30,9 +30,9 @@ from typing import Any
 
 from amazon_recs.config import Config
 from amazon_recs.errors import ConfigError, RecsError
-from amazon_recs.pipeline.registry import STAGE_ORDER
+from amazon_recs.pipeline.registry import STAGES
 
-JOBS = ("pipeline", *STAGE_ORDER)
+JOBS = ("pipeline", *STAGES)
 COMMAND_RUNNER = "command-runner.jar"
 BOOTSTRAP_SCRIPT = "bootstrap/emr/install.sh"
 REQUIREMENTS_FILE = "requirements-emr.txt"

@@ -2,26 +2,97 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from amazon_recs import schemas
+from amazon_recs.errors import ConfigError
+from amazon_recs.events import EVENT_TYPES, EXPLICIT_EVENTS
 from amazon_recs.features.split import TEMPORAL, TEST, TRAIN, with_split
 from amazon_recs.schemas import ITEM, ITEM_IDX, RATING, SPLIT, TS, USER, USER_IDX, WEIGHT
 
+# A signal is one thing a user said or did about an item: a review, or an activity
+# event. Per (user, item) the signals fold into one interaction (``pair_interactions``).
+SIGNAL_COLUMNS = (USER, ITEM, RATING, WEIGHT, TS, "_explicit", "_tie")
+
+
+def review_signals(reviews: DataFrame) -> DataFrame:
+    """Reviews as signals: an opinion (explicit), weighing its rating."""
+    return reviews.select(
+        USER,
+        ITEM,
+        RATING,
+        F.col(RATING).alias(WEIGHT),
+        TS,
+        F.lit(True).alias("_explicit"),
+        F.col("asin").alias("_tie"),
+    )
+
+
+def event_signals(events: DataFrame, weights: Mapping[str, float]) -> DataFrame:
+    """Activity events as signals: a rating event is an opinion weighing its rating (as a
+    review); a purchase or a view is an act weighing ``weights[event_type]``.
+
+    Raises:
+        ConfigError: an event type has no weight.
+    """
+    missing = sorted(set(EVENT_TYPES) - set(EXPLICIT_EVENTS) - set(weights))
+    if missing:
+        raise ConfigError(f"events.weights has no weight for {', '.join(missing)}")
+    explicit = F.col("event_type").isin(*EXPLICIT_EVENTS)
+    weight = F.when(explicit, F.col(RATING))
+    for event_type, value in sorted(weights.items()):
+        weight = weight.when(F.col("event_type") == event_type, F.lit(float(value)))
+    return events.select(
+        USER,
+        ITEM,
+        F.when(explicit, F.col(RATING)).alias(RATING),
+        weight.alias(WEIGHT),
+        TS,
+        explicit.alias("_explicit"),
+        F.col("event_id").alias("_tie"),
+    )
+
+
+def pair_interactions(signals: DataFrame) -> DataFrame:
+    """One row per (user, item) from its signals (``SIGNAL_COLUMNS``): what the user said
+    outranks what they did.
+
+    The latest opinion (review or rating event; at the same time the higher rating)
+    sets rating and weight: a user who rated a product twice changed their mind. An
+    act at or after it (a purchase, a view) can only raise the weight; a pair with
+    no opinion takes its heaviest act, and its weight as the rating. ``ts`` is the
+    pair's latest signal. Folding later signals onto a pair's row taken as an
+    opinion (what ``refresh`` does) gives the same row as folding them all.
+    """
+    pair = Window.partitionBy(USER, ITEM)
+    said_at = F.max(F.when(F.col("_explicit"), F.col(TS))).over(pair)
+    opinion = F.max_by(F.struct(RATING, WEIGHT), F.when(F.col("_explicit"), F.struct(TS, RATING, "_tie")))
+    act = F.when(
+        ~F.col("_explicit") & (F.col("_said").isNull() | (F.col(TS) >= F.col("_said"))), F.col(WEIGHT)
+    )
+    folded = (
+        signals.withColumn("_said", said_at)
+        .groupBy(USER, ITEM)
+        .agg(opinion.alias("_opinion"), F.max(act).alias("_act"), F.max(TS).alias(TS))
+    )
+    return folded.select(
+        USER,
+        ITEM,
+        F.coalesce(F.col(f"_opinion.{RATING}"), F.col("_act")).alias(RATING),
+        F.greatest(F.col(f"_opinion.{WEIGHT}"), F.col("_act")).alias(WEIGHT),
+        TS,
+    )
+
 
 def latest_per_pair(reviews: DataFrame, col_user: str = USER, col_item: str = ITEM) -> DataFrame:
-    """One row per (user, item): the latest review wins; ties go to the higher rating.
-
-    A user who reviews a product twice changed their mind; the latest opinion is
-    the one to learn from.
-    """
-    latest = Window.partitionBy(col_user, col_item).orderBy(F.desc(TS), F.desc(RATING), F.desc("asin"))
-    return (
-        reviews.withColumn("_n", F.row_number().over(latest))
-        .filter("_n = 1")
-        .select(col_user, col_item, RATING, TS)
-    )
+    """One row per (user, item) of reviews alone: the latest review wins; ties go to the
+    higher rating (``pair_interactions`` of review signals)."""
+    renamed = reviews.withColumnRenamed(col_user, USER).withColumnRenamed(col_item, ITEM)
+    pairs = pair_interactions(review_signals(renamed))
+    return pairs.select(F.col(USER).alias(col_user), F.col(ITEM).alias(col_item), RATING, TS)
 
 
 def extend_id_map(existing: DataFrame | None, keys: DataFrame, col_key: str, col_idx: str) -> DataFrame:
@@ -86,7 +157,7 @@ def number_in_order(keys: DataFrame, col_key: str, col_idx: str) -> DataFrame:
 
 
 def build_interactions(
-    reviews: DataFrame,
+    signals: DataFrame,
     user_ids: DataFrame,
     item_ids: DataFrame,
     test_fraction: float,
@@ -94,14 +165,12 @@ def build_interactions(
     protocol: str = TEMPORAL,
     seed: int = 0,
 ) -> DataFrame:
-    """silver.interactions: deduplicated, integer ids, implicit weight, split."""
-    pairs = latest_per_pair(reviews)
-    # Implicit confidence grows with the rating; every review is a positive signal.
-    joined = (
-        pairs.join(user_ids, USER, how="inner")
-        .join(item_ids, ITEM, how="inner")
-        .withColumn(WEIGHT, F.col(RATING))
-    )
+    """silver.interactions from review and event signals (``review_signals``,
+    ``event_signals``): one row per pair (``pair_interactions``), integer ids, split.
+
+    Implicit confidence grows with the weight; every signal is a positive one.
+    """
+    joined = pair_interactions(signals).join(user_ids, USER, how="inner").join(item_ids, ITEM, how="inner")
     return schemas.conform(
         with_split(joined, test_fraction, min_user, protocol=protocol, seed=seed),
         schemas.INTERACTIONS,

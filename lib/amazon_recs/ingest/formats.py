@@ -179,6 +179,30 @@ def products_2018(lines: DataFrame, config: Config) -> DataFrame:
     )
 
 
+# --- activity events (the API's POST /events) ---------------------------------
+
+EVENTS = _strings("event_id", "event_type", "user_id", "item_id", "rating", "timestamp", "received_at")
+
+
+def events(lines: DataFrame, config: Config) -> DataFrame:
+    """The lines ``serving.api.event_record`` lands, whatever ``input.format`` the reviews have."""
+    parsed = _json(lines, EVENTS)
+    j = F.col("j")
+    return parsed.withColumn(
+        "f",
+        F.struct(
+            j["event_id"].alias("event_id"),
+            j["event_type"].alias("event_type"),
+            j["user_id"].alias("user"),
+            j["item_id"].alias("item"),
+            j["rating"].alias("rating"),
+            j["timestamp"].alias("timestamp"),
+            F.lit(1).alias("ts_unit_ms"),
+            j["received_at"].alias("received_at"),
+        ),
+    )
+
+
 # --- generic interactions: CSV or Parquet with a column mapping ---------------
 
 

@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from amazon_recs import io, schemas
 from amazon_recs.config import Config
 from amazon_recs.errors import ConfigError, InputError
+from amazon_recs.events import EVENT_ID_PATTERN, EVENT_TYPES, EXPLICIT_EVENTS
 from amazon_recs.ingest import formats
 from amazon_recs.schemas import ITEM, RATING, TS, USER
 
@@ -33,8 +34,19 @@ ACCEPTED, REJECTED, BLANK, HEADER = "accepted", "rejected", "blank", "header"
 MAX_TS_MS = (2**63 - 1) // 1000
 REPLACEMENT_CHAR = "\ufffd"
 
-KEYS = {"reviews": [USER, "asin", TS], "products": [ITEM], "tags": [USER, ITEM, "tag"]}
-TABLES = {"reviews": "bronze/reviews", "products": "bronze/products", "tags": "bronze/item_tags"}
+KEYS = {
+    "reviews": [USER, "asin", TS],
+    "products": [ITEM],
+    "tags": [USER, ITEM, "tag"],
+    "events": ["event_id"],
+}
+TABLES = {
+    "reviews": "bronze/reviews",
+    "products": "bronze/products",
+    "tags": "bronze/item_tags",
+    "events": "bronze/events",
+}
+EVENTS_FORMAT = "events"  # not an input.format: the API's event lines
 LOG_COUNTS = ["lines_read", ACCEPTED, REJECTED, BLANK, HEADER, "duplicates"]
 
 
@@ -66,13 +78,25 @@ def _line_reason(kind: str, config: Config) -> Column:
     reason = reason.when(_missing(f["user"]), F.lit("missing user id"))
     if kind == "tags":
         return reason.when(_missing(f["tag"]), F.lit("missing tag"))
+    rated = F.lit(True)
+    if kind == "events":
+        reason = (
+            reason.when(_missing(f["event_id"]), F.lit("missing event id"))
+            .when(~f["event_id"].rlike(EVENT_ID_PATTERN), F.lit("event id is not 1-64 of A-Z a-z 0-9 _ -"))
+            .when(
+                ~f["event_type"].isin(*EVENT_TYPES) | f["event_type"].isNull(),
+                F.lit(f"event type is not one of {', '.join(EVENT_TYPES)}"),
+            )
+        )
+        # Only a rating event needs a rating; a rating on a purchase or view is ignored.
+        rated = f["event_type"].isin(*EXPLICIT_EVENTS)
     lo, hi = config.require("input.rating_min"), config.require("input.rating_max")
     rating = f["rating"].cast("double")
     ts = f["timestamp"].cast("long")
     return (
-        reason.when(f["rating"].isNull(), F.lit("missing rating"))
-        .when(rating.isNull() | F.isnan(rating), F.lit("rating is not a number"))
-        .when((rating < lo) | (rating > hi), F.lit(f"rating outside [{lo:g}, {hi:g}]"))
+        reason.when(rated & f["rating"].isNull(), F.lit("missing rating"))
+        .when(rated & (rating.isNull() | F.isnan(rating)), F.lit("rating is not a number"))
+        .when(rated & ((rating < lo) | (rating > hi)), F.lit(f"rating outside [{lo:g}, {hi:g}]"))
         .when(_missing(f["timestamp"]), F.lit("missing timestamp"))
         .when(ts.isNull() | (ts <= 0), F.lit("timestamp is not a positive integer"))
         # timestamp_millis throws on overflow, which would fail the whole ingest.
@@ -152,7 +176,33 @@ def to_bronze_tags(statused: DataFrame, config: Config, run_id: str) -> DataFram
     return schemas.conform(_first_per_key(rows, KEYS["tags"]), schemas.BRONZE_TAGS, "bronze/item_tags")
 
 
-TO_BRONZE = {"reviews": to_bronze_reviews, "products": to_bronze_products, "tags": to_bronze_tags}
+def to_bronze_events(statused: DataFrame, config: Config, run_id: str) -> DataFrame:
+    """Accepted event lines, one row per event id (a re-delivered event is a duplicate).
+
+    ``rating`` is kept for rating events only; ``received_at`` (when the API took the
+    event) may be absent from events written by other producers.
+    """
+    f = F.col("f")
+    received = f["received_at"].cast("long")
+    rows = statused.filter(F.col(STATUS) == ACCEPTED).select(
+        F.trim(f["event_id"]).alias("event_id"),
+        f["event_type"].alias("event_type"),
+        F.trim(f["user"]).alias(USER),
+        F.trim(f["item"]).alias(ITEM),
+        F.when(f["event_type"].isin(*EXPLICIT_EVENTS), f["rating"].cast("double")).alias(RATING),
+        F.timestamp_millis(f["timestamp"].cast("long")).alias(TS),
+        F.when((received > 0) & (received <= MAX_TS_MS), F.timestamp_millis(received)).alias("received_at"),
+        *_provenance(run_id),
+    )
+    return schemas.conform(_first_per_key(rows, KEYS["events"]), schemas.BRONZE_EVENTS, "bronze/events")
+
+
+TO_BRONZE = {
+    "reviews": to_bronze_reviews,
+    "products": to_bronze_products,
+    "tags": to_bronze_tags,
+    "events": to_bronze_events,
+}
 
 
 def _first_per_key(rows: DataFrame, key: list[str]) -> DataFrame:
@@ -226,6 +276,8 @@ def _natural_key(kind: str) -> list[Column]:
         return [F.trim(f["user"]), F.trim(f["asin"]), f["timestamp"].cast("long") * f["ts_unit_ms"]]
     if kind == "tags":
         return [F.trim(f["user"]), F.trim(f["item"]), F.lower(F.trim(f["tag"]))]
+    if kind == "events":
+        return [F.trim(f["event_id"])]
     return [F.trim(f["item"])]
 
 
@@ -239,19 +291,24 @@ def _with_duplicate_flag(statused: DataFrame, kind: str) -> DataFrame:
     return keyed.withColumn("_duplicate", accepted & (F.row_number().over(first) > 1))
 
 
-def check_reject_rate(log_rows: list[dict], rejects: DataFrame, max_rate: float) -> None:
-    """Fail with the file and its top reasons when too many of its lines were rejected."""
+def check_reject_rate(
+    log_rows: list[dict], rejects: DataFrame, max_rate: float, as_one: str | None = None
+) -> None:
+    """Fail with the file and its top reasons when too many of its lines were rejected.
+
+    ``as_one``: the files are judged together under this name (activity events land a
+    file per event, so one bad event would otherwise be a file of 100% rejects).
+    """
+    if as_one is not None and log_rows:
+        counts = ("lines_read", "blank", "header", "rejected")
+        log_rows = [{"source_file": as_one, **{c: sum(r.get(c, 0) for r in log_rows) for c in counts}}]
     for row in log_rows:
         read = row["lines_read"] - row["blank"] - row.get("header", 0)
         if read and row["rejected"] / read > max_rate:
-            top = (
-                rejects.filter(F.col("source_file") == row["source_file"])
-                .groupBy("reason")
-                .count()
-                .orderBy(F.desc("count"), "reason")
-                .limit(3)
-                .collect()
+            mine = (
+                rejects if as_one is not None else rejects.filter(F.col("source_file") == row["source_file"])
             )
+            top = mine.groupBy("reason").count().orderBy(F.desc("count"), "reason").limit(3).collect()
             reasons = "; ".join(f"{r['reason']} ({r['count']})" for r in top)
             raise InputError(
                 f"{row['source_file']}: {row['rejected']} of {read} lines rejected "
@@ -260,8 +317,12 @@ def check_reject_rate(log_rows: list[dict], rejects: DataFrame, max_rate: float)
             )
 
 
-def resolve_format(spark: SparkSession, config: Config, files: list[io.InputFile]) -> str:
+def resolve_format(
+    spark: SparkSession, config: Config, files: list[io.InputFile], kind: str = "reviews"
+) -> str:
     """The configured family, or the detected one for ``auto`` (never a silent guess)."""
+    if kind == "events":  # the API's own lines, whatever the reviews' family
+        return EVENTS_FORMAT
     name = formats.check_format(config.require("input.format"))
     if name != "auto":
         return name
@@ -274,6 +335,8 @@ def resolve_format(spark: SparkSession, config: Config, files: list[io.InputFile
 
 def parse(spark: SparkSession, config: Config, kind: str, files: list[io.InputFile], fmt: str) -> DataFrame:
     """Lines of one source parsed by its family into ``shape`` and ``f``."""
+    if fmt == EVENTS_FORMAT:
+        return formats.events(io.read_lines(spark, files), config)
     if fmt in formats.JSON_PARSERS:
         if kind not in formats.JSON_PARSERS[fmt]:
             raise ConfigError(f"input.{kind} is not read for format {fmt}")
@@ -302,7 +365,7 @@ def ingest_source(
     Zero-byte files are not opened; a file whose decompression fails is found
     by reading each file on its own, then left out and reported.
     """
-    fmt = resolve_format(spark, config, files)
+    fmt = resolve_format(spark, config, files, kind)
     readable = [f for f in files if f.size > 0]
     unreadable: dict[str, str] = {}
     statused = None
@@ -337,7 +400,9 @@ def _parse_readable(spark, config, kind, files, fmt) -> tuple[DataFrame | None, 
 
 def _empty_statused(spark, config, kind, fmt) -> DataFrame:
     lines = spark.createDataFrame([], "source_file string, line_number int, value string")
-    if fmt in formats.JSON_PARSERS:
+    if fmt == EVENTS_FORMAT:
+        parsed = formats.events(lines, config)
+    elif fmt in formats.JSON_PARSERS:
         parsed = formats.JSON_PARSERS[fmt][kind](lines, config)
     else:
         header = list(formats.mapped_columns(config, formats.MAPPING_SECTION[kind]).values())

@@ -311,7 +311,7 @@ def lists_for_batch(
 ) -> tuple[pd.DataFrame, float]:
     """Every model's list for the users of one batch, and the seconds ALS scoring took."""
     n_rows = len(batch)
-    seen_rows, seen_places, seen_weights = _seen(batch, cat)
+    seen_rows, seen_places, seen_weights = seen_entries(batch, cat)
     started = time.perf_counter()
     als = _als(batch, cat, seen_rows, seen_places, n, block_floats)
     als_seconds = time.perf_counter() - started
@@ -341,7 +341,7 @@ def lists_for_batch(
     return _frame(batch, cat, parts, n_rows), als_seconds
 
 
-def _seen(batch: pd.DataFrame, cat: Catalogue):
+def seen_entries(batch: pd.DataFrame, cat: Catalogue):
     """(row, place, weight) of every seen item of the batch, by row; unknown items dropped."""
     items = batch[SEEN_ITEMS].to_numpy()
     weights = batch[SEEN_WEIGHTS].to_numpy()

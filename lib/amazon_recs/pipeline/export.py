@@ -42,19 +42,10 @@ def run_export(spark: SparkSession, config: Config) -> dict:
     recs = io.read_table(spark, config, "gold/recommendations")
     version = recs.select("model_version").first()[0]
     items = versions.read_input(spark, config, version, "silver/items").select(ITEM, "title", "category")
-    serving_rows = (
-        with_titles(recs, items)
-        .groupBy(USER, MODEL, "model_version")
-        .agg(
-            F.sort_array(
-                F.collect_list(F.struct("rank", ITEM, "title", "category", "score", "reason"))
-            ).alias("items")
-        )
-    )
     # The commits holding the version served until now: its DynamoDB items get their TTL
     # from these rows once the new version is live.
     before = {name: _latest_commit(spark, config, name) for name in (SERVING_TABLE, FALLBACK_TABLE)}
-    path = io.overwrite_table(serving_rows, config, SERVING_TABLE, partition_by=[MODEL])
+    path = io.overwrite_table(serving_rows(recs, items), config, SERVING_TABLE, partition_by=[MODEL])
     io.overwrite_table(popular_fallback(spark, config, version), config, FALLBACK_TABLE)
     ddl_path = f"{config.require('paths.warehouse').rstrip('/')}/gold/athena_ddl.sql"
     io.write_text(spark, ddl_path, athena.athena_ddl(config))
@@ -63,6 +54,20 @@ def run_export(spark: SparkSession, config: Config) -> dict:
         served = io.read_table(spark, config, SERVING_TABLE)
         summary["dynamodb"] = publish(spark, config, served, version, before=before)
     return summary
+
+
+def serving_rows(recs: DataFrame, items: DataFrame) -> DataFrame:
+    """The serving layout of ``gold/recommendations`` rows: one row per (user, model) with
+    the ordered top-k, titles and categories from ``items`` (item_id, title, category)."""
+    return (
+        with_titles(recs, items)
+        .groupBy(USER, MODEL, "model_version")
+        .agg(
+            F.sort_array(
+                F.collect_list(F.struct("rank", ITEM, "title", "category", "score", "reason"))
+            ).alias("items")
+        )
+    )
 
 
 def with_titles(recs: DataFrame, items: DataFrame) -> DataFrame:
@@ -131,7 +136,7 @@ def publish(
     previous_version = previous["model_version"] if previous else None
     now = time.time()
     generated_at = datetime.fromtimestamp(now, tz=UTC).isoformat(timespec="seconds")
-    stats = _write_lists(config, served, settings, version, generated_at, None, client_factory)
+    stats = write_lists(config, served, settings, version, generated_at, None, client_factory)
     expected = served.count()
     if stats.items != expected:
         raise interface.ServingError(f"wrote {stats.items} lists to DynamoDB but the version has {expected}")
@@ -166,7 +171,11 @@ def publish(
     }
 
 
-def _write_lists(config, rows: DataFrame, settings, version, generated_at, expires_at, client_factory):
+def write_lists(
+    config, rows: DataFrame, settings, version, generated_at, expires_at, client_factory
+) -> writer.WriteStats:
+    """Rows (user_id, model, items) as DynamoDB list items, written from
+    ``export.dynamodb.max_concurrency`` partitions; the summed write counts."""
     write = partial(
         writer.write_partition,
         settings=settings,
@@ -205,7 +214,7 @@ def expire_version(
         )
         return 0
     settings = dynamodb.StoreSettings.from_config(config)
-    stats = _write_lists(config, rows, settings, version, generated_at, expires_at, client_factory)
+    stats = write_lists(config, rows, settings, version, generated_at, expires_at, client_factory)
     fallback_commit = before.get(FALLBACK_TABLE)
     if fallback_commit is not None:
         items = io.read_table(spark, config, FALLBACK_TABLE, fallback_commit)

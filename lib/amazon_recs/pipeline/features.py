@@ -25,11 +25,16 @@ def run_features(spark: SparkSession, config: Config) -> dict:
     if products is None:
         products = spark.createDataFrame([], schema=schemas.BRONZE_PRODUCTS)
     tags = _existing(spark, config, "bronze/item_tags")
+    events = _existing(spark, config, "bronze/events")
+    if events is None:
+        events = spark.createDataFrame([], schema=schemas.BRONZE_EVENTS)
     if not reviews.take(1):
         raise InputError("bronze/reviews is empty: no review line was accepted; see bronze/rejects")
 
-    user_ids = fe.extend_id_map(_existing(spark, config, "silver/user_ids"), reviews, USER, USER_IDX)
-    item_keys = reviews.select(ITEM).unionByName(products.select(ITEM))
+    # Users and items first seen in events get ids like any other.
+    user_keys = reviews.select(USER).unionByName(events.select(USER))
+    user_ids = fe.extend_id_map(_existing(spark, config, "silver/user_ids"), user_keys, USER, USER_IDX)
+    item_keys = reviews.select(ITEM).unionByName(products.select(ITEM)).unionByName(events.select(ITEM))
     item_ids = fe.extend_id_map(_existing(spark, config, "silver/item_ids"), item_keys, ITEM, ITEM_IDX)
     # Append-only: existing ids are never rewritten, new keys are inserted.
     io.merge_table(spark, user_ids, config, "silver/user_ids", [USER])
@@ -37,8 +42,11 @@ def run_features(spark: SparkSession, config: Config) -> dict:
     user_ids = io.read_table(spark, config, "silver/user_ids")
     item_ids = io.read_table(spark, config, "silver/item_ids")
 
+    signals = fe.review_signals(reviews).unionByName(
+        fe.event_signals(events, config.require("events.weights"))
+    )
     interactions = fe.build_interactions(
-        reviews,
+        signals,
         user_ids,
         item_ids,
         config.require("split.test_fraction"),
@@ -47,8 +55,15 @@ def run_features(spark: SparkSession, config: Config) -> dict:
         seed=config.require("split.seed"),
     )
     io.overwrite_table(interactions, config, "silver/interactions")
+    # What the interactions hold of the events: a model trained on them has seen these.
+    io.overwrite_table(
+        schemas.conform(events, schemas.SILVER_EVENTS, "silver/events"), config, "silver/events"
+    )
     interactions = io.read_table(spark, config, "silver/interactions")
     io.overwrite_table(fe.build_items(products, item_ids, interactions, tags), config, "silver/items")
     io.overwrite_table(fe.build_users(interactions), config, "silver/users")
     counts = interactions.groupBy(SPLIT).count().collect()
-    return {f"interactions_{r[SPLIT]}": r["count"] for r in counts}
+    return {
+        **{f"interactions_{r[SPLIT]}": r["count"] for r in counts},
+        "events": io.read_table(spark, config, "silver/events").count(),
+    }

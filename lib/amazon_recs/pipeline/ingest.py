@@ -28,9 +28,18 @@ def input_globs(config: Config) -> dict[str, str]:
     return {kind: glob for kind, glob in globs.items() if glob}
 
 
+def event_files(spark: SparkSession, config: Config) -> list[io.InputFile]:
+    """The activity event files under ``input.events``; none yet is no events."""
+    glob = config.require("input.events")
+    return io.list_files(spark, glob, allow_none=True) if glob else []
+
+
 @stage
 def run_ingest(spark: SparkSession, config: Config) -> dict:
     sources = {kind: io.list_files(spark, glob) for kind, glob in input_globs(config).items()}
+    events = event_files(spark, config)
+    if events:
+        sources["events"] = events
     run_id = io.fingerprint([f for files in sources.values() for f in files])
 
     logs = []
@@ -40,7 +49,8 @@ def run_ingest(spark: SparkSession, config: Config) -> dict:
         io.merge_table(spark, log, config, "bronze/ingest_log", ["ingest_run_id", "kind", "source_file"])
         log_rows = [r.asDict() for r in log.collect()]  # one row per input file
         # Rejects and the log are written first, so a failed run can be inspected.
-        ig.check_reject_rate(log_rows, rejects, config.require("input.max_reject_rate"))
+        as_one = config.require("input.events") if kind == "events" else None
+        ig.check_reject_rate(log_rows, rejects, config.require("input.max_reject_rate"), as_one)
         update = "record_hash" if kind == "products" else None
         io.merge_table(spark, accepted, config, ig.TABLES[kind], ig.KEYS[kind], update)
         logs.extend(log_rows)

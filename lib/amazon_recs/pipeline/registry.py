@@ -10,6 +10,10 @@ from collections.abc import Callable
 from importlib import import_module
 
 STAGE_ORDER = ("ingest", "features", "train", "recommend", "evaluate", "export")
+# Stages run on their own, not by ``all``: refresh re-scores the users who acted since
+# the last run, between two runs (``pipeline.refresh``).
+ON_DEMAND = ("refresh",)
+STAGES = STAGE_ORDER + ON_DEMAND
 
 
 def stage_function(name: str) -> Callable:
@@ -18,6 +22,6 @@ def stage_function(name: str) -> Callable:
     Raises:
         KeyError: ``name`` is not a stage.
     """
-    if name not in STAGE_ORDER:
+    if name not in STAGES:
         raise KeyError(name)
     return getattr(import_module(f"amazon_recs.pipeline.{name}"), f"run_{name}")

@@ -76,6 +76,8 @@ def run_train(spark: SparkSession, config: Config) -> dict:
         "neighbour_method": models.neighbour_method,
         "als_fit_seconds": fit_seconds,
         "als_solver": solver,
+        # What refresh folds new users in with: the same confidence and regularisation.
+        "als_params": {"rank": params.als.rank, "reg_param": params.als.reg_param, "alpha": params.als.alpha},
         "inputs": inputs,
     }
     io.write_text(spark, f"{out}/model_info.json", json.dumps(info))

@@ -38,7 +38,7 @@ CURRENT_POINTER = "CURRENT"
 COMPLETE_MARKER = "_COMPLETE"  # written last into a version's directory
 STAGING = ".staging-"  # prefix of a local version being written
 # The silver tables a model is trained on and later stages read at the same commit.
-INPUT_TABLES = ("silver/interactions", "silver/items", "silver/user_ids", "silver/item_ids")
+INPUT_TABLES = ("silver/interactions", "silver/items", "silver/user_ids", "silver/item_ids", "silver/events")
 VERSION_SECTIONS = ("split", "als", "content", "popular", "recommend", "tune")
 
 
@@ -62,8 +62,13 @@ def model_version(config: Config, train: DataFrame, items: DataFrame | None = No
 
 
 def input_versions(spark: SparkSession, config: Config) -> dict[str, int]:
-    """The latest commit of each input table, to train on and to record."""
-    return {name: io.table_version(spark, config, name) for name in INPUT_TABLES}
+    """The latest commit of each input table, to train on and to record (``silver/events``
+    is left out of a warehouse whose features stage ran before events existed)."""
+    return {
+        name: io.table_version(spark, config, name)
+        for name in INPUT_TABLES
+        if name != "silver/events" or io.table_exists(spark, io.table_path(config, name))
+    }
 
 
 def model_info(spark: SparkSession, config: Config, version: str) -> dict:

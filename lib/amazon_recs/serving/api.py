@@ -55,18 +55,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from amazon_recs.config import Config, load_config
 from amazon_recs.errors import ConfigError, RecsError, RequestError
+from amazon_recs.events import EVENT_FIELDS, EVENT_ID, EVENT_TYPES, REMOVING_EVENTS
 from amazon_recs.serving import dynamodb, interface, list_edits, validation
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "hybrid"
 QUERY_PARAMETERS = ("model", "k")
-EVENT_TYPES = ("purchase", "rating", "view")
-# What a user bought or rated leaves their lists: the batch excludes interacted
-# products, and serving should not wait for the next run. A view changes nothing.
-REMOVING_EVENTS = frozenset({"purchase", "rating"})
-EVENT_FIELDS = ("user_id", "item_id", "event_type", "timestamp", "rating", "event_id")
-EVENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_BODY_BYTES = 10_000
 EARLIEST_MS = 946_684_800_000  # 2000-01-01: older timestamps are mistakes (seconds for ms)
 MAX_CLOCK_SKEW_MS = 86_400_000

@@ -1,0 +1,17 @@
+"""spark-submit entry point: the refresh stage (fresh lists for the users who acted
+since the last run, between two runs; see amazon_recs.pipeline.refresh).
+
+spark-submit jobs/refresh.py --config conf/local.yaml [--set key=value ...]
+"""
+
+import sys
+
+from amazon_recs.cli import job_main
+
+
+def main(argv=None) -> int:
+    return job_main(["refresh"], argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""The refresh stage: fresh lists, between batch runs, for the users who acted.
+
+The nightly run retrains everything; ``refresh`` is the cheap step between two
+runs. It reads the activity events (``input.events``) with ingest's parser (the
+same accepted, rejected and duplicate rules), keeps the events the current model
+version has not seen (not in ``silver/events`` at the commit the version was
+trained on), and recomputes every model's list for only the users they name:
+
+- each user's seen items are their training interactions in the version plus
+  the new events, folded per (user, item) as the features stage folds them;
+- ALS: the user's factors solved against the version's fixed item factors
+  (``models.fold_in``), with the version's confidence and regularisation, so a
+  user the model has never seen gets personal lists from their first events;
+- content, popularity, the random floor and the hybrid: their usual scoring
+  (``models.user_lists``), with the version's tuned weights.
+
+The lists are published under the current version: into ``gold/user_recommendations``
+(one MERGE: the app's readers see the table before or after it) and, with
+``export.dynamodb.enabled``, into DynamoDB, one item per (user, model) replaced
+whole (a reader sees the old list or the new one). Both must already hold the
+current version (the export ran for it). Each refresh appends what it did to
+``gold/refresh_log``. Events stay where they are: the next full run ingests them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from amazon_recs import io, schemas
+from amazon_recs.config import Config
+from amazon_recs.errors import StageOrderError
+from amazon_recs.features import silver as fe
+from amazon_recs.features.split import TRAIN
+from amazon_recs.ingest import sources as ig
+from amazon_recs.models import lists as rc
+from amazon_recs.models import user_lists
+from amazon_recs.models.fold_in import fold_in
+from amazon_recs.pipeline import versions
+from amazon_recs.pipeline.base import progress, stage
+from amazon_recs.pipeline.export import SERVING_TABLE, serving_rows, write_lists
+from amazon_recs.pipeline.ingest import event_files
+from amazon_recs.pipeline.recommend import als_half_trust, als_search, hybrid_weights
+from amazon_recs.schemas import (
+    ITEM,
+    ITEM_IDX,
+    MODEL,
+    MODEL_VERSION,
+    RATING,
+    SPLIT,
+    TS,
+    USER,
+    USER_IDX,
+    WEIGHT,
+)
+from amazon_recs.serving import dynamodb
+from amazon_recs.serving.validation import SERVED_MODELS
+
+REFRESH_LOG = "gold/refresh_log"
+NEW_USER = -1  # the user_idx of a user the version does not know (never written to a table)
+
+
+@stage
+def run_refresh(spark: SparkSession, config: Config) -> dict:
+    started = time.perf_counter()
+    refresh_id = uuid.uuid4().hex[:12]
+    version = versions.current_version(spark, config)
+    info = versions.model_info(spark, config, version)
+    served_version = _check_served(spark, config, version)
+    events, read = new_events(spark, config, version, info)
+    summary = {"refresh_id": refresh_id, "model_version": version, **read}
+    if not summary["events_new"]:
+        progress(f"no events since version {version} was trained: nothing to refresh")
+        return _logged(spark, config, {**summary, "users": 0, "new_users": 0, "lists": 0}, started)
+
+    seed = config.require("split.seed")
+    k, n = config.require("recommend.k"), config.require("recommend.candidates")
+    catalogue = _catalogue(spark, config, version, info, seed, n)
+    users = acting_users(spark, config, version, info, events, seed)
+    counts = users.agg(F.count(F.lit(1)), F.sum((F.col(USER_IDX) == NEW_USER).cast("long"))).first()
+    progress(f"{counts[0]:,} users acted since version {version} ({counts[1] or 0:,} new to it)")
+    als = _als_params(spark, config, version, info)
+    lists = refreshed_lists(users, catalogue, k, n, hybrid_weights(spark, config, version), als)
+
+    items = versions.read_input(spark, config, version, "silver/items", info)
+    item_ids = versions.read_input(spark, config, version, "silver/item_ids", info)
+    recs = rc.to_gold(rc.with_reason(lists, items), version, item_ids)
+    rows = serving_rows(recs, items.select(ITEM, "title", "category")).cache()
+    io.merge_table(spark, rows, config, SERVING_TABLE, [USER, MODEL], update_when_changed="items")
+    summary.update(users=counts[0], new_users=counts[1] or 0, lists=rows.count())
+    if served_version is not None:
+        summary["dynamodb_lists"] = publish_lists(config, rows, served_version)
+    rows.unpersist()
+    return _logged(spark, config, summary, started)
+
+
+def _check_served(spark: SparkSession, config: Config, version: str) -> str | None:
+    """The version DynamoDB serves (None when publishing is off); both it and the serving
+    table must be ``version``: refreshed lists are written under the version they came from.
+
+    Raises:
+        StageOrderError: the export has not run for ``version``.
+    """
+    path = io.table_path(config, SERVING_TABLE)
+    table = io.read_table(spark, config, SERVING_TABLE) if io.table_exists(spark, path) else None
+    held = [r[0] for r in table.select(MODEL_VERSION).distinct().collect()] if table is not None else []
+    if held != [version]:
+        raise StageOrderError(
+            f"{SERVING_TABLE} holds version(s) {held or 'none'}, not the current version {version}: "
+            "run the export stage before refresh"
+        )
+    if not config.require("export.dynamodb.enabled"):
+        return None
+    settings = dynamodb.StoreSettings.from_config(config)
+    pointer = dynamodb.current_version(dynamodb.make_client(settings), settings.table)
+    if pointer is None or pointer["model_version"] != version:
+        served = pointer["model_version"] if pointer else "none"
+        raise StageOrderError(
+            f"DynamoDB table {settings.table} serves version {served}, not the current version {version}: "
+            "run the export stage before refresh"
+        )
+    return version
+
+
+def new_events(spark: SparkSession, config: Config, version: str, info: dict) -> tuple[DataFrame, dict]:
+    """The accepted events the version was not trained on, one per event id, and the counts:
+    every event line read is accepted, rejected (the next ingest quarantines it with its
+    reason) or a duplicate."""
+    files = event_files(spark, config)
+    counts = {"event_files": len(files), "events_read": 0, "events_rejected": 0, "events_duplicate": 0}
+    if not files:
+        return spark.createDataFrame([], schemas.BRONZE_EVENTS), {**counts, "events_new": 0}
+    accepted, _, log = ig.ingest_source(spark, config, "events", files, f"refresh-{version}")
+    totals = log.agg(*[F.sum(c).alias(c) for c in ("lines_read", "rejected", "duplicates")]).first()
+    seen = "silver/events"
+    if seen in info.get("inputs", {}):
+        trained = io.read_table(spark, config, seen, info["inputs"][seen]).select("event_id")
+        accepted = accepted.join(trained, "event_id", how="left_anti")
+    accepted = accepted.cache()
+    counts.update(
+        events_read=int(totals["lines_read"] or 0),
+        events_rejected=int(totals["rejected"] or 0),
+        events_duplicate=int(totals["duplicates"] or 0),
+        events_new=accepted.count(),
+    )
+    return accepted, counts
+
+
+def acting_users(
+    spark: SparkSession, config: Config, version: str, info: dict, events: DataFrame, seed: int
+) -> DataFrame:
+    """One row per user with new events, as ``user_lists.per_user`` makes them: their
+    training interactions in the version plus the events, folded per (user, item) by
+    ``features.silver.pair_interactions`` (the training row counts as the pair's opinion
+    so far). A user the version does not know has ``user_idx`` NEW_USER; events on
+    items it does not know are left out (the next run gives those items ids)."""
+    user_ids = versions.read_input(spark, config, version, "silver/user_ids", info)
+    item_ids = versions.read_input(spark, config, version, "silver/item_ids", info)
+    interactions = versions.read_input(spark, config, version, "silver/interactions", info)
+    acting = events.select(USER).distinct()
+    history = (
+        interactions.filter(F.col(SPLIT) == TRAIN)
+        .join(acting, USER, how="left_semi")
+        .select(
+            USER,
+            ITEM,
+            F.col(WEIGHT).alias(RATING),
+            WEIGHT,
+            TS,
+            F.lit(True).alias("_explicit"),
+            F.lit("").alias("_tie"),
+        )
+    )
+    signals = history.unionByName(fe.event_signals(events, config.require("events.weights")))
+    pairs = fe.pair_interactions(signals).join(F.broadcast(item_ids), ITEM, how="inner")
+    seen = pairs.groupBy(USER).agg(
+        F.sort_array(F.collect_list(F.struct(ITEM_IDX, F.col(WEIGHT).cast("double").alias(WEIGHT)))).alias(
+            "_s"
+        )
+    )
+    known = F.col(USER_IDX).isNotNull()
+    return (
+        acting.join(user_ids, USER, how="left")
+        .join(seen, USER, how="left")
+        .select(
+            USER,
+            F.coalesce(USER_IDX, F.lit(NEW_USER)).cast("int").alias(USER_IDX),
+            F.lit(None).cast("array<float>").alias(user_lists.FACTORS),
+            F.coalesce(F.col(f"_s.{ITEM_IDX}"), F.array().cast("array<int>")).alias(user_lists.SEEN_ITEMS),
+            F.coalesce(F.col(f"_s.{WEIGHT}"), F.array().cast("array<double>")).alias(user_lists.SEEN_WEIGHTS),
+            F.when(known, F.xxhash64(F.lit(seed), USER_IDX))
+            .otherwise(F.xxhash64(F.lit(seed), USER))
+            .alias(user_lists.START),
+        )
+    )
+
+
+def refreshed_lists(
+    users: DataFrame, cat: user_lists.Catalogue, k: int, n: int, weights: dict, als: dict
+) -> DataFrame:
+    """Every model's list for ``users`` (``acting_users``), ALS factors folded in per batch."""
+    broadcast = users.sparkSession.sparkContext.broadcast(cat)
+    weights = {m: float(weights.get(m, 0.0)) for m in user_lists.COMPONENTS}
+    reg_param, alpha = float(als["reg_param"]), float(als["alpha"])
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        shared = broadcast.value
+        factors64 = shared.als_factors.astype(np.float64)
+        gram = factors64.T @ factors64
+        for batch in batches:
+            if len(batch):
+                batch[user_lists.FACTORS] = folded_factors(batch, shared, reg_param, alpha, gram)
+                out, _ = user_lists.lists_for_batch(batch, shared, k, n, weights, user_lists.BLOCK_FLOATS)
+                yield out
+
+    return users.mapInPandas(run, user_lists.LIST_SCHEMA)
+
+
+def folded_factors(
+    batch: pd.DataFrame, cat: user_lists.Catalogue, reg_param: float, alpha: float, gram: np.ndarray
+) -> list:
+    """Each user's ALS factors from their seen items with item factors (None without any)."""
+    rows, places, weights = user_lists.seen_entries(batch, cat)
+    cols = cat.als_column[places]
+    has_factors = cols != user_lists.NO_ITEM
+    rows, cols, weights = rows[has_factors], cols[has_factors], weights[has_factors]
+    factors = fold_in(cat.als_factors, rows, cols, weights, len(batch), reg_param, alpha, gram)
+    has = np.bincount(rows, minlength=len(batch)) > 0
+    return [factors[i] if has[i] else None for i in range(len(batch))]
+
+
+def publish_lists(config: Config, rows: DataFrame, version: str) -> int:
+    """The refreshed lists of the served models into DynamoDB under ``version``, from the
+    executors; each item replaces one list whole. Returns the items written."""
+    settings = dynamodb.StoreSettings.from_config(config)
+    generated_at = datetime.now(tz=UTC).isoformat(timespec="seconds")
+    served = rows.filter(F.col(MODEL).isin(*SERVED_MODELS))
+    return write_lists(config, served, settings, version, generated_at, None, dynamodb.make_client).items
+
+
+def _catalogue(spark, config, version, info, seed, n) -> user_lists.Catalogue:
+    from pyspark.ml.recommendation import ALSModel
+
+    src = versions.model_dir(config, version)
+    return user_lists.catalogue(
+        versions.read_input(spark, config, version, "silver/items", info),
+        ALSModel.load(f"{src}/als").itemFactors,
+        spark.read.format("delta").load(f"{src}/item_neighbours"),
+        spark.read.format("delta").load(f"{src}/popularity"),
+        seed,
+        als_half_trust(spark, config, version),
+        als_search(config),
+        n,
+    )
+
+
+def _als_params(spark, config, version, info) -> dict:
+    """The confidence and regularisation the version's ALS was fitted with: recorded in
+    its model_info, else tuned, else configured."""
+    if "als_params" in info:
+        return info["als_params"]
+    tuned = (versions.tuning(spark, config, version) or {}).get("als", {})
+    return {key: tuned.get(key, config.require(f"als.{key}")) for key in ("reg_param", "alpha")}
+
+
+def _logged(spark: SparkSession, config: Config, summary: dict, started: float) -> dict:
+    """``summary`` with its seconds, appended as one row to ``gold/refresh_log``."""
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    row = {**summary, "refreshed_at": datetime.now(tz=UTC).replace(tzinfo=None)}
+    fields = REFRESH_LOG_SCHEMA.fields
+    frame = spark.createDataFrame([tuple(row.get(f.name) for f in fields)], REFRESH_LOG_SCHEMA)
+    frame.write.format("delta").mode("append").save(io.table_path(config, REFRESH_LOG))
+    return summary
+
+
+REFRESH_LOG_SCHEMA = T.StructType(
+    [T.StructField(name, T.StringType()) for name in ("refresh_id", "model_version")]
+    + [T.StructField("refreshed_at", T.TimestampType())]
+    + [
+        T.StructField(name, T.LongType())
+        for name in (
+            "event_files",
+            "events_read",
+            "events_rejected",
+            "events_duplicate",
+            "events_new",
+            "users",
+            "new_users",
+            "lists",
+            "dynamodb_lists",
+        )
+    ]
+    + [T.StructField("seconds", T.DoubleType())]
+)
