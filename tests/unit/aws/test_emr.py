@@ -24,7 +24,7 @@ from amazon_recs.aws import commands, emr, iam
 from amazon_recs.aws.emr import EmrError, Poll, Release, StepsFailedError
 from amazon_recs.config import Config, load_config
 from amazon_recs.errors import ConfigError
-from amazon_recs.pipeline.registry import STAGE_ORDER
+from amazon_recs.pipeline.registry import STAGES
 
 ROOT = Path(__file__).resolve().parents[3]
 EMR_CONFIG = ROOT / "conf" / "emr.yaml"
@@ -230,7 +230,7 @@ def test_each_job_is_a_spark_submit_of_its_entry_point_in_cluster_mode(config, r
     overrides = ["als.rank=64", "input.reviews=s3://b/k=v/*.gz"]
     step_configs = emr.steps(config, rel, emr.JOBS, "conf/emr.yaml", overrides, long_running=True)
     assert botocore_problems("AddJobFlowSteps", emr.add_steps_request("j-EXAMPLE", step_configs)) == []
-    assert len(step_configs) == 1 + len(STAGE_ORDER)
+    assert len(step_configs) == 1 + len(STAGES)
     for job, step in zip(emr.JOBS, step_configs, strict=True):
         assert step["ActionOnFailure"] == "CANCEL_AND_WAIT"
         assert step["HadoopJarStep"]["Jar"] == "command-runner.jar"
