@@ -39,7 +39,7 @@ SET_ARGS     := $(foreach s,$(SET),--set $(s))
 
 .PHONY: help setup run test lint format show clean clean-data
 .PHONY: bench bench-scale bench-content up down run-aws-local app app-aws-local bench-api
-.PHONY: package deploy
+.PHONY: package package-lambda deploy
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -83,6 +83,9 @@ run-aws-local: up ## the pipeline on s3:// against the local servers, gift_cards
 
 package: $(VENV)/.installed ## build the EMR artifacts in dist/<version>/ (wheel, jobs, conf, bootstrap, pinned requirements)
 	$(VENV)/bin/amazon-recs emr package --out dist
+
+package-lambda: $(VENV)/.installed ## build dist/lambda/<version>/: the Lambda functions' zip and their CloudFormation template (EMR_CONFIG, SET=...)
+	$(VENV)/bin/amazon-recs emr package-lambda --config $(EMR_CONFIG) --out dist/lambda $(SET_ARGS)
 
 deploy: package ## upload dist/<version>/ to s3://<aws.bucket>/artifacts/<version>/ (EMR_CONFIG, SET="aws.bucket=...")
 	$(VENV)/bin/amazon-recs emr deploy --config $(EMR_CONFIG) --dist dist $(SET_ARGS) $(DEPLOY_ARGS)

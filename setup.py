@@ -35,7 +35,9 @@ setup(
         # (deltalake, no Spark) used by the AWS integration tests.
         "dev": SPARK_PINS
         + ["pytest>=8", "chispa>=0.10", "ruff>=0.6", "moto[server]>=5", "deltalake>=1"]
-        + ["streamlit>=1.50,<2", "selenium>=4.20,<5"],
+        + ["streamlit>=1.50,<2", "selenium>=4.20,<5"]
+        # Validates the Lambda functions' CloudFormation template.
+        + ["cfn-lint>=1.20,<2"],
         # The Streamlit app alone (reads the gold tables without Spark).
         "app": ["streamlit>=1.50,<2", "deltalake>=1"],
         "bench": ["implicit>=0.7,<0.8"],

@@ -79,7 +79,9 @@ def shared_data(*parts: str) -> Path:
 
 SERVICES = ROOT / "bootstrap" / "local" / "services.sh"
 # Ports of their own, so a `make up` on the defaults (9000, 8000) is left alone.
-TEST_S3_PORT, TEST_DYNAMODB_PORT = 19100, 18100
+# Overridable, so two checkouts can run their suites side by side.
+TEST_S3_PORT = int(os.environ.get("AMAZON_RECS_TEST_S3_PORT", "19100"))
+TEST_DYNAMODB_PORT = int(os.environ.get("AMAZON_RECS_TEST_DYNAMODB_PORT", "18100"))
 
 
 @pytest.fixture(scope="session")

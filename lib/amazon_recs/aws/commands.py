@@ -39,6 +39,13 @@ def add_parser(emr: argparse.ArgumentParser) -> None:
     deploy.add_argument("--dist", default="dist", help="folder `emr package` built into (default dist)")
     deploy.add_argument("--create-bucket", action="store_true", help="create aws.bucket when missing")
 
+    functions = sub.add_parser(
+        "package-lambda", help="build dist/lambda/<version>/: the handlers' zip and a CloudFormation template"
+    )
+    functions.add_argument(
+        "--out", default="dist/lambda", help="folder of the built versions (default dist/lambda)"
+    )
+
     policy = sub.add_parser("iam-policy", help="the instance profile's least-privilege IAM policy (JSON)")
     policy.add_argument("--out", help="write instance-profile-policy.json and ec2-trust-policy.json here")
 
@@ -65,11 +72,11 @@ def add_parser(emr: argparse.ArgumentParser) -> None:
             default=[],
             help="only this step (repeatable); default: every step (wait: those pending or running now)",
         )
-    for command in (deploy, policy, create, submit, status, wait):
+    for command in (deploy, functions, policy, create, submit, status, wait):
         add_config_arguments(
             command, DEFAULT_EMR_CONFIG, "environment YAML in conf/ (the steps read its deployed copy)"
         )
-        if command is not policy:
+        if command not in (policy, functions):
             command.add_argument(
                 "--dry-run", action="store_true", help="print the request(s) as JSON, send nothing"
             )
@@ -115,6 +122,26 @@ def _emr_package(args: argparse.Namespace) -> int:
     return 0
 
 
+def _emr_package_lambda(args: argparse.Namespace) -> int:
+    from amazon_recs.aws import functions
+
+    config = _load(args)
+    built = functions.package_functions(
+        Path.cwd(), Path(args.out), config, _deployed_config_name(args.config), args.overrides
+    )
+    code_key = f"{_emr_release(config).root}/lambda/{functions.ZIP_NAME}"
+    print(
+        f"built the functions of version {built.version} in {built.directory}:\n"
+        f"  {functions.ZIP_NAME}  {built.zip_bytes / 2**20:.1f} MiB "
+        f"({built.unzipped_bytes / 2**20:.1f} MiB unzipped; {len(built.modules)} amazon_recs modules)\n"
+        f"  {functions.TEMPLATE_NAME}\n"
+        f"next: make deploy (uploads it to {code_key}), then\n"
+        f"      aws cloudformation deploy --template-file {built.directory / functions.TEMPLATE_NAME} "
+        "--stack-name amazon-recs-api --capabilities CAPABILITY_IAM"
+    )
+    return 0
+
+
 def _emr_deploy(args: argparse.Namespace) -> int:
     from amazon_recs.aws import artifacts
 
@@ -126,6 +153,9 @@ def _emr_deploy(args: argparse.Namespace) -> int:
             f"{directory} not found: run `make package` first (this checkout is {rel.version})"
         )
     uploads = artifacts.plan_uploads(directory, rel.root)
+    functions = Path(args.dist) / "lambda" / rel.version  # `make package-lambda`, when built
+    if functions.is_dir():
+        uploads += artifacts.plan_uploads(functions, f"{rel.root}/lambda")
     if args.dry_run:
         _print_json(
             [
@@ -308,6 +338,7 @@ def _wait(config: Config, client, cluster_id: str, step_ids: list[str]) -> int:
 EMR_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "package": _emr_package,
     "deploy": _emr_deploy,
+    "package-lambda": _emr_package_lambda,
     "iam-policy": _emr_iam_policy,
     "create-cluster": _emr_create_cluster,
     "submit": _emr_submit,

@@ -29,7 +29,14 @@ Configuration comes from the function's environment:
     AMAZON_RECS_BUCKET             the bucket for activity events (else aws.bucket)
     AMAZON_RECS_DYNAMODB_ENDPOINT  endpoints of local stand-ins, for tests and benchmarks
     AMAZON_RECS_S3_ENDPOINT        (else aws.*_endpoint; unset: AWS's own)
+    AMAZON_RECS_EVENTS_PREFIX      api.events_prefix
+    AMAZON_RECS_CORS_ORIGIN        api.cors_origin
+    AMAZON_RECS_POINTER_CACHE_SECONDS  api.pointer_cache_seconds
+    AMAZON_RECS_MAX_K              recommend.k
     AWS_REGION                     set by Lambda (else aws.region)
+
+The deployed functions (``aws.functions``: the zip and the CloudFormation template)
+get every setting as a variable, so one zip serves any configuration.
 """
 
 from __future__ import annotations
@@ -68,12 +75,17 @@ MAX_CLOCK_SKEW_MS = 86_400_000
 RECOMMENDATIONS_PATH = re.compile(r"/recommendations/([^/]*)/?$")
 UNAVAILABLE = "the service is unavailable right now; please try again shortly"
 
-ENV_FIELDS = {
-    "AMAZON_RECS_TABLE": "table",
-    "AMAZON_RECS_BUCKET": "bucket",
-    "AMAZON_RECS_DYNAMODB_ENDPOINT": "dynamodb_endpoint",
-    "AMAZON_RECS_S3_ENDPOINT": "s3_endpoint",
-    "AWS_REGION": "region",
+# Environment variable -> (ApiSettings field, its type).
+ENV_FIELDS: dict[str, tuple[str, type]] = {
+    "AMAZON_RECS_TABLE": ("table", str),
+    "AMAZON_RECS_BUCKET": ("bucket", str),
+    "AMAZON_RECS_DYNAMODB_ENDPOINT": ("dynamodb_endpoint", str),
+    "AMAZON_RECS_S3_ENDPOINT": ("s3_endpoint", str),
+    "AMAZON_RECS_EVENTS_PREFIX": ("events_prefix", str),
+    "AMAZON_RECS_CORS_ORIGIN": ("cors_origin", str),
+    "AMAZON_RECS_POINTER_CACHE_SECONDS": ("pointer_cache_s", float),
+    "AMAZON_RECS_MAX_K": ("max_k", int),
+    "AWS_REGION": ("region", str),
 }
 
 
@@ -123,7 +135,13 @@ class ApiSettings:
         Raises:
             ConfigError: no table is named anywhere.
         """
-        overrides = {name: env[var] for var, name in ENV_FIELDS.items() if env.get(var)}
+        overrides = {}
+        for var, (name, kind) in ENV_FIELDS.items():
+            if env.get(var):
+                try:
+                    overrides[name] = kind(env[var])
+                except ValueError:
+                    raise ConfigError(f"{var}={env[var]!r} is not a {kind.__name__}") from None
         path = env.get("AMAZON_RECS_CONFIG")
         if path:
             return replace(cls.from_config(_load_config(path)), **overrides)
