@@ -27,6 +27,7 @@ from amazon_recs.errors import StageOrderError
 from amazon_recs.pipeline import versions
 from amazon_recs.pipeline.registry import STAGE_ORDER, stage_function
 from amazon_recs.serving import api, dynamodb
+from amazon_recs.serving.gold_tables import GoldTableStore
 from amazon_recs.serving.validation import SERVED_MODELS
 from tests.integration.test_aws import aws_config, first_run  # noqa: F401 (fixtures)
 
@@ -165,10 +166,20 @@ def test_a_new_user_gets_personal_lists_from_their_first_events(loop):
     assert new["als"][1] != [i["item_id"] for i in popular.items]
 
 
-def test_the_gold_serving_table_holds_the_refreshed_lists(loop):
-    table = io.read_table(loop["spark"], loop["config"], "gold/user_recommendations")
-    row = table.filter((F.col("user_id") == NEW_USER) & (F.col("model") == "hybrid")).collect()
-    assert [i["item_id"] for i in row[0]["items"]] == loop["after"][NEW_USER]["hybrid"][1]
+def test_readers_of_the_gold_tables_get_the_refreshed_lists_too(loop):
+    store = GoldTableStore.from_config(loop["config"])
+    for user in (NEW_USER, loop["user"]):
+        for model in SERVED_MODELS:
+            recs = store.get_recommendations(user, model)
+            assert not recs.fallback and recs.model_version == loop["summary"]["model_version"]
+            assert [i["item_id"] for i in recs.items] == loop["after"][user][model][1], (user, model)
+    # Only the refreshed lists are written: the serving table is left as the export wrote it.
+    served = io.read_table(loop["spark"], loop["config"], "gold/user_recommendations")
+    assert served.filter(F.col("user_id") == NEW_USER).count() == 0
+    refreshed = io.read_table(loop["spark"], loop["config"], "gold/refreshed_recommendations")
+    assert sorted(r["user_id"] for r in refreshed.select("user_id").distinct().collect()) == sorted(
+        [NEW_USER, loop["user"]]
+    )
 
 
 def test_the_next_run_ingests_the_events_exactly_once_and_leaves_nothing_to_refresh(loop):
@@ -195,3 +206,5 @@ def test_the_next_run_ingests_the_events_exactly_once_and_leaves_nothing_to_refr
         stage_function(stage)(spark, config)
     again = stage_function("refresh")(spark, config)
     assert again["events_new"] == 0 and again["users"] == 0
+    # The export of the new version emptied the refreshed lists of the old one.
+    assert io.read_table(spark, config, "gold/refreshed_recommendations").count() == 0

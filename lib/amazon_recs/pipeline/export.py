@@ -20,7 +20,7 @@ from amazon_recs.pipeline import versions
 from amazon_recs.pipeline.base import stage
 from amazon_recs.schemas import ITEM, ITEM_IDX, MODEL, RANK, SCORE, USER
 from amazon_recs.serving import dynamodb, interface, writer
-from amazon_recs.serving.gold_tables import FALLBACK_TABLE
+from amazon_recs.serving.gold_tables import FALLBACK_TABLE, REFRESHED_TABLE
 from amazon_recs.serving.validation import SERVED_MODELS
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,14 @@ def run_export(spark: SparkSession, config: Config) -> dict:
     # from these rows once the new version is live.
     before = {name: _latest_commit(spark, config, name) for name in (SERVING_TABLE, FALLBACK_TABLE)}
     path = io.overwrite_table(serving_rows(recs, items), config, SERVING_TABLE, partition_by=[MODEL])
+    served = io.read_table(spark, config, SERVING_TABLE)
+    # The lists refresh recomputed belong to the version before: readers start afresh.
+    io.overwrite_table(served.limit(0), config, REFRESHED_TABLE, partition_by=[MODEL])
     io.overwrite_table(popular_fallback(spark, config, version), config, FALLBACK_TABLE)
     ddl_path = f"{config.require('paths.warehouse').rstrip('/')}/gold/athena_ddl.sql"
     io.write_text(spark, ddl_path, athena.athena_ddl(config))
     summary = {"serving_table": path, "athena_ddl": ddl_path}
     if config.require("export.dynamodb.enabled"):
-        served = io.read_table(spark, config, SERVING_TABLE)
         summary["dynamodb"] = publish(spark, config, served, version, before=before)
     return summary
 

@@ -14,8 +14,10 @@ trained on), and recomputes every model's list for only the users they name:
 - content, popularity, the random floor and the hybrid: their usual scoring
   (``models.user_lists``), with the version's tuned weights.
 
-The lists are published under the current version: into ``gold/user_recommendations``
-(one MERGE: the app's readers see the table before or after it) and, with
+The lists are published under the current version: into ``gold/refreshed_recommendations``
+(one MERGE into a table of the refreshed lists alone, which readers of the gold tables
+consult before ``gold/user_recommendations``: rewriting every user's lists for a
+thousand users would cost more than the rest of the refresh) and, with
 ``export.dynamodb.enabled``, into DynamoDB, one item per (user, model) replaced
 whole (a reader sees the old list or the new one). Both must already hold the
 current version (the export ran for it). Each refresh appends what it did to
@@ -24,6 +26,7 @@ current version (the export ran for it). Each refresh appends what it did to
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
@@ -62,9 +65,13 @@ from amazon_recs.schemas import (
     WEIGHT,
 )
 from amazon_recs.serving import dynamodb
+from amazon_recs.serving.gold_tables import REFRESHED_TABLE
 from amazon_recs.serving.validation import SERVED_MODELS
 
 REFRESH_LOG = "gold/refresh_log"
+# Up to this many acting users, ALS scores every item (an exact search) instead of
+# going through the inverted file: 100k users x 50k items is a second of BLAS.
+REFRESH_EXACT_MAX_USERS = 100_000
 NEW_USER = -1  # the user_idx of a user the version does not know (never written to a table)
 
 
@@ -81,24 +88,39 @@ def run_refresh(spark: SparkSession, config: Config) -> dict:
         progress(f"no events since version {version} was trained: nothing to refresh")
         return _logged(spark, config, {**summary, "users": 0, "new_users": 0, "lists": 0}, started)
 
+    progress(f"{summary['events_new']:,} new events read in {time.perf_counter() - started:.1f}s")
     seed = config.require("split.seed")
     k, n = config.require("recommend.k"), config.require("recommend.candidates")
-    catalogue = _catalogue(spark, config, version, info, seed, n)
-    users = acting_users(spark, config, version, info, events, seed)
+    step = time.perf_counter()
+    users = acting_users(spark, config, version, info, events, seed).cache()
     counts = users.agg(F.count(F.lit(1)), F.sum((F.col(USER_IDX) == NEW_USER).cast("long"))).first()
-    progress(f"{counts[0]:,} users acted since version {version} ({counts[1] or 0:,} new to it)")
+    progress(
+        f"{counts[0]:,} users acted since version {version} ({counts[1] or 0:,} new to it); "
+        f"their histories in {time.perf_counter() - step:.1f}s"
+    )
+    step = time.perf_counter()
+    catalogue = _catalogue(spark, config, version, info, seed, n, counts[0])
+    progress(f"catalogue collected in {time.perf_counter() - step:.1f}s")
     als = _als_params(spark, config, version, info)
     lists = refreshed_lists(users, catalogue, k, n, hybrid_weights(spark, config, version), als)
 
+    step = time.perf_counter()
     items = versions.read_input(spark, config, version, "silver/items", info)
     item_ids = versions.read_input(spark, config, version, "silver/item_ids", info)
     recs = rc.to_gold(rc.with_reason(lists, items), version, item_ids)
     rows = serving_rows(recs, items.select(ITEM, "title", "category")).cache()
-    io.merge_table(spark, rows, config, SERVING_TABLE, [USER, MODEL], update_when_changed="items")
     summary.update(users=counts[0], new_users=counts[1] or 0, lists=rows.count())
+    progress(f"{summary['lists']:,} lists in {time.perf_counter() - step:.1f}s")
+    step = time.perf_counter()
+    io.merge_table(spark, rows, config, REFRESHED_TABLE, [USER, MODEL], update_when_changed="items")
+    progress(f"merged into {REFRESHED_TABLE} in {time.perf_counter() - step:.1f}s")
     if served_version is not None:
+        step = time.perf_counter()
         summary["dynamodb_lists"] = publish_lists(config, rows, served_version)
+        written = summary["dynamodb_lists"]
+        progress(f"{written:,} lists written to DynamoDB in {time.perf_counter() - step:.1f}s")
     rows.unpersist()
+    users.unpersist()
     return _logged(spark, config, summary, started)
 
 
@@ -111,7 +133,9 @@ def _check_served(spark: SparkSession, config: Config, version: str) -> str | No
     """
     path = io.table_path(config, SERVING_TABLE)
     table = io.read_table(spark, config, SERVING_TABLE) if io.table_exists(spark, path) else None
-    held = [r[0] for r in table.select(MODEL_VERSION).distinct().collect()] if table is not None else []
+    # One version by construction (an export overwrites it whole, refresh merges its own
+    # version's rows): one row says which, without scanning every user's lists.
+    held = [r[0] for r in table.select(MODEL_VERSION).limit(1).collect()] if table is not None else []
     if held != [version]:
         raise StageOrderError(
             f"{SERVING_TABLE} holds version(s) {held or 'none'}, not the current version {version}: "
@@ -246,10 +270,15 @@ def publish_lists(config: Config, rows: DataFrame, version: str) -> int:
     return write_lists(config, served, settings, version, generated_at, None, dynamodb.make_client).items
 
 
-def _catalogue(spark, config, version, info, seed, n) -> user_lists.Catalogue:
+def _catalogue(spark, config, version, info, seed, n, users: int) -> user_lists.Catalogue:
+    """The version's catalogue; ALS scores every item for up to REFRESH_EXACT_MAX_USERS
+    users (cheaper than building the inverted file the batch run searches)."""
     from pyspark.ml.recommendation import ALSModel
 
     src = versions.model_dir(config, version)
+    search = als_search(config)
+    if users <= REFRESH_EXACT_MAX_USERS:
+        search = dataclasses.replace(search, method="exact")
     return user_lists.catalogue(
         versions.read_input(spark, config, version, "silver/items", info),
         ALSModel.load(f"{src}/als").itemFactors,
@@ -257,7 +286,7 @@ def _catalogue(spark, config, version, info, seed, n) -> user_lists.Catalogue:
         spark.read.format("delta").load(f"{src}/popularity"),
         seed,
         als_half_trust(spark, config, version),
-        als_search(config),
+        search,
         n,
     )
 

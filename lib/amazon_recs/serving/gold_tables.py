@@ -1,7 +1,8 @@
 """The lists and their context read from the gold Delta tables, without Spark.
 
 ``GoldTableStore`` answers like ``dynamodb.ServingStore`` (``get_recommendations``,
-``current_version``) from ``gold/user_recommendations``, local or s3:// through
+``current_version``) from ``gold/user_recommendations`` (and the lists ``refresh``
+recomputed since, in ``gold/refreshed_recommendations``), local or s3:// through
 ``deltalake``, and adds what an app shows beside a list: the user's history, the
 evaluation metrics and sample users.
 """
@@ -18,6 +19,10 @@ from amazon_recs.serving.interface import BackendUnavailable, Recommendations, S
 
 SERVED_TABLE = "gold/user_recommendations"
 FALLBACK_TABLE = "gold/popular_fallback"
+# The lists ``refresh`` recomputed since the export, in SERVED_TABLE's layout: read first.
+# A small table of its own, so a refresh of a thousand users does not rewrite every
+# user's lists; the export empties it when it publishes a version.
+REFRESHED_TABLE = "gold/refreshed_recommendations"
 UNNAMED = {"title": None, "category": None}  # an interaction with a product silver/items lacks
 
 
@@ -89,8 +94,18 @@ class GoldTableStore:
         pointer = self.current_version()
         if pointer is None:
             raise ServingError(f"{self._path(SERVED_TABLE)} is empty: run the export stage")
-        served = self._table(SERVED_TABLE, ["user_id", "model_version", "items"], model)
-        rows = served.filter(pc.equal(served["user_id"], user_id)).to_pylist()
+        rows = []
+        for name in (REFRESHED_TABLE, SERVED_TABLE):
+            if name == REFRESHED_TABLE and not self._exists(name):
+                continue
+            table = self._table(name, ["user_id", "model_version", "items"], model)
+            mine = pc.and_(
+                pc.equal(table["user_id"], user_id),
+                pc.equal(table["model_version"], pointer["model_version"]),
+            )
+            rows = table.filter(mine).to_pylist()
+            if rows:
+                break
         if rows:
             items = sorted(rows[0]["items"], key=lambda i: i["rank"])
             return Recommendations(
@@ -150,6 +165,17 @@ class GoldTableStore:
                 self._cache[key] = self._reading(
                     path, lambda t: t.to_pyarrow_table(columns=columns, filters=filters)
                 )
+            return self._cache[key]
+
+    def _exists(self, name: str) -> bool:
+        key = ("exists", self._path(name))
+        with self._lock:
+            if key not in self._cache:
+                try:
+                    self._reading(self._path(name), lambda t: t.version())
+                    self._cache[key] = True
+                except ServingError:
+                    self._cache[key] = False
             return self._cache[key]
 
     def _commit_time(self, name: str) -> str:
