@@ -12,7 +12,7 @@ from functools import partial
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from amazon_recs import io
+from amazon_recs import failpoints, io
 from amazon_recs.aws import athena
 from amazon_recs.config import Config
 from amazon_recs.models import lists as rc
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 SERVING_TABLE = "gold/user_recommendations"
 # The most items whose titles are broadcast to every task (~100 bytes each: 50 MB).
 BROADCAST_TITLES = 500_000
+# How far back the replaced version's rows are looked for in the serving tables' history.
+HISTORY_LOOKBACK = 200
 
 
 def _latest_commit(spark: SparkSession, config: Config, name: str) -> int | None:
@@ -146,6 +148,7 @@ def publish(
         dynamodb.FALLBACK_PK, version, fallback_items(spark, config), generated_at, None
     )
     stats += writer.write_items(client, settings, [fallback])
+    failpoints.reached("export.before_switch")
     dynamodb.switch_version(client, settings.table, version, generated_at, previous_version)
     log.info("published version %s to DynamoDB %s: %s", version, settings.table, stats)
     expired = 0
@@ -190,6 +193,30 @@ def write_lists(
     return sum((writer.WriteStats(*t) for t in rows.rdd.mapPartitions(write).collect()), writer.WriteStats())
 
 
+def _commit_holding(
+    spark: SparkSession, config: Config, name: str, version: str, start: int | None
+) -> int | None:
+    """The latest commit of table ``name``, at most ``start``, holding ``version``'s rows.
+
+    Normally ``start`` itself: the commit the export found before overwriting. After a
+    run killed between its overwrite and the pointer switch, the re-run finds its own
+    version's rows there, and the replaced version's one overwrite (and any refresh
+    MERGEs) earlier. At most ``HISTORY_LOOKBACK`` commits are read, one row each; a
+    commit whose files were vacuumed ends the search.
+    """
+    if start is None:
+        return None
+    for commit in range(start, max(-1, start - HISTORY_LOOKBACK), -1):
+        try:
+            rows = io.read_table(spark, config, name, commit).filter(F.col("model_version") == version)
+            if rows.limit(1).count():
+                return commit
+        except Exception as exc:  # a vacuumed commit: Spark's error types vary by cause
+            log.info("stopped looking for version %s in %s at commit %d: %s", version, name, commit, exc)
+            return None
+    return None
+
+
 def expire_version(
     spark: SparkSession,
     config: Config,
@@ -203,12 +230,12 @@ def expire_version(
     from the serving tables' commits that held it. Returns the lists written (0 with a
     warning when those commits are gone or held another version: its items then keep
     no TTL and stay until deleted by hand)."""
-    commit = before.get(SERVING_TABLE)
+    commit = _commit_holding(spark, config, SERVING_TABLE, version, before.get(SERVING_TABLE))
     rows = None
     if commit is not None:
         old = io.read_table(spark, config, SERVING_TABLE, commit)
         rows = old.filter((F.col("model_version") == version) & F.col(MODEL).isin(*SERVED_MODELS))
-    if rows is None or rows.limit(1).count() == 0:
+    if rows is None:
         log.warning(
             "the lists of the replaced version %s are not in %s's history: their DynamoDB items keep no TTL",
             version,
@@ -217,7 +244,7 @@ def expire_version(
         return 0
     settings = dynamodb.StoreSettings.from_config(config)
     stats = write_lists(config, rows, settings, version, generated_at, expires_at, client_factory)
-    fallback_commit = before.get(FALLBACK_TABLE)
+    fallback_commit = _commit_holding(spark, config, FALLBACK_TABLE, version, before.get(FALLBACK_TABLE))
     if fallback_commit is not None:
         items = io.read_table(spark, config, FALLBACK_TABLE, fallback_commit)
         items = [r.asDict() for r in items.filter(F.col("model_version") == version).orderBy(RANK).collect()]

@@ -16,6 +16,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from amazon_recs import failpoints
 from amazon_recs.serving.dynamodb import TTL_ATTRIBUTE, StoreSettings, make_client, rec_key, typed
 from amazon_recs.serving.interface import ServingError
 
@@ -82,6 +83,7 @@ def write_items(
         if len(batch) == BATCH_SIZE:
             stats += _write_batch(client, settings, batch, backoff)
             batch = []
+            failpoints.reached("dynamodb.batch_written")
     if batch:
         stats += _write_batch(client, settings, batch, backoff)
     return stats
