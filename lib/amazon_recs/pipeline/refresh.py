@@ -99,7 +99,7 @@ def run_refresh(spark: SparkSession, config: Config) -> dict:
         f"their histories in {time.perf_counter() - step:.1f}s"
     )
     step = time.perf_counter()
-    catalogue = _catalogue(spark, config, version, info, seed, n, counts[0])
+    catalogue = _catalogue(spark, config, version, info, seed, n, users, counts[0])
     progress(f"catalogue collected in {time.perf_counter() - step:.1f}s")
     als = _als_params(spark, config, version, info)
     lists = refreshed_lists(users, catalogue, k, n, hybrid_weights(spark, config, version), als)
@@ -270,19 +270,23 @@ def publish_lists(config: Config, rows: DataFrame, version: str) -> int:
     return write_lists(config, served, settings, version, generated_at, None, dynamodb.make_client).items
 
 
-def _catalogue(spark, config, version, info, seed, n, users: int) -> user_lists.Catalogue:
-    """The version's catalogue; ALS scores every item for up to REFRESH_EXACT_MAX_USERS
-    users (cheaper than building the inverted file the batch run searches)."""
+def _catalogue(spark, config, version, info, seed, n, users: DataFrame, count: int) -> user_lists.Catalogue:
+    """The version's catalogue for the acting ``users``: the content neighbours of the
+    items they have seen only (a user's content scores come from those alone; 1.5M rows
+    at 1M reviews otherwise), and ALS scores of every item for up to
+    REFRESH_EXACT_MAX_USERS users (cheaper than building the batch run's index)."""
     from pyspark.ml.recommendation import ALSModel
 
     src = versions.model_dir(config, version)
     search = als_search(config)
-    if users <= REFRESH_EXACT_MAX_USERS:
+    if count <= REFRESH_EXACT_MAX_USERS:
         search = dataclasses.replace(search, method="exact")
+    seen = users.select(F.explode(user_lists.SEEN_ITEMS).alias(ITEM_IDX)).distinct()
+    neighbours = spark.read.format("delta").load(f"{src}/item_neighbours")
     return user_lists.catalogue(
         versions.read_input(spark, config, version, "silver/items", info),
         ALSModel.load(f"{src}/als").itemFactors,
-        spark.read.format("delta").load(f"{src}/item_neighbours"),
+        neighbours.join(F.broadcast(seen), ITEM_IDX, "left_semi"),
         spark.read.format("delta").load(f"{src}/popularity"),
         seed,
         als_half_trust(spark, config, version),
