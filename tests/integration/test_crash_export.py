@@ -34,7 +34,8 @@ from deltalake import DeltaTable
 
 from amazon_recs.serving import dynamodb
 from amazon_recs.serving.validation import SERVED_MODELS
-from tests.conftest import LOCAL_AWS_ENV, ROOT
+from tests.conftest import LOCAL_AWS_ENV
+from tests.integration.test_run_lock import submit as launch
 
 pytestmark = pytest.mark.integration
 
@@ -42,26 +43,8 @@ REGION = LOCAL_AWS_ENV["AWS_DEFAULT_REGION"]
 
 
 def submit(home, root, failpoint: str | None, *settings) -> subprocess.Popen:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8", **LOCAL_AWS_ENV}
-    if os.environ.get("PYTHONPATH"):
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    if failpoint:
-        env["AMAZON_RECS_FAILPOINT"] = failpoint
-    command = [str(ROOT / "bin" / "spark-submit"), "jobs/pipeline.py", "--config", "conf/test.yaml"]
-    for name in ("raw", "warehouse", "models", "reports"):
-        command += ["--set", f"paths.{name}={root / name}"]
-    command += ["--set", f"spark.checkpoint_dir={root / 'checkpoints'}", "--set", "tune.enabled=false"]
-    for setting in settings:
-        command += ["--set", setting]
-    return subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: the launcher, the JVM, the driver, the workers
-    )
+    failing = {"AMAZON_RECS_FAILPOINT": failpoint} if failpoint else {}
+    return launch(home, root, "tune.enabled=false", *settings, env_extra={**LOCAL_AWS_ENV, **failing})
 
 
 def finish(run: subprocess.Popen) -> str:

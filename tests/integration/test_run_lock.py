@@ -42,9 +42,10 @@ def test_a_second_run_on_a_locked_warehouse_stops_at_once_naming_the_first(tmp_p
     assert "JVM heap at most" not in output  # refused before the SparkSession was built
 
 
-def submit(tmp_path, root, *settings):
-    """bin/spark-submit jobs/pipeline.py on the test config with everything under ``root``."""
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+def submit(tmp_path, root, *settings, env_extra: dict | None = None):
+    """bin/spark-submit jobs/pipeline.py on the test config with everything under ``root``
+    (its own process group: the launcher, the JVM, the driver and its Python workers)."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8", **(env_extra or {})}
     if os.environ.get("PYTHONPATH"):
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     command = [str(ROOT / "bin" / "spark-submit"), "jobs/pipeline.py", "--config", "conf/test.yaml"]
