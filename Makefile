@@ -38,7 +38,7 @@ SPARK_SUBMIT := bin/spark-submit
 SET_ARGS     := $(foreach s,$(SET),--set $(s))
 
 .PHONY: help setup run test lint format show clean clean-data
-.PHONY: bench bench-scale bench-content up down run-aws-local app app-aws-local bench-api
+.PHONY: bench bench-scale bench-refresh bench-content up down run-aws-local app app-aws-local bench-api
 .PHONY: package package-lambda deploy
 
 help: ## list the targets
@@ -108,6 +108,9 @@ SIZE ?= 1m
 TUNE ?=
 bench-scale: setup $(VENV)/.installed-bench ## the whole pipeline on a generated shop (SIZE=100k|1m|10m, TUNE=1), implicit's ALS beside it (BENCHMARKS.md)
 	$(PY) bench/scale.py --size $(SIZE) $(if $(TUNE),--tune) --out BENCHMARKS.md $(SET_ARGS)
+
+bench-refresh: setup $(VENV)/.installed-bench ## refresh for USERS (1000) acting users on the SIZE shop's published version, and fold-in parity (BENCHMARKS.md)
+	$(PY) bench/refresh.py --size $(SIZE) --users $(or $(USERS),1000) --out BENCHMARKS.md $(SET_ARGS)
 
 bench-content: setup ## the content model's neighbour search, LSH beside exact, at 10k, 100k and 1M products (BENCHMARKS.md)
 	bin/spark-submit bench/content.py --config conf/scale.yaml --sizes $(or $(SIZES),10k,100k,1m) --out BENCHMARKS.md $(SET_ARGS)

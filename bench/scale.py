@@ -125,16 +125,23 @@ def ensure_shop(size: str, raw: Path, seed: int) -> tuple[shop.ShopSummary | dic
     return described, seconds
 
 
-def run_pipeline(
-    data: Path, summary: dict, tune: bool, extra: list[str], log: Path
-) -> tuple[float, list[str], Peaks]:
-    overrides = [
+def folder_settings(data: Path) -> list[str]:
+    """The settings that put a run's inputs, tables, models, reports and logs under ``data``."""
+    return [
         f"paths.raw={data / 'raw'}",
         f"paths.warehouse={data / 'warehouse'}",
         f"paths.models={data / 'models'}",
         f"paths.reports={data / 'reports'}",
         f"spark.log_dir={data / 'logs'}",
         f"spark.checkpoint_dir={data / 'checkpoints'}",
+    ]
+
+
+def run_pipeline(
+    data: Path, summary: dict, tune: bool, extra: list[str], log: Path
+) -> tuple[float, list[str], Peaks]:
+    overrides = [
+        *folder_settings(data),
         f"input.reviews={summary['reviews_glob']}",
         f"input.products={summary['products_glob']}",
         f"tune.enabled={'true' if tune else 'false'}",
