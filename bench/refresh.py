@@ -46,7 +46,7 @@ from deltalake import DeltaTable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from report_block import write_block  # noqa: E402
-from scale import ensure_shop, folder_settings, git_commit, machine, run_pipeline  # noqa: E402
+from scale import STAGE_DONE, ensure_shop, folder_settings, git_commit, machine, run_pipeline  # noqa: E402
 
 from amazon_recs.config import load_config  # noqa: E402
 from amazon_recs.models.fold_in import fold_in  # noqa: E402
@@ -105,8 +105,9 @@ def fold_in_parity(warehouse: Path, models: Path, max_users: int, seed: int, k: 
     started = time.perf_counter()
     folded = fold_in(items, row, col, w, len(chosen), float(params["reg_param"]), float(params["alpha"]))
     fold_s = time.perf_counter() - started
-    trained = users[np.argsort(user_ids)][np.searchsorted(np.sort(user_ids), chosen)]
-    overlaps, worst = [], 1.0
+    by_id = np.argsort(user_ids)
+    trained = users[by_id][np.searchsorted(user_ids[by_id], chosen)]
+    overlaps = []
     for start in range(0, len(chosen), 2048):
         stop = min(start + 2048, len(chosen))
         a = trained[start:stop] @ items.T
@@ -119,16 +120,14 @@ def fold_in_parity(warehouse: Path, models: Path, max_users: int, seed: int, k: 
         overlaps += [len(set(x) & set(y)) for x, y in zip(top_a.tolist(), top_b.tolist(), strict=True)]
     diff = np.abs(folded - trained).max() / max(1e-12, np.abs(trained).max())
     overlaps = np.array(overlaps)
-    worst = int(overlaps.min())
     return {
         "version": version,
         "users": len(chosen),
         "mean_overlap": float(overlaps.mean()),
         "share_all_ten": float((overlaps == k).mean()),
-        "worst": worst,
+        "worst": int(overlaps.min()),
         "max_rel_diff": float(diff),
         "fold_s": fold_s,
-        "solver": info.get("als_solver") or info.get("als", {}).get("solver", "?"),
         "reg_param": params["reg_param"],
         "alpha": params["alpha"],
     }
@@ -189,7 +188,7 @@ def write_events(warehouse: Path, models: Path, events_dir: Path, n_users: int, 
     return {"users": n_users, "new_users": n_new, "events": count, "version": version}
 
 
-def run_refresh(data: Path, events_glob: str, overrides: list[str]) -> tuple[float, dict, str]:
+def run_refresh(data: Path, events_glob: str, overrides: list[str]) -> tuple[float, dict]:
     endpoint = f"http://127.0.0.1:{DYNAMODB_PORT}"
     sets = [
         *folder_settings(data),
@@ -201,9 +200,8 @@ def run_refresh(data: Path, events_glob: str, overrides: list[str]) -> tuple[flo
     ]
     command = [str(ROOT / "bin" / "spark-submit"), "jobs/refresh.py", "--config", "conf/scale.yaml"]
     command += [a for s in sets for a in ("--set", s)]
-    env = {**os.environ, **LOCAL_AWS}
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)  # LOCAL_AWS is set
     wall = time.perf_counter() - started
     sys.stdout.write(done.stdout[-3000:])
     if done.returncode:
@@ -211,7 +209,7 @@ def run_refresh(data: Path, events_glob: str, overrides: list[str]) -> tuple[flo
             f"refresh failed (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
         )
     log = DeltaTable(str(data / "warehouse" / "gold" / "refresh_log")).to_pyarrow_table().to_pylist()
-    return wall, max(log, key=lambda r: r["refreshed_at"]), done.stdout
+    return wall, max(log, key=lambda r: r["refreshed_at"])
 
 
 def publish_pointer(version: str) -> None:
@@ -233,16 +231,13 @@ def batch_recommend_seconds(data: Path) -> tuple[float | None, int | None]:
     log = data / "logs" / "bench-scale.out"
     if not log.exists():
         return None, None
-    import re
-
-    text = log.read_text()
-    seconds = re.search(r"stage recommend: done in ([\d.]+)s", text)
+    done = dict(m.groups() for m in map(STAGE_DONE.search, log.read_text().splitlines()) if m)
     users = (
         DeltaTable(str(data / "warehouse" / "silver" / "users"))
         .to_pyarrow_table(columns=["user_id"])
         .num_rows
     )
-    return (float(seconds.group(1)) if seconds else None), users
+    return (float(done["recommend"]) if "recommend" in done else None), users
 
 
 def report(args, parity, refresh, wall, events, batch) -> str:
@@ -344,7 +339,7 @@ def main(argv=None) -> int:
         services("up", home)
         try:
             publish_pointer(events["version"])
-            wall, refresh, _ = run_refresh(data, f"{events_dir}/dt=*/*.json", args.overrides)
+            wall, refresh = run_refresh(data, f"{events_dir}/dt=*/*.json", args.overrides)
         finally:
             services("down", home)
     body = report(args, parity, refresh, wall, events, batch_recommend_seconds(data))

@@ -82,6 +82,11 @@ def fingerprint(files: list[InputFile]) -> str:
     return digest.hexdigest()[:12]
 
 
+def _source_file():
+    """``source_file``: the file a row was read from, as ``InputFile.uri`` spells it."""
+    return F.regexp_replace("_metadata.file_path", _LOCAL_SCHEME, "file:///").alias("source_file")
+
+
 def read_lines(spark: SparkSession, files: list[InputFile]) -> DataFrame:
     """Text lines of ``files`` (gzip decoded by extension) with file and line number.
 
@@ -91,7 +96,7 @@ def read_lines(spark: SparkSession, files: list[InputFile]) -> DataFrame:
     if len(files) > MAX_LISTED_PATHS and max(f.size for f in files) <= WHOLE_FILE_MAX_BYTES:
         return _many_small_files(spark, files)
     lines = spark.read.text([f.path for f in files]).select(
-        F.regexp_replace("_metadata.file_path", _LOCAL_SCHEME, "file:///").alias("source_file"),
+        _source_file(),
         F.monotonically_increasing_id().alias("_pos"),
         "value",
     )
@@ -110,9 +115,7 @@ def _many_small_files(spark: SparkSession, files: list[InputFile]) -> DataFrame:
     """``read_lines`` for many small files: their folders listed once each, every file read
     whole as one row (kept only when listed in ``files``), and split into numbered lines."""
     folders = sorted({f.path.rsplit("/", 1)[0] for f in files})
-    whole = spark.read.text(folders, wholetext=True).select(
-        F.regexp_replace("_metadata.file_path", _LOCAL_SCHEME, "file:///").alias("source_file"), "value"
-    )
+    whole = spark.read.text(folders, wholetext=True).select(_source_file(), "value")
     # A broadcast semi-join, not isin(): a literal per file would cost a call into the JVM each.
     listed = spark.createDataFrame([(f.uri,) for f in files], "source_file string")
     whole = whole.join(F.broadcast(listed), "source_file", "left_semi")
@@ -131,7 +134,7 @@ def read_parquet_rows(spark: SparkSession, files: list[InputFile]) -> DataFrame:
     rows = spark.read.parquet(*[f.path for f in files])
     data_columns = [F.col(f"`{c}`") for c in rows.columns]
     numbered = rows.select(
-        F.regexp_replace("_metadata.file_path", _LOCAL_SCHEME, "file:///").alias("source_file"),
+        _source_file(),
         F.monotonically_increasing_id().alias("_pos"),
         F.to_json(F.struct(*data_columns)).alias("value"),
     )

@@ -153,9 +153,9 @@ def _emr_deploy(args: argparse.Namespace) -> int:
             f"{directory} not found: run `make package` first (this checkout is {rel.version})"
         )
     uploads = artifacts.plan_uploads(directory, rel.root)
-    functions = Path(args.dist) / "lambda" / rel.version  # `make package-lambda`, when built
-    if functions.is_dir():
-        uploads += artifacts.plan_uploads(functions, f"{rel.root}/lambda")
+    lambda_dir = Path(args.dist) / "lambda" / rel.version  # `make package-lambda`, when built
+    if lambda_dir.is_dir():
+        uploads += artifacts.plan_uploads(lambda_dir, f"{rel.root}/lambda")
     if args.dry_run:
         _print_json(
             [

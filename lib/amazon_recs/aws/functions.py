@@ -220,8 +220,7 @@ def install_requirements(target: Path, constraints: Path, platform: str) -> None
 def trim(code: Path) -> None:
     """Leave out what the functions never load: scripts, caches, and the API models of
     services other than SERVICES (botocore ships some 400; two are used)."""
-    for junk in ("bin",):
-        shutil.rmtree(code / junk, ignore_errors=True)
+    shutil.rmtree(code / "bin", ignore_errors=True)
     for cache in list(code.rglob("__pycache__")):
         shutil.rmtree(cache)
     for data in (code / "botocore" / "data", code / "boto3" / "data"):

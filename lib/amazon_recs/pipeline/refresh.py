@@ -116,8 +116,7 @@ def run_refresh(spark: SparkSession, config: Config) -> dict:
     progress(f"merged into {REFRESHED_TABLE} in {time.perf_counter() - step:.1f}s")
     if served_version is not None:
         step = time.perf_counter()
-        summary["dynamodb_lists"] = publish_lists(config, rows, served_version)
-        written = summary["dynamodb_lists"]
+        written = summary["dynamodb_lists"] = publish_lists(config, rows, served_version)
         progress(f"{written:,} lists written to DynamoDB in {time.perf_counter() - step:.1f}s")
     rows.unpersist()
     users.unpersist()

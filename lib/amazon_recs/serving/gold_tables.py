@@ -95,9 +95,8 @@ class GoldTableStore:
         if pointer is None:
             raise ServingError(f"{self._path(SERVED_TABLE)} is empty: run the export stage")
         rows = []
-        for name in (REFRESHED_TABLE, SERVED_TABLE):
-            if name == REFRESHED_TABLE and not self._exists(name):
-                continue
+        refreshed = [REFRESHED_TABLE] if self._exists(REFRESHED_TABLE) else []
+        for name in (*refreshed, SERVED_TABLE):
             table = self._table(name, ["user_id", "model_version", "items"], model)
             mine = pc.and_(
                 pc.equal(table["user_id"], user_id),
