@@ -56,19 +56,17 @@ def list_files(spark: SparkSession, pattern: str, allow_none: bool = False) -> l
     fs = path.getFileSystem(hadoop_conf)
     statuses = fs.globStatus(path) or []
     files: list[InputFile] = []
+    # Every call below is a round trip to the JVM (thousands of event files): each one once.
     for status in statuses:
         children = fs.listStatus(status.getPath()) if status.isDirectory() else [status]
         for child in children:
-            name = child.getPath().getName()
-            if child.isFile() and not name.startswith((".", "_")):
-                files.append(
-                    InputFile(
-                        child.getPath().toString(),
-                        canonical_uri(child.getPath().toUri().toString()),
-                        child.getLen(),
-                        child.getModificationTime(),
-                    )
-                )
+            if not child.isFile():
+                continue
+            path = child.getPath()
+            name = path.toString()
+            if not name.rsplit("/", 1)[-1].startswith((".", "_")):
+                uri = canonical_uri(path.toUri().toString())
+                files.append(InputFile(name, uri, child.getLen(), child.getModificationTime()))
     if not files and not allow_none:
         raise InputError(f"no input files match '{pattern}'")
     return sorted(files, key=lambda f: f.path)

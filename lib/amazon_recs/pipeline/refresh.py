@@ -92,21 +92,21 @@ def run_refresh(spark: SparkSession, config: Config) -> dict:
     seed = config.require("split.seed")
     k, n = config.require("recommend.k"), config.require("recommend.candidates")
     step = time.perf_counter()
-    users = acting_users(spark, config, version, info, events, seed).cache()
+    items = versions.read_input(spark, config, version, "silver/items", info)
+    item_ids = versions.read_input(spark, config, version, "silver/item_ids", info)
+    users = acting_users(spark, config, version, info, events, item_ids, seed).cache()
     counts = users.agg(F.count(F.lit(1)), F.sum((F.col(USER_IDX) == NEW_USER).cast("long"))).first()
     progress(
         f"{counts[0]:,} users acted since version {version} ({counts[1] or 0:,} new to it); "
         f"their histories in {time.perf_counter() - step:.1f}s"
     )
     step = time.perf_counter()
-    catalogue = _catalogue(spark, config, version, info, seed, n, users, counts[0])
+    catalogue = _catalogue(spark, config, version, items, seed, n, users, counts[0])
     progress(f"catalogue collected in {time.perf_counter() - step:.1f}s")
     als = _als_params(spark, config, version, info)
     lists = refreshed_lists(users, catalogue, k, n, hybrid_weights(spark, config, version), als)
 
     step = time.perf_counter()
-    items = versions.read_input(spark, config, version, "silver/items", info)
-    item_ids = versions.read_input(spark, config, version, "silver/item_ids", info)
     recs = rc.to_gold(rc.with_reason(lists, items), version, item_ids)
     rows = serving_rows(recs, items.select(ITEM, "title", "category")).cache()
     summary.update(users=counts[0], new_users=counts[1] or 0, lists=rows.count())
@@ -178,7 +178,13 @@ def new_events(spark: SparkSession, config: Config, version: str, info: dict) ->
 
 
 def acting_users(
-    spark: SparkSession, config: Config, version: str, info: dict, events: DataFrame, seed: int
+    spark: SparkSession,
+    config: Config,
+    version: str,
+    info: dict,
+    events: DataFrame,
+    item_ids: DataFrame,
+    seed: int,
 ) -> DataFrame:
     """One row per user with new events, as ``user_lists.per_user`` makes them: their
     training interactions in the version plus the events, folded per (user, item) by
@@ -186,7 +192,6 @@ def acting_users(
     so far). A user the version does not know has ``user_idx`` NEW_USER; events on
     items it does not know are left out (the next run gives those items ids)."""
     user_ids = versions.read_input(spark, config, version, "silver/user_ids", info)
-    item_ids = versions.read_input(spark, config, version, "silver/item_ids", info)
     interactions = versions.read_input(spark, config, version, "silver/interactions", info)
     acting = events.select(USER).distinct()
     history = (
@@ -244,7 +249,10 @@ def refreshed_lists(
                 out, _ = user_lists.lists_for_batch(batch, shared, k, n, weights, user_lists.BLOCK_FLOATS)
                 yield out
 
-    return users.mapInPandas(run, user_lists.LIST_SCHEMA)
+    # A batch has a fixed cost (every item scored by popularity, the random walk, ...), so
+    # the few acting users go in one partition per core, not one per shuffle partition.
+    cores = max(1, users.sparkSession.sparkContext.defaultParallelism)
+    return users.coalesce(cores).mapInPandas(run, user_lists.LIST_SCHEMA)
 
 
 def folded_factors(
@@ -269,7 +277,9 @@ def publish_lists(config: Config, rows: DataFrame, version: str) -> int:
     return write_lists(config, served, settings, version, generated_at, None, dynamodb.make_client).items
 
 
-def _catalogue(spark, config, version, info, seed, n, users: DataFrame, count: int) -> user_lists.Catalogue:
+def _catalogue(
+    spark, config, version, items: DataFrame, seed, n, users: DataFrame, count: int
+) -> user_lists.Catalogue:
     """The version's catalogue for the acting ``users``: the content neighbours of the
     items they have seen only (a user's content scores come from those alone; 1.5M rows
     at 1M reviews otherwise), and ALS scores of every item for up to
@@ -283,7 +293,7 @@ def _catalogue(spark, config, version, info, seed, n, users: DataFrame, count: i
     seen = users.select(F.explode(user_lists.SEEN_ITEMS).alias(ITEM_IDX)).distinct()
     neighbours = spark.read.format("delta").load(f"{src}/item_neighbours")
     return user_lists.catalogue(
-        versions.read_input(spark, config, version, "silver/items", info),
+        items,
         ALSModel.load(f"{src}/als").itemFactors,
         neighbours.join(F.broadcast(seen), ITEM_IDX, "left_semi"),
         spark.read.format("delta").load(f"{src}/popularity"),
