@@ -164,6 +164,7 @@ def build_interactions(
     min_user: int,
     protocol: str = TEMPORAL,
     seed: int = 0,
+    cutoff: str | None = None,
 ) -> DataFrame:
     """silver.interactions from review and event signals (``review_signals``,
     ``event_signals``): one row per pair (``pair_interactions``), integer ids, split.
@@ -172,22 +173,124 @@ def build_interactions(
     """
     joined = pair_interactions(signals).join(user_ids, USER, how="inner").join(item_ids, ITEM, how="inner")
     return schemas.conform(
-        with_split(joined, test_fraction, min_user, protocol=protocol, seed=seed),
+        with_split(joined, test_fraction, min_user, protocol=protocol, seed=seed, cutoff=cutoff),
         schemas.INTERACTIONS,
         "silver/interactions",
     )
 
 
-def clean_text(c: Column) -> Column:
-    """Strip HTML tags and entities, fold white space, trim; empty becomes null."""
-    no_tags = F.regexp_replace(c, r"<[^>]*>", " ")
-    no_entities = F.regexp_replace(no_tags, r"&[a-zA-Z]+;|&#\d+;|&#[xX][0-9a-fA-F]+;", " ")
-    folded = F.trim(F.regexp_replace(no_entities, r"\s+", " "))
-    return F.when(folded != "", folded)
+# Real catalogues escape text once or twice (Amazon 2018: "Music &amp; Photography",
+# "Maggiano&#39;s") and cut HTML mid-tag (a title that is only '<span class="a-size-').
+_UNESCAPE = "org.apache.commons.text.StringEscapeUtils"  # in every Spark 3.5 distribution
+_TAG = r"<[a-zA-Z/!][^<>]*>"  # a tag starts with a name, / or !: "3 < 5 mm > 2" is text
+_CUT_TAG = r"<[a-zA-Z/!][^<>]*$"  # a tag the text ends inside of
+_BLANKS = r"[\s\u00a0]+"  # Java's \s leaves out the no-break space &nbsp; decodes to
+_SENTENCE = r"^(.{8,}?[.!?])(\s|$)"
+TITLE_MAX_CHARS = 120
 
 
-def _joined(c: Column) -> Column:
-    return clean_text(F.concat_ws(" ", F.coalesce(c, F.array().cast("array<string>"))))
+def unescape_html(c: Column) -> Column:
+    """HTML entities decoded (named and numeric), twice for text escaped twice.
+
+    A JVM method call, which Spark treats as non-deterministic: it is evaluated where
+    it stands (no common-subexpression reuse, not inside an aggregate), so callers
+    project it once into a column and work on that (``cleaned_products``)."""
+    once = F.reflect(F.lit(_UNESCAPE), F.lit("unescapeHtml4"), c)
+    # reflect() turns a null result into the text "null": nulls are kept out.
+    return F.when(c.isNotNull(), F.reflect(F.lit(_UNESCAPE), F.lit("unescapeHtml4"), once))
+
+
+def strip_markup(c: Column) -> Column:
+    """HTML tags (and a tag cut off at the end) removed, white space folded and trimmed;
+    empty becomes null."""
+    no_tags = F.regexp_replace(F.regexp_replace(c, _TAG, " "), _CUT_TAG, " ")
+    return F.nullif(F.trim(F.regexp_replace(no_tags, _BLANKS, " ")), F.lit(""))
+
+
+def clean_text(c: Column | str) -> Column:
+    """Entities decoded, then markup stripped (escaped markup, "&lt;b&gt;", is markup
+    too). For one-off columns; a frame's text fields go through ``cleaned_products``."""
+    return strip_markup(unescape_html(F.col(c) if isinstance(c, str) else c))
+
+
+def _first_sentence(c: Column) -> Column:
+    """The first sentence of a cleaned text, else its first TITLE_MAX_CHARS characters
+    cut at a word."""
+    sentence = F.regexp_extract(c, _SENTENCE, 1)
+    short = F.when(F.length(c) <= TITLE_MAX_CHARS, c).otherwise(
+        F.concat(F.regexp_extract(F.substring(c, 1, TITLE_MAX_CHARS), r"^(.*\S)\s", 1), F.lit("…"))
+    )
+    return F.when((sentence != "") & (F.length(sentence) <= TITLE_MAX_CHARS), sentence).otherwise(short)
+
+
+def _words(name: str) -> Column:
+    return F.concat_ws(" ", F.coalesce(F.col(name), F.array().cast("array<string>")))
+
+
+# The text fields of bronze products as cleaning sees them (arrays joined by a space).
+TEXT_FIELDS = {
+    "title": lambda: F.col("title"),
+    "brand": lambda: F.col("brand"),
+    "description": lambda: _words("description"),
+    "features": lambda: _words("features"),
+    "first_feature": lambda: F.element_at(F.col("features"), 1),
+    "categories": lambda: _words("categories"),
+    "category": lambda: F.element_at(F.col("categories"), -1),
+}
+# Where a displayed title comes from, in this order: a title that is only markup (or
+# missing) is never shown; the next field that has text is.
+TITLE_SOURCES = ("title", "description", "features", "brand")
+
+
+def cleaned_products(products: DataFrame) -> DataFrame:
+    """``products`` with, per TEXT_FIELDS entry, ``_raw_<f>``, ``_decoded_<f>`` and the
+    cleaned ``_clean_<f>``, and the displayed ``_title`` with its ``_title_source``:
+    the cleaned title, else the first sentence of the description, else of the first
+    feature, else the brand (null when none has text)."""
+    raw = products.select("*", *[make().alias(f"_raw_{name}") for name, make in TEXT_FIELDS.items()])
+    decoded = raw.select(
+        "*", *[unescape_html(F.col(f"_raw_{n}")).alias(f"_decoded_{n}") for n in TEXT_FIELDS]
+    )
+    cleaned = decoded.select(
+        "*", *[strip_markup(F.col(f"_decoded_{n}")).alias(f"_clean_{n}") for n in TEXT_FIELDS]
+    )
+    candidates = {
+        "title": F.col("_clean_title"),
+        "description": _first_sentence(F.col("_clean_description")),
+        "features": _first_sentence(F.col("_clean_first_feature")),
+        "brand": F.col("_clean_brand"),
+    }
+    source = F.lit(None).cast("string")
+    for name in reversed(TITLE_SOURCES):
+        source = F.when(candidates[name].isNotNull(), F.lit(name)).otherwise(source)
+    return cleaned.select(
+        "*", F.coalesce(*candidates.values()).alias("_title"), source.alias("_title_source")
+    )
+
+
+def text_cleaning(products: DataFrame) -> dict:
+    """What cleaning did to bronze ``products``, per field: values with entities decoded,
+    with markup removed, emptied by it (only markup), and the titles taken from another
+    field (by field) or missing."""
+    counts = []
+    for name in ("title", "brand", "description", "features", "categories"):
+        raw, decoded = F.col(f"_raw_{name}"), F.col(f"_decoded_{name}")
+        counts += [
+            F.sum((decoded != raw).cast("long")).alias(f"{name}.entities_decoded"),
+            F.sum(decoded.rlike(f"{_TAG}|{_CUT_TAG}").cast("long")).alias(f"{name}.markup_removed"),
+            F.sum(((F.trim(raw) != "") & F.col(f"_clean_{name}").isNull()).cast("long")).alias(
+                f"{name}.only_markup"
+            ),
+        ]
+    source = F.col("_title_source")
+    counts += [F.sum((source == name).cast("long")).alias(f"title.from_{name}") for name in TITLE_SOURCES[1:]]
+    counts.append(F.sum(source.isNull().cast("long")).alias("title.missing"))
+    row = cleaned_products(products).agg(*counts).first()
+    out: dict = {}
+    for key, value in row.asDict().items():
+        field, what = key.split(".")
+        out.setdefault(field, {})[what] = int(value or 0)
+    return out
 
 
 def build_items(
@@ -210,20 +313,20 @@ def build_items(
         products = products.join(item_tags, ITEM, how="full")
     else:
         products = products.withColumn("tags", F.lit(None).cast("array<string>"))
-    cleaned = products.select(
+    cleaned = cleaned_products(products).select(
         ITEM,
-        clean_text("title").alias("title"),
-        F.element_at(F.col("categories"), -1).alias("category"),
-        clean_text("brand").alias("brand"),
+        F.col("_title").alias("title"),
+        F.col("_clean_category").alias("category"),
+        F.col("_clean_brand").alias("brand"),
         "price",
         F.concat_ws(
             " ",
-            clean_text("title"),
-            clean_text("brand"),
-            _joined(F.col("categories")),
-            _joined(F.col("features")),
-            _joined(F.col("description")),
-            _joined(F.col("tags")),
+            "_clean_title",
+            "_clean_brand",
+            "_clean_categories",
+            "_clean_features",
+            "_clean_description",
+            clean_text(_words("tags")),
         ).alias("text"),
         F.coalesce("_has_metadata", F.lit(False)).alias("has_metadata"),
     )

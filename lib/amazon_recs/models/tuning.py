@@ -61,13 +61,17 @@ class TuneParams:
 
 
 def carve_validation(train: DataFrame, params: sp.SplitParams) -> tuple[DataFrame, DataFrame]:
-    """Split training rows into (fit, validation) with the test protocol and fraction."""
+    """Split training rows into (fit, validation) with the test protocol and fraction.
+
+    A global time cut is made again within the training rows at their own quantile
+    (the configured date would hold out nothing: every training row is before it)."""
     split = sp.with_split(
         train.drop(SPLIT),
         params.test_fraction,
         params.min_user_interactions,
         protocol=params.protocol,
         seed=params.seed + 1,
+        cutoff=None,
     ).cache()
     return split.filter(F.col(SPLIT) == sp.TRAIN), split.filter(F.col(SPLIT) == sp.TEST)
 

@@ -53,6 +53,7 @@ def run_features(spark: SparkSession, config: Config) -> dict:
         config.require("split.min_user_interactions"),
         protocol=config.require("split.protocol"),
         seed=config.require("split.seed"),
+        cutoff=config.require("split.cutoff"),
     )
     io.overwrite_table(interactions, config, "silver/interactions")
     # What the interactions hold of the events: a model trained on them has seen these.
@@ -65,5 +66,7 @@ def run_features(spark: SparkSession, config: Config) -> dict:
     counts = interactions.groupBy(SPLIT).count().collect()
     return {
         **{f"interactions_{r[SPLIT]}": r["count"] for r in counts},
+        # Per text field: entities decoded, markup removed, titles taken from other fields.
+        "text_cleaning": fe.text_cleaning(products),
         "events": io.read_table(spark, config, "silver/events").count(),
     }

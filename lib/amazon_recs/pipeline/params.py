@@ -21,6 +21,7 @@ def split_params(config: Config) -> SplitParams:
         min_user_interactions=config.require("split.min_user_interactions"),
         protocol=config.require("split.protocol"),
         seed=config.require("split.seed"),
+        cutoff=config.require("split.cutoff"),
     )
 
 

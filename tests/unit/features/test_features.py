@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from chispa import assert_df_equality
@@ -140,12 +140,20 @@ def test_with_split_holds_out_latest_fraction(spark):
 def test_clean_text(spark):
     cases = [
         ("<p>Great&nbsp;<b>phone</b></p>", "Great phone"),
-        ("Tom &amp; Jerry&#39;s   mug", "Tom Jerry s mug"),
+        ("Tom &amp; Jerry&#39;s   mug", "Tom & Jerry's mug"),
+        # Real Amazon 2018 metadata: escaped twice, escaped markup, a title cut inside a tag.
+        ("Arts, Music &amp;amp; Photography", "Arts, Music & Photography"),
+        ("&lt;b&gt;Bold&lt;/b&gt; claim", "Bold claim"),
+        ('<span class="a-size-large a-color-', None),
+        ('Gift card <span class="a-size-', "Gift card"),
+        ("Size <5 mm & 3 > 2", "Size <5 mm & 3 > 2"),
+        ("Caf&eacute;&#x2122;", "Café™"),
         ("  line one\n\tline   two  ", "line one line two"),
         ('<a href="x">link</a>text', "link text"),
         ("plain", "plain"),
         ("<br/>", None),
-        ("&nbsp; &amp;", None),
+        ("&nbsp; &nbsp;", None),
+        ("&nbsp; &amp;", "&"),
         ("   \n ", None),
         ("", None),
         (None, None),
@@ -153,6 +161,66 @@ def test_clean_text(spark):
     df = spark.createDataFrame(list(enumerate(c[0] for c in cases)), "id int, raw string")
     got = {r["id"]: r["clean"] for r in df.select("id", fe.clean_text(F.col("raw")).alias("clean")).collect()}
     assert got == {i: c[1] for i, c in enumerate(cases)}
+
+
+def _products(spark, rows):
+    return spark.createDataFrame(
+        rows,
+        "item_id string, title string, description array<string>, features array<string>, "
+        "categories array<string>, brand string",
+    )
+
+
+def test_a_title_that_is_only_markup_is_never_displayed(spark):
+    products = _products(
+        spark,
+        [
+            ("a", "Maggiano&#39;s Gift Card", None, None, ["Gift Cards"], None),
+            ("b", '<span class="a-size-', ["<p>Soft towel. Dries fast.</p>"], ["Cotton"], [], "Acme"),
+            ("c", "<br/>", [], ["  A cotton towel for the kitchen and the bath  "], [], "Acme"),
+            ("d", None, None, None, None, "Acme &amp; Sons"),
+            ("e", "<div></div>", None, None, None, None),
+            ("f", "  ", ["word " * 40], None, None, None),
+        ],
+    )
+    shown = fe.cleaned_products(products).select("item_id", "_title", "_title_source").collect()
+    got = {r["item_id"]: (r["_title"], r["_title_source"]) for r in shown}
+    assert got == {
+        "a": ("Maggiano's Gift Card", "title"),
+        "b": ("Soft towel.", "description"),
+        "c": ("A cotton towel for the kitchen and the bath", "features"),
+        "d": ("Acme & Sons", "brand"),
+        "e": (None, None),
+        # No sentence end: the first 120 characters, cut at a word.
+        "f": (("word " * 24).strip() + "…", "description"),
+    }
+
+
+def test_text_cleaning_is_counted_per_field(spark):
+    products = _products(
+        spark,
+        [
+            ("a", "Maggiano&#39;s <b>Gift</b> Card", None, None, ["Arts &amp; Crafts"], None),
+            ("b", '<span class="a-size-', ["Soft towel. Dries fast."], None, [], "Acme"),
+            ("c", "<br/>", None, None, None, "Acme &amp; Sons"),
+            ("d", "Plain", ["&lt;p&gt;Escaped markup&lt;/p&gt;"], None, None, None),
+            ("e", None, None, None, None, None),
+        ],
+    )
+    got = fe.text_cleaning(products)
+    assert got["title"] == {
+        "entities_decoded": 1,
+        "markup_removed": 3,
+        "only_markup": 2,
+        "from_description": 1,
+        "from_features": 0,
+        "from_brand": 1,
+        "missing": 1,
+    }
+    assert got["categories"] == {"entities_decoded": 1, "markup_removed": 0, "only_markup": 0}
+    assert got["brand"] == {"entities_decoded": 1, "markup_removed": 0, "only_markup": 0}
+    # Escaped markup is decoded, then removed: counted as both.
+    assert got["description"] == {"entities_decoded": 1, "markup_removed": 1, "only_markup": 0}
 
 
 # --- build_items -----------------------------------------------------------------------
@@ -195,11 +263,11 @@ def test_build_items_metadata_and_train_popularity(spark):
             (
                 "p1",
                 0,
-                "Acme Phone case",
+                "Acme Phone & case",
                 "Phones",
                 "Acme",
                 199.5,
-                "Acme Phone case Acme Electronics Phones 5G dual SIM Great",
+                "Acme Phone & case Acme Electronics Phones 5G dual SIM Great",
                 2,
                 True,
             ),
@@ -238,3 +306,60 @@ def test_random_split_is_seeded_per_user_and_holds_out_the_same_share(spark):
     assert any(items != latest for items in per_user.values())  # not the temporal choice
     with pytest.raises(ConfigError, match="split.protocol 'weekly'"):
         sp.with_split(interactions, 0.25, 4, protocol="weekly")
+
+
+def _split_rows(spark):
+    # u_old acts on days 0-9, u_mid on days 5-14, u_new only on days 16-19: three
+    # users whose histories end at different times, as a real catalogue's do.
+    rows = [("u_old", f"a{d:02d}", day(d)) for d in range(10)]
+    rows += [("u_mid", f"b{d:02d}", day(d)) for d in range(5, 15)]
+    rows += [("u_new", f"c{d:02d}", day(d)) for d in range(16, 20)]
+    return spark.createDataFrame(rows, "user_id string, item_id string, ts timestamp")
+
+
+def _held_out(split) -> dict[str, set[str]]:
+    got: dict[str, set[str]] = {}
+    for r in split.filter(F.col("split") == sp.TEST).collect():
+        got.setdefault(r["user_id"], set()).add(r["item_id"])
+    return got
+
+
+def test_global_temporal_cuts_everyone_at_one_time(spark):
+    interactions = _split_rows(spark)
+    # A date: everything on or after day 12 is test, whoever it belongs to.
+    by_date = sp.with_split(
+        interactions, 0.2, 4, protocol="global_temporal", cutoff=day(12).date().isoformat()
+    )
+    assert by_date.count() == 24
+    assert _held_out(by_date) == {"u_mid": {"b12", "b13", "b14"}, "u_new": {f"c{d}" for d in range(16, 20)}}
+    # u_old's latest interactions stay in train: the per-user protocol would hold them out.
+    assert "u_old" in _held_out(sp.with_split(interactions, 0.2, 4, protocol="temporal"))
+    # No date: the latest 25% of the 24 interactions, to the quantile's precision (the
+    # quantile itself trains: at most 6).
+    by_share = sp.with_split(interactions, 0.25, 4, protocol="global_temporal")
+    held = _held_out(by_share)
+    assert 5 <= sum(len(v) for v in held.values()) <= 6
+    assert held["u_new"] == {f"c{d}" for d in range(16, 20)}
+    assert held["u_mid"] <= {"b12", "b13", "b14"} and "u_old" not in held
+    # u_new has no train rows: a cold user, kept (counted by evaluate), not dropped.
+    train_users = {r["user_id"] for r in by_share.filter(F.col("split") == sp.TRAIN).collect()}
+    assert "u_new" not in train_users
+
+
+def test_global_temporal_reads_the_cut_as_utc_and_rejects_a_non_date(spark):
+    interactions = spark.createDataFrame(
+        [("u", "i1", datetime(2024, 1, 1, 23, 30)), ("u", "i2", datetime(2024, 1, 2, 0, 30))],
+        "user_id string, item_id string, ts timestamp",
+    )
+    assert sp.time_cut(interactions, 0.2, "2024-01-02") == int(
+        datetime(2024, 1, 2, tzinfo=UTC).timestamp() * 1e6
+    )
+    with pytest.raises(ConfigError, match="split.cutoff 'last week'"):
+        sp.with_split(interactions, 0.2, 1, protocol="global_temporal", cutoff="last week")
+
+
+def test_leave_last_out_holds_out_each_users_latest_one(spark):
+    split = sp.with_split(_split_rows(spark), 0.5, 5, protocol="leave_last_out")
+    # u_new has 4 interactions, under min_user_interactions: it trains on all.
+    assert _held_out(split) == {"u_old": {"a09"}, "u_mid": {"b14"}}
+    assert split.count() == 24
