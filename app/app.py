@@ -123,18 +123,57 @@ def history_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["Date", "Product", "Category", "Rating", "Split"])
 
 
+def _cell(row: dict | None) -> str:
+    """A metric's value, with its bootstrap interval when the row has one."""
+    if row is None:
+        return "-"
+    if row.get("ci_low") is None:
+        return f"{row['value']:.3f}"
+    return f"{row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+
+
+def _models(rows: list[dict]) -> list[str]:
+    present = {r["model"] for r in rows}
+    return [m for m in (*MODEL_LABELS, "random") if m in present]
+
+
+def _label(model: str) -> str:
+    return MODEL_LABELS.get(model, f"{model} (floor)")
+
+
 def metrics_frame(rows: list[dict]) -> pd.DataFrame:
-    """Models down, metrics across; served models first, the random floor last."""
-    values = {(r["model"], r["metric"]): r["value"] for r in rows}
-    models = [m for m in (*MODEL_LABELS, "random") if any(model == m for model, _ in values)]
-    metrics = [m for m in METRIC_LABELS if any(metric == m for _, metric in values)]
+    """Models down, metrics across (with their 95% intervals); served models first, the
+    random floor last."""
+    by = {(r["model"], r["metric"]): r for r in rows}
+    metrics = [m for m in METRIC_LABELS if any(metric == m for _, metric in by)]
     table = {
-        MODEL_LABELS.get(model, f"{model} (floor)"): {
-            METRIC_LABELS[metric]: f"{values[(model, metric)]:.3f}" if (model, metric) in values else "-"
-            for metric in metrics
-        }
-        for model in models
+        _label(model): {METRIC_LABELS[metric]: _cell(by.get((model, metric))) for metric in metrics}
+        for model in _models(rows)
     }
+    return pd.DataFrame.from_dict(table, orient="index")
+
+
+# Where each model helps: NDCG of the user segments and of the cold-item slice.
+SEGMENT_LABELS = {
+    "light_ndcg": "Light users",
+    "heavy_ndcg": "Heavy users",
+    "cold_ndcg": "Cold items",
+}
+
+
+def segments_frame(rows: list[dict]) -> pd.DataFrame | None:
+    """Models down, NDCG@10 per segment across, with intervals; None before segments."""
+    by = {(r["model"], r["metric"]): r for r in rows}
+    present = [m for m in SEGMENT_LABELS if any(metric == m for _, metric in by)]
+    if not present:
+        return None
+    table = {}
+    for model in _models(rows):
+        table[_label(model)] = {}
+        for metric in present:
+            row = by.get((model, metric))
+            label = f"{SEGMENT_LABELS[metric]} ({row['users']:,})" if row else SEGMENT_LABELS[metric]
+            table[_label(model)][label] = _cell(row)
     return pd.DataFrame.from_dict(table, orient="index")
 
 
@@ -274,14 +313,26 @@ def show_metrics(stores: Stores, model: str, version: str | None) -> None:
     st.subheader(md(f"Evaluation of model version {evaluated}"))
     if version and evaluated != version:
         st.caption(md(f"These metrics are of version {evaluated}; version {version} is being served."))
-    mine = {r["metric"]: r["value"] for r in rows if r["model"] == model}
+    mine = {r["metric"]: r for r in rows if r["model"] == model}
     for column, metric in zip(st.columns(len(HEADLINE_METRICS)), HEADLINE_METRICS, strict=True):
-        column.metric(METRIC_LABELS[metric], f"{mine[metric]:.3f}" if metric in mine else "-")
+        row = mine.get(metric)
+        interval = None
+        if row and row.get("ci_low") is not None:
+            interval = f"95% interval over users: {row['ci_low']:.3f} to {row['ci_high']:.3f}"
+        column.metric(METRIC_LABELS[metric], f"{row['value']:.3f}" if row else "-", help=interval)
     st.caption(
         f"{MODEL_LABELS[model]} on each user's held-out interactions ({rows[0]['users']:,} users), "
-        "over the whole catalogue with training items removed. All models:"
+        "over the whole catalogue with training items removed; in brackets, the 95% bootstrap "
+        "interval over users. All models:"
     )
     st.table(metrics_frame(rows))
+    segments = segments_frame(rows)
+    if segments is not None:
+        st.caption(
+            "NDCG@10 where each model helps: light and heavy users (by training interactions; "
+            "how many in brackets) and the held-out interactions with cold items:"
+        )
+        st.table(segments)
 
 
 def main() -> None:

@@ -57,6 +57,8 @@ SCHEMAS = {
             ("k", pa.int32()),
             ("value", pa.float64()),
             ("users", pa.int64()),
+            ("ci_low", pa.float64()),
+            ("ci_high", pa.float64()),
             ("model_version", pa.string()),
         ]
     ),
@@ -251,17 +253,21 @@ def write_gold_tables(root: Path, version: str = VERSION) -> Warehouse:
             "metric": metric,
             "k": K,
             "value": ndcg * scale,
-            "users": len(USERS),
+            "users": users,
+            # A bootstrap interval around each mean over users, as the evaluate stage writes it.
+            "ci_low": ndcg * scale * 0.9,
+            "ci_high": ndcg * scale * 1.1,
             "model_version": version,
         }
         for model, ndcg in METRIC_VALUES.items()
+        for prefix, users in (("", len(USERS)), ("light_", 2), ("heavy_", 1), ("cold_", 3))
         for metric, scale in {
-            "ndcg": 1.0,
-            "precision": 0.3,
-            "recall": 1.5,
-            "map": 0.7,
-            "hit_rate": 2.2,
-            "mrr": 1.0,
+            f"{prefix}ndcg": 1.0 if not prefix else 0.5,
+            f"{prefix}precision": 0.3,
+            f"{prefix}recall": 1.5,
+            f"{prefix}map": 0.7,
+            f"{prefix}hit_rate": 2.2,
+            f"{prefix}mrr": 1.0,
         }.items()
     ] + [
         {
@@ -270,6 +276,8 @@ def write_gold_tables(root: Path, version: str = VERSION) -> Warehouse:
             "k": K,
             "value": value,
             "users": len(USERS),
+            "ci_low": None,
+            "ci_high": None,
             "model_version": version,
         }
         for model, value in {

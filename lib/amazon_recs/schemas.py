@@ -137,6 +137,10 @@ METRICS = T.StructType(
         T.StructField("k", T.IntegerType(), False),
         T.StructField("value", T.DoubleType(), False),
         T.StructField("users", T.LongType(), False),
+        # The 95% (evaluate.confidence) bootstrap interval over users; null for the
+        # catalogue-level metrics (coverage, novelty).
+        T.StructField("ci_low", T.DoubleType(), True),
+        T.StructField("ci_high", T.DoubleType(), True),
         T.StructField(MODEL_VERSION, T.StringType(), False),
     ]
 )

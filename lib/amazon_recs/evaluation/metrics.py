@@ -131,13 +131,18 @@ def cold_metrics(recs: DataFrame, truth: DataFrame, train: DataFrame, k: int, ma
     """PER_USER_METRICS at ``k`` against the cold-item slice of ``truth`` alone, named
     ``cold_<metric>``: how well each model finds new products, over the users who
     had one in the test split. Long form, as ``summarise``."""
+    return summarise(cold_per_user(recs, truth, train, k, max_train), k).withColumn(
+        "metric", F.concat(F.lit(COLD), F.col("metric"))
+    )
+
+
+def cold_per_user(recs: DataFrame, truth: DataFrame, train: DataFrame, k: int, max_train: int) -> DataFrame:
+    """``per_user_metrics`` at ``k`` against the cold-item slice of ``truth``."""
     slice_ = cold_truth(truth, train, max_train)
     # Only the lists of users with a cold item count: the rest of recs is left out
     # before the hit join (the slice's users are few; Spark broadcasts them when so).
     mine = recs.filter(F.col(RANK) <= k).join(slice_.select(USER).distinct(), USER, how="left_semi")
-    return summarise(per_user_metrics(mine, slice_, k), k).withColumn(
-        "metric", F.concat(F.lit(COLD), F.col("metric"))
-    )
+    return per_user_metrics(mine, slice_, k)
 
 
 def summarise(per_user: DataFrame, k: int | None = None, col_model: str = MODEL) -> DataFrame:

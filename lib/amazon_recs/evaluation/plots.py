@@ -36,8 +36,17 @@ def _png(fig) -> bytes:
 
 
 def metrics_by_model(rows: list[dict]) -> bytes:
-    """Grouped bars: each ranking metric and coverage per model; novelty (bits) beside them."""
+    """Grouped bars: each ranking metric and coverage per model, with their bootstrap
+    intervals as error bars; novelty (bits) beside them."""
     value = {(r["model"], r["metric"]): r["value"] for r in rows}
+    bounds = {(r["model"], r["metric"]): (r.get("ci_low"), r.get("ci_high")) for r in rows}
+
+    def errors(model: str) -> list[list[float]]:
+        pairs = [(bounds.get((model, m)) or (None, None), value.get((model, m), 0.0)) for m in shared_scale]
+        below = [v - lo if lo is not None else 0.0 for (lo, _), v in pairs]
+        above = [hi - v if hi is not None else 0.0 for (_, hi), v in pairs]
+        return [below, above]
+
     models = model_order({r["model"] for r in rows})
     k = rows[0]["k"] if rows else 10
     shared_scale = [m for m in (*RANKING_METRICS, "coverage") if any((x, m) in value for x in models)]
@@ -46,7 +55,8 @@ def metrics_by_model(rows: list[dict]) -> bytes:
     width = 0.8 / max(len(models), 1)
     for i, model in enumerate(models):
         xs = [j + i * width for j in range(len(shared_scale))]
-        left.bar(xs, [value.get((model, m), 0.0) for m in shared_scale], width, label=model)
+        heights = [value.get((model, m), 0.0) for m in shared_scale]
+        left.bar(xs, heights, width, label=model, yerr=errors(model), capsize=2, error_kw={"lw": 0.8})
         right.bar(i, value.get((model, "novelty"), 0.0), 0.8, label=model)
     left.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(shared_scale))])
     left.set_xticklabels([f"{m}@{k}" for m in shared_scale])

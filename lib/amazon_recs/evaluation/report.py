@@ -14,24 +14,81 @@ BY_MODEL_PNG = "metrics_by_model.png"
 AGAINST_K_PNG = "metrics_at_k.png"
 
 
-def metrics_table(rows: list[dict], cold: bool = False) -> str:
+def metrics_table(rows: list[dict], cold: bool = False, prefix: str = "") -> str:
     """A Markdown table, one row per model, one column per metric: of the whole test
-    split, or (``cold``) of its cold-item slice, whose metrics are named cold_*."""
-    rows = [r for r in rows if r["metric"].startswith(COLD) == cold]
-    if cold:
-        rows = [{**r, "metric": r["metric"][len(COLD) :]} for r in rows]
+    split, of its cold-item slice (``cold``: metrics named cold_*) or of a user segment
+    (``prefix``: metrics named <prefix>_*). A metric with a bootstrap interval shows it
+    under its value: ``0.1161 [0.0893, 0.1452]``."""
+    prefix = COLD if cold else prefix and f"{prefix}_"
+    if prefix:
+        rows = [{**r, "metric": r["metric"][len(prefix) :]} for r in rows if r["metric"].startswith(prefix)]
+    else:
+        rows = [r for r in rows if r["metric"] in _MAIN]
     metrics = sorted({r["metric"] for r in rows}, key=_metric_order)
     models = plots.model_order({r["model"] for r in rows})
     k = rows[0]["k"] if rows else 10
-    value = {(r["model"], r["metric"]): r["value"] for r in rows}
+    cell = {(r["model"], r["metric"]): _with_interval(r) for r in rows}
     users = {r["model"]: r["users"] for r in rows if r["metric"] == "precision"}
     header = "| model | users | " + " | ".join(f"{m}@{k}" for m in metrics) + " |"
     rule = "|---|---:|" + "---:|" * len(metrics)
     lines = [header, rule]
     for model in models:
-        cells = " | ".join(f"{value.get((model, m), float('nan')):.4f}" for m in metrics)
+        cells = " | ".join(cell.get((model, m), "") for m in metrics)
         lines.append(f"| {model} | {users.get(model, '')} | {cells} |")
     return "\n".join(lines)
+
+
+_MAIN = ("precision", "recall", "ndcg", "map", "hit_rate", "mrr", "coverage", "novelty")
+
+
+def _with_interval(row: dict) -> str:
+    if row.get("ci_low") is None:
+        return f"{row['value']:.4f}"
+    return f"{row['value']:.4f} [{row['ci_low']:.4f}, {row['ci_high']:.4f}]"
+
+
+def paired_section(paired: list[dict], level: float, metrics: tuple[str, ...] = ("ndcg", "recall")) -> str:
+    """The hybrid minus each single model per metric, over the same users, with the
+    interval of the difference; "above zero" only when the whole interval is."""
+    rows = [p for p in paired if p["segment"] == "all" and p["metric"] in metrics]
+    if not rows:
+        return "No hybrid in this version: nothing to compare.\n"
+    others = plots.model_order({p["other"] for p in rows})
+    head = (
+        f"The hybrid minus each model on the same users, with the {level:.0%} bootstrap interval "
+        "of the difference (users resampled together, so the comparison is paired). "
+        "A gain is real when its whole interval is above zero."
+    )
+    lines = [
+        head,
+        "",
+        "| against | " + " | ".join(f"{m}@k" for m in metrics) + " |",
+        "|---|" + "---:|" * len(metrics),
+    ]
+    by = {(p["other"], p["metric"]): p for p in rows}
+    for other in others:
+        cells = []
+        for metric in metrics:
+            p = by[(other, metric)]
+            verdict = " (above zero)" if p["low"] > 0 else " (below zero)" if p["high"] < 0 else ""
+            cells.append(f"{p['diff']:+.4f} [{p['low']:+.4f}, {p['high']:+.4f}]{verdict}")
+        lines.append(f"| {other} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def segments_section(rows: list[dict], bounds: dict) -> str:
+    """Each model on light and heavy users: where each one helps."""
+    parts = []
+    for name, rule in (
+        ("light", f"at most {bounds['light_max_train']} training interactions"),
+        ("heavy", f"at least {bounds['heavy_min_train']} training interactions"),
+    ):
+        mine = [r for r in rows if r["metric"].startswith(f"{name}_")]
+        if not mine:
+            parts.append(f"{name.capitalize()} users ({rule}): none in the test split.")
+            continue
+        parts.append(f"{name.capitalize()} users ({rule}):\n\n{metrics_table(rows, prefix=name)}")
+    return "\n\n".join(parts) + "\n"
 
 
 def _metric_order(metric: str) -> tuple[int, str]:
@@ -107,6 +164,24 @@ def curve_table(curve: list[dict], metric: str = "ndcg") -> str:
     return "\n".join(lines)
 
 
+def split_line(config: Config, cold_users: dict | None) -> str:
+    """How test was held out, and the users a global time cut left without training rows."""
+    protocol = config.require("split.protocol")
+    line = f"protocol `{protocol}`"
+    if protocol == "global_temporal":
+        cutoff, share = config.require("split.cutoff"), config.require("split.test_fraction")
+        line += f" (cut at {cutoff})" if cutoff else f" (the latest {share:.0%})"
+    elif protocol != "leave_last_out":
+        line += f" (test_fraction {config.require('split.test_fraction')})"
+    if cold_users is not None:
+        line += (
+            f"; {cold_users['users']:,} users with no interaction before the cut "
+            f"({cold_users['interactions']:,} test interactions) are served the popular list "
+            "and left out of the metrics"
+        )
+    return line
+
+
 def write_metrics_report(
     spark: SparkSession,
     config: Config,
@@ -116,6 +191,9 @@ def write_metrics_report(
     curve: list[dict] | None = None,
     neighbour_method: str | None = "lsh",
     cold: dict | None = None,
+    cold_users: dict | None = None,
+    paired: list[dict] | None = None,
+    segments: dict | None = None,
 ) -> str:
     """Write ``metrics.md`` and its two PNG plots under ``paths.reports``; return the report's path."""
     reports = config.require("paths.reports").rstrip("/")
@@ -123,11 +201,10 @@ def write_metrics_report(
     io.write_bytes(
         spark,
         f"{reports}/{BY_MODEL_PNG}",
-        plots.metrics_by_model([r for r in rows if not r["metric"].startswith(COLD)]),
+        plots.metrics_by_model([r for r in rows if r["metric"] in _MAIN]),
     )
     sections = [
-        f"# Evaluation report\n\nModel version `{version}`, split protocol "
-        f"`{config.require('split.protocol')}` (test_fraction {config.require('split.test_fraction')}), "
+        f"# Evaluation report\n\nModel version `{version}`, split {split_line(config, cold_users)}, "
         f"full-catalogue ranking with each user's training items removed.\n\n{metrics_table(rows)}\n\n"
         f"![metrics per model]({BY_MODEL_PNG})\n",
     ]
@@ -136,6 +213,11 @@ def write_metrics_report(
         sections.append(
             f"## Metrics against k\n\n{curve_table(curve)}\n\n![metrics against k]({AGAINST_K_PNG})\n"
         )
+    if paired is not None:
+        level = config.require("evaluate.confidence")
+        sections.append(f"## The hybrid against each model\n\n{paired_section(paired, level)}")
+    if segments is not None:
+        sections.append(f"## Light and heavy users\n\n{segments_section(rows, segments)}")
     if cold is not None:
         sections.append(f"## Cold items\n\n{cold_section(rows, cold)}\n")
     sections.append(f"## Tuning\n\n{tuning_section(tuning)}")

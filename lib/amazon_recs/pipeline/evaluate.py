@@ -3,18 +3,21 @@
 
 from __future__ import annotations
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from amazon_recs import io, schemas
 from amazon_recs.config import Config
 from amazon_recs.errors import ConfigError
+from amazon_recs.evaluation import intervals, report
 from amazon_recs.evaluation import metrics as ev
-from amazon_recs.evaluation import report
-from amazon_recs.features.split import TEST, TRAIN
+from amazon_recs.features.split import GLOBAL_TEMPORAL, TEST, TRAIN
 from amazon_recs.pipeline import versions
 from amazon_recs.pipeline.base import stage
-from amazon_recs.schemas import ITEM, SPLIT, USER
+from amazon_recs.schemas import ITEM, MODEL, SPLIT, USER
+
+HYBRID = "hybrid"
+SEGMENTS = ("light", "heavy")
 
 
 @stage
@@ -25,22 +28,45 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
     info = versions.model_info(spark, config, version)
     interactions = versions.read_input(spark, config, version, "silver/interactions", info)
     truth = interactions.filter(F.col(SPLIT) == TEST)
+    cold_users = None
+    if config.require("split.protocol") == GLOBAL_TEMPORAL:
+        # Users with nothing before the cut: no model knows them (they are served the
+        # popular fallback). Counted here and left out of every model's metrics; the
+        # per-user protocols leave every test user train rows.
+        known = interactions.filter(F.col(SPLIT) == TRAIN).select(USER).distinct()
+        cold_test = truth.join(known, USER, how="left_anti").cache()
+        cold_users = {"users": cold_test.select(USER).distinct().count(), "interactions": cold_test.count()}
+        truth = truth.join(known, USER, how="left_semi")
     catalogue = versions.read_input(spark, config, version, "silver/items", info).count()
 
     train = interactions.filter(F.col(SPLIT) == TRAIN).select(USER, ITEM)
     ks = curve_ks(config)
     # Every cut-off in one pass over the lists; the summary is tiny (models x ks x metrics).
-    summaries = ev.summarise(ev.per_user_metrics_at(recs, truth.select(USER, ITEM), [k, *ks])).cache()
+    per_user = ev.per_user_metrics_at(recs, truth.select(USER, ITEM), [k, *ks]).cache()
+    summaries = ev.summarise(per_user).cache()
     cold_max = config.require("evaluate.cold_item_max_train")
     metrics = (
         summaries.filter(F.col("k") == k)
         .unionByName(ev.coverage(recs, catalogue, k))
         .unionByName(ev.novelty(recs, train, k))
         .unionByName(ev.cold_metrics(recs, truth, train, k, cold_max))
-        .withColumn("model_version", F.lit(version))
     )
-    io.overwrite_table(schemas.conform(metrics, schemas.METRICS, "gold/metrics"), config, "gold/metrics")
-    rows = [r.asDict() for r in io.read_table(spark, config, "gold/metrics").collect()]
+    models = sorted(r[0] for r in recs.select(MODEL).distinct().collect())
+    at_k = per_user.filter(F.col("k") == k).drop("k")
+    seed, replicates = config.require("split.seed"), config.require("evaluate.bootstrap_replicates")
+    level = config.require("evaluate.confidence")
+    everyone = intervals.bootstrap(at_k, models, seed, replicates, user_segments(train, config))
+    cold_reps = intervals.bootstrap(
+        ev.cold_per_user(recs, truth, train, k, cold_max), models, seed, replicates
+    )
+    rows = with_intervals([r.asDict() for r in metrics.collect()], everyone, cold_reps, level)
+    rows += segment_rows(everyone, models, k, level)
+    rows = [{**r, "model_version": version} for r in rows]
+    frame = spark.createDataFrame(
+        [tuple(r.get(f.name) for f in schemas.METRICS) for r in rows], schemas.METRICS
+    )
+    io.overwrite_table(frame, config, "gold/metrics")
+    paired = paired_differences(everyone, models, level)
     cold_slice = ev.cold_truth(truth, train, cold_max)
     cold = {
         "max_train": cold_max,
@@ -58,12 +84,17 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
         curve,
         neighbour_method=info.get("neighbour_method", "lsh"),
         cold=cold,
+        cold_users=cold_users,
+        paired=paired,
+        segments=segment_bounds(config),
     )
     return {
         "model_version": version,
         "metrics": rows,
         "curve": curve,
         "cold": cold,
+        "cold_users": cold_users,
+        "paired": paired,
         "report": path,
         "lsh_recall": info.get("lsh_recall"),
         "neighbour_method": info.get("neighbour_method"),
@@ -77,3 +108,81 @@ def curve_ks(config: Config) -> list[int]:
     if not ks or ks[0] < 1 or ks[-1] > top_k:
         raise ConfigError(f"evaluate.curve_ks must be between 1 and recommend.k ({top_k}), got {ks}")
     return ks
+
+
+def segment_bounds(config: Config) -> dict[str, int]:
+    """Light users have at most ``light_max_train`` training interactions, heavy users
+    at least ``heavy_min_train`` (``evaluate.segments``)."""
+    bounds = {
+        key: config.require(f"evaluate.segments.{key}") for key in ("light_max_train", "heavy_min_train")
+    }
+    if not 0 <= bounds["light_max_train"] < bounds["heavy_min_train"]:
+        raise ConfigError(f"evaluate.segments: light_max_train must be below heavy_min_train, got {bounds}")
+    return bounds
+
+
+def user_segments(train: DataFrame, config: Config) -> DataFrame:
+    """(user, segment) of the light and heavy users by training interactions; the users
+    between them are in neither."""
+    bounds = segment_bounds(config)
+    n = F.col("_n")
+    segment = F.when(n <= bounds["light_max_train"], "light").when(n >= bounds["heavy_min_train"], "heavy")
+    counts = train.groupBy(USER).agg(F.count(F.lit(1)).alias("_n"))
+    return counts.select(USER, segment.alias("segment")).filter(F.col("segment").isNotNull())
+
+
+def with_intervals(
+    rows: list[dict], everyone: intervals.Replicates, cold: intervals.Replicates, level: float
+) -> list[dict]:
+    """``rows`` of gold/metrics with their bootstrap interval where the metric is a mean
+    over users (the cold-item slice's from its own users)."""
+    out = []
+    for row in rows:
+        metric, reps = row["metric"], everyone
+        if metric.startswith(ev.COLD):
+            metric, reps = metric[len(ev.COLD) :], cold
+        low = high = None
+        if metric in ev.PER_USER_METRICS and intervals.ALL in reps.draws:
+            low, high = reps.interval(intervals.ALL, row[MODEL], metric, level)
+        out.append({**row, "ci_low": low, "ci_high": high})
+    return out
+
+
+def segment_rows(reps: intervals.Replicates, models: list[str], k: int, level: float) -> list[dict]:
+    """gold/metrics rows of the light and heavy users: ``<segment>_<metric>``."""
+    rows = []
+    for segment in SEGMENTS:
+        if segment not in reps.means:
+            continue
+        for model in models:
+            for metric in ev.PER_USER_METRICS:
+                low, high = reps.interval(segment, model, metric, level)
+                value = reps.means[segment][reps.columns.index(f"{model}/{metric}")]
+                rows.append(
+                    {
+                        MODEL: model,
+                        "metric": f"{segment}_{metric}",
+                        "k": k,
+                        "value": float(value),
+                        "users": reps.users[segment],
+                        "ci_low": low,
+                        "ci_high": high,
+                    }
+                )
+    return rows
+
+
+def paired_differences(reps: intervals.Replicates, models: list[str], level: float) -> list[dict]:
+    """The hybrid against each other model, per metric: mean difference and interval
+    over the same users' resamples (all users, then each segment)."""
+    if HYBRID not in models or intervals.ALL not in reps.draws:
+        return []
+    out = []
+    for segment in (intervals.ALL, *SEGMENTS):
+        if segment not in reps.draws:
+            continue
+        for other in models:
+            if other != HYBRID:
+                for metric in ev.PER_USER_METRICS:
+                    out.append({"segment": segment, **reps.paired(segment, HYBRID, other, metric, level)})
+    return out

@@ -41,6 +41,10 @@ def pipeline_summary(spark, config: Config, summaries: dict) -> str:
         report.metrics_table(evaluation.get("metrics", [])),
         "",
     ]
+    paired = evaluation.get("paired")
+    if paired:
+        level = config.require("evaluate.confidence")
+        lines += ["The hybrid against each model, same users:", "", report.paired_section(paired, level)]
     cold = evaluation.get("cold")
     if cold and cold["interactions"]:
         lines += [

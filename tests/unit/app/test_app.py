@@ -98,12 +98,17 @@ def test_the_first_page_asks_for_a_user_and_shows_the_version_and_metrics(app, w
     assert app.radio(key="model").value == "hybrid"
     assert app.radio(key="model").options == ["Hybrid", "ALS", "Content", "Popularity"]
 
-    (metrics,) = tables(app)  # no list yet: only the metrics table
+    metrics, segments = tables(app)  # no list yet: the metrics and the segments
     assert list(metrics.index) == ["Hybrid", "ALS", "Content", "Popularity", "random (floor)"]
-    assert metrics.loc["Hybrid", "NDCG@10"] == "0.210"
+    # Every mean over users with its interval; coverage is of the catalogue: none.
+    assert metrics.loc["Hybrid", "NDCG@10"] == "0.210 [0.189, 0.231]"
     assert metrics.loc["random (floor)", "Coverage"] == "1.000"
-    tiles = {m.label: m.value for m in app.metric}
-    assert tiles["NDCG@10"] == "0.210" and tiles["Coverage"] == "0.950"  # the selected model's
+    tiles = {m.label: m for m in app.metric}
+    assert tiles["NDCG@10"].value == "0.210" and tiles["Coverage"].value == "0.950"  # the selected model's
+    assert tiles["NDCG@10"].help == "95% interval over users: 0.189 to 0.231"
+    assert list(segments.index) == list(metrics.index)
+    assert list(segments.columns) == ["Light users (2)", "Heavy users (1)", "Cold items (3)"]
+    assert segments.loc["Hybrid", "Cold items (3)"] == "0.105 [0.095, 0.116]"
 
 
 def test_a_known_user_sees_ten_products_in_rank_order_beside_their_history(app, warehouse):
@@ -188,7 +193,7 @@ def test_an_empty_id_gets_a_prompt_and_no_list(app, typed):
     at = enter(app, typed)
     no_failures(at)
     assert messages(at, "info") == ["Enter a user id, or pick one of the sample users."]
-    assert len(at.table) == 1  # the metrics only
+    assert len(at.table) == 2  # the metrics and the segments only
 
 
 @pytest.mark.parametrize("typed", ["bad id!", "a#b", "U" * 129, "ü1"])
@@ -198,7 +203,7 @@ def test_a_malformed_id_gets_a_message_and_no_list(app, typed):
     (error,) = messages(at, "error")
     assert "is not a valid user id: use 1 to 128 letters, digits or . _ - : @" in error
     assert len(error) < 200, "the input is echoed back cut short"
-    assert len(at.table) == 1
+    assert len(at.table) == 2  # the metrics and the segments
 
 
 def test_a_missing_warehouse_says_to_run_the_pipeline(open_app, tmp_path):
@@ -232,7 +237,7 @@ def test_an_unreachable_dynamodb_is_a_message_not_a_stack_trace(open_app, wareho
     (error,) = messages(at, "error")
     assert error.startswith("cannot reach DynamoDB table") and endpoint in error
     assert f"Serving from DynamoDB table amazon-recs at {endpoint}." in texts(at)
-    assert len(at.table) == 1  # no list, but the metrics still come from the warehouse
+    assert len(at.table) == 2  # no list, but the metrics and segments still come from the warehouse
 
 
 def test_with_dynamodb_configured_the_lists_come_from_dynamodb(open_app, warehouse, tmp_path, local_aws):
