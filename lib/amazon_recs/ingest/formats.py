@@ -31,7 +31,7 @@ from amazon_recs.errors import ConfigError, InputError
 CORRUPT = "_corrupt"
 SHAPE = "shape"
 HEADER = "header"
-FORMATS = ("amazon2023", "amazon2018", "csv", "parquet")
+FORMATS = ("amazon2023", "amazon2018", "csv", "parquet", "movielens")
 
 
 def _empty_array() -> Column:

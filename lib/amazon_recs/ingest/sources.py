@@ -21,7 +21,7 @@ from amazon_recs import io, schemas
 from amazon_recs.config import Config
 from amazon_recs.errors import ConfigError, InputError
 from amazon_recs.events import EVENT_ID_PATTERN, EVENT_TYPES, EXPLICIT_EVENTS
-from amazon_recs.ingest import formats
+from amazon_recs.ingest import formats, movielens
 from amazon_recs.schemas import ITEM, RATING, TS, USER
 
 log = logging.getLogger(__name__)
@@ -343,6 +343,8 @@ def parse(spark: SparkSession, config: Config, kind: str, files: list[io.InputFi
         return formats.JSON_PARSERS[fmt][kind](io.read_lines(spark, files), config)
     if fmt == "parquet":
         return formats.GENERIC_PARSERS[kind](io.read_parquet_rows(spark, files), config, None)
+    if fmt == movielens.FORMAT:
+        return movielens.PARSERS[kind](io.read_lines(spark, files), config, files)
     lines = io.read_lines(spark, files)
     return formats.GENERIC_PARSERS[kind](lines, config, _csv_header(lines, kind))
 

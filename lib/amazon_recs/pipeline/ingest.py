@@ -9,6 +9,7 @@ from pyspark.sql import SparkSession
 
 from amazon_recs import io
 from amazon_recs.config import Config
+from amazon_recs.ingest import movielens
 from amazon_recs.ingest import sources as ig
 from amazon_recs.ingest.sample import META_FILE, REVIEWS_FILE, generate_sample
 from amazon_recs.pipeline.base import stage
@@ -36,6 +37,7 @@ def event_files(spark: SparkSession, config: Config) -> list[io.InputFile]:
 
 @stage
 def run_ingest(spark: SparkSession, config: Config) -> dict:
+    config = movielens.configured(spark, config)  # input.movielens: the release's own settings
     sources = {kind: io.list_files(spark, glob) for kind, glob in input_globs(config).items()}
     events = event_files(spark, config)
     if events:
