@@ -156,7 +156,7 @@ def test_gold_tables_in_the_bucket_read_the_same_without_spark(spark, aws_config
 
     ddl = io.read_text(session, f"{warehouse}/gold/athena_ddl.sql")
     assert f"LOCATION '{warehouse}/gold/recommendations'" in ddl
-    assert ddl.count("TBLPROPERTIES ('table_type'='DELTA')") == len(athena.GOLD_TABLES) == 4
+    assert ddl.count("TBLPROPERTIES ('table_type'='DELTA')") == len(athena.GOLD_TABLES) == 5
     metrics_md = io.read_text(session, f"{aws_config.require('paths.reports')}/metrics.md")
     assert "| hybrid |" in metrics_md
 

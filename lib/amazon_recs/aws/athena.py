@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from amazon_recs.config import Config
 
-GOLD_TABLES = ("recommendations", "user_recommendations", "popular_fallback", "metrics")
+# refreshed_recommendations: the lists refresh recomputed since the export (which
+# creates it empty); a reader takes a user's row there before user_recommendations.
+GOLD_TABLES = (
+    "recommendations",
+    "user_recommendations",
+    "refreshed_recommendations",
+    "popular_fallback",
+    "metrics",
+)
 
 
 def athena_ddl(config: Config) -> str:
