@@ -1,19 +1,25 @@
-"""Compare our recommenders with the `implicit` library and an item-kNN baseline.
+"""Compare our recommenders with tuned baselines: the `implicit` library and item-kNN.
 
 On the pipeline's own split (``silver/interactions``; nothing is re-split) this
-fits, times and evaluates
+tunes, fits, times and evaluates
 
-- implicit's ALS, with MLlib's confidence ``1 + alpha * weight`` and the
-  config's rank and iterations;
-- implicit's BPR on the binary train matrix;
-- item-kNN: cosine similarity between items on the binary train matrix, each
-  item's top neighbours kept, a user's score for an item the sum of its
-  similarities to the user's train items;
+- implicit's ALS (factors, regularisation, alpha; MLlib's confidence
+  ``1 + alpha * weight``, the config's iterations);
+- implicit's BPR on the binary train matrix (factors, learning rate, iterations);
+- item-kNN: cosine similarity between items on the binary train matrix with a
+  shrinkage term, ``co(i, j) / (sqrt(n_i n_j) + shrinkage)``, each item's top
+  neighbours kept, a user's score for an item the sum of its similarities to the
+  user's train items (neighbours, shrinkage);
 
-and sets them beside our own models' rows of ``gold/metrics``. Every list is
-ranked over the full catalogue of items the models know (items with at least
-one train interaction, as MLlib ALS ranks), with the user's train items removed.
-The metrics are those of ``amazon_recs.evaluation.metrics`` (see its docstring),
+each on the validation split our own tuning uses (carved from the train rows by
+``tuning.carve_validation``, same protocol and seed), every point of its grid
+(``GRIDS``, about our ALS grid and weight search's budget) scored by NDCG@k,
+the best refitted on all train rows. Their rows sit beside our models' rows of
+``gold/metrics``, each mean with its 95% bootstrap interval over users, and the
+paired difference of our hybrid against each baseline on the same users.
+Every list is ranked over the full catalogue of items the models know (items
+with at least one train interaction, as MLlib ALS ranks), with the user's train
+items removed. The metrics are those of ``amazon_recs.evaluation.metrics``,
 recomputed here in numpy/python; as a check, the same code is run on our
 ``als`` rows of ``gold/recommendations`` and must give ``gold/metrics``' values.
 
@@ -48,18 +54,31 @@ from threadpoolctl import threadpool_limits
 
 from amazon_recs import io
 from amazon_recs.config import Config, load_config
+from amazon_recs.evaluation.intervals import poisson_weights
 from amazon_recs.features.split import TEST, TRAIN
 from amazon_recs.models.als import fit_als
-from amazon_recs.pipeline.params import als_params
+from amazon_recs.models.tuning import carve_validation
+from amazon_recs.pipeline.params import als_params, split_params
 from amazon_recs.pipeline.versions import model_dir, model_version
 from amazon_recs.schemas import ITEM, ITEM_IDX, MODEL, MODELS, RANK, SPLIT, USER, USER_IDX, WEIGHT
 from amazon_recs.spark import get_spark
 
 METRICS = ("ndcg", "precision", "recall", "map", "hit_rate", "mrr")
 NUM_THREADS = 2
-BPR_ITERATIONS = 100
-KNN_NEIGHBOURS = 100
 SANITY_TOLERANCE = 1e-9
+REPLICATES = 1000  # bootstrap resamples of the users, as the evaluate stage draws them
+LEVEL = 0.95
+# Each baseline's grid, every point fitted and scored on validation: 27, 27 and 16
+# fits, against our 6 ALS fits and ~200 hybrid weight vectors.
+GRIDS: dict[str, dict[str, list]] = {
+    "implicit ALS": {"factors": [32, 64, 128], "regularization": [0.01, 0.1, 1.0], "alpha": [1.0, 5.0, 20.0]},
+    "implicit BPR": {
+        "factors": [32, 64, 128],
+        "learning_rate": [0.01, 0.05, 0.1],
+        "iterations": [50, 100, 200],
+    },
+    "item-kNN": {"neighbours": [20, 50, 100, 200], "shrinkage": [0.0, 10.0, 50.0, 100.0]},
+}
 LIBRARIES = ("pyspark", "delta-spark", "implicit", "scipy", "numpy")
 
 # A fitted model as the ranking code sees it: user indices -> (users x items) scores.
@@ -73,13 +92,6 @@ class Split:
     train: sp.csr_matrix  # users x items, values = weight
     test: dict[int, set[int]]  # user_idx -> held-out item_idx
 
-    @property
-    def binary(self) -> sp.csr_matrix:
-        """The train matrix with every interaction set to 1."""
-        ones = self.train.copy()
-        ones.data = np.ones_like(ones.data)
-        return ones
-
 
 @dataclass(frozen=True)
 class Result:
@@ -88,6 +100,10 @@ class Result:
     model: str
     metrics: Mapping[str, float] | None
     fit_seconds: float | None = None
+    intervals: Mapping[str, tuple[float, float]] | None = None  # metric -> 95% interval
+    settings: str = ""
+    versus_hybrid: tuple[float, float, float] | None = None  # hybrid - this on NDCG: diff, low, high
+    tune_seconds: float | None = None
 
 
 # --- metrics ------------------------------------------------------------------
@@ -114,8 +130,28 @@ def mean_metrics(
     recs: Mapping[Hashable, Sequence], truth: Mapping[Hashable, set], k: int
 ) -> dict[str, float]:
     """Metrics averaged over the users of ``truth``; a user without a list scores 0."""
+    return {m: float(v.mean()) for m, v in per_user_metrics(recs, truth, k).items()}
+
+
+def per_user_metrics(
+    recs: Mapping[Hashable, Sequence], truth: Mapping[Hashable, set], k: int
+) -> dict[str, np.ndarray]:
+    """Each metric per user of ``truth``, in its order."""
     per_user = [user_metrics(recs.get(user, []), relevant, k) for user, relevant in truth.items()]
-    return {m: float(np.mean([u[m] for u in per_user])) for m in METRICS}
+    return {m: np.array([u[m] for u in per_user]) for m in METRICS}
+
+
+def bootstrap_means(values: np.ndarray, users: np.ndarray, seed: int) -> np.ndarray:
+    """REPLICATES resampled means of per-user ``values`` (Poisson weights per user, as
+    ``amazon_recs.evaluation.intervals`` draws them): the same users for every model."""
+    weights = poisson_weights(users.astype(np.uint64), 0, REPLICATES, seed)
+    return (weights @ values) / np.maximum(weights.sum(axis=1), 1e-12)
+
+
+def interval(draws: np.ndarray) -> tuple[float, float]:
+    tail = (1.0 - LEVEL) / 2.0 * 100.0
+    low, high = np.percentile(draws, [tail, 100.0 - tail])
+    return float(low), float(high)
 
 
 # --- data ---------------------------------------------------------------------
@@ -155,16 +191,16 @@ def factor_scorer(user_factors: np.ndarray, item_factors: np.ndarray) -> Scorer:
     return lambda users: user_factors[users] @ item_factors.T
 
 
-def fit_implicit_als(split: Split, config: Config, regularization: float) -> Scorer:
-    """implicit's ALS on confidence ``1 + als.alpha * weight`` (MLlib's implicit confidence).
+def fit_implicit_als(train: sp.csr_matrix, config: Config, factors: int, regularization: float, alpha: float):
+    """implicit's ALS on confidence ``1 + alpha * weight`` (MLlib's implicit confidence).
 
     implicit reads the matrix values as the confidence itself (its own alpha is
     left at 1), and uses a CPU model: no GPU.
     """
-    confidence = split.train.copy()
-    confidence.data = 1.0 + config.require("als.alpha") * confidence.data
+    confidence = train.copy()
+    confidence.data = 1.0 + alpha * confidence.data
     model = AlternatingLeastSquares(
-        factors=config.require("als.rank"),
+        factors=factors,
         iterations=config.require("als.max_iter"),
         regularization=regularization,
         alpha=1.0,
@@ -175,32 +211,46 @@ def fit_implicit_als(split: Split, config: Config, regularization: float) -> Sco
     return factor_scorer(model.user_factors, model.item_factors)
 
 
-def fit_implicit_bpr(split: Split, config: Config) -> Scorer:
+def fit_implicit_bpr(
+    train: sp.csr_matrix, config: Config, factors: int, learning_rate: float, iterations: int
+) -> Scorer:
     """implicit's BPR on the binary train matrix (its item bias is a factor column)."""
     model = BayesianPersonalizedRanking(
-        factors=config.require("als.rank"),
-        iterations=BPR_ITERATIONS,
+        factors=factors,
+        learning_rate=learning_rate,
+        iterations=iterations,
         random_state=config.require("als.seed"),
         num_threads=NUM_THREADS,
     )
-    model.fit(split.binary, show_progress=False)
+    model.fit(binary(train), show_progress=False)
     return factor_scorer(model.user_factors, model.item_factors)
 
 
-def cosine_neighbours(binary: sp.csr_matrix, neighbours: int, block: int = 1024) -> sp.csr_matrix:
-    """Item x item cosine similarities, each row keeping its ``neighbours`` best (self excluded).
+def binary(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    ones = matrix.copy()
+    ones.data = np.ones_like(ones.data)
+    return ones
+
+
+def cosine_neighbours(
+    binary: sp.csr_matrix, neighbours: int, shrinkage: float = 0.0, block: int = 1024
+) -> sp.csr_matrix:
+    """Item x item similarities ``co(i, j) / (sqrt(n_i n_j) + shrinkage)`` (cosine at 0),
+    each row keeping its ``neighbours`` best (self excluded).
 
     Computed a block of items at a time, so memory stays at block x items.
     """
     n_items = binary.shape[1]
     counts = np.asarray(binary.sum(axis=0), dtype=np.float64).ravel()
-    inv_norm = np.divide(1.0, np.sqrt(counts), out=np.zeros_like(counts), where=counts > 0)
-    normed = (binary @ sp.diags(inv_norm)).tocsc()
-    by_item = normed.T.tocsr()
+    norms = np.sqrt(counts)
+    by_item = binary.T.tocsr()
+    columns = binary.tocsc()
     n = min(neighbours, n_items - 1)
     parts = []
     for start in range(0, n_items, block):
-        sims = (by_item[start : start + block] @ normed).toarray()
+        co = (by_item[start : start + block] @ columns).toarray()
+        denominator = norms[start : start + co.shape[0], None] * norms[None, :] + shrinkage
+        sims = np.divide(co, denominator, out=np.zeros_like(co), where=denominator > 0)
         rows = np.arange(sims.shape[0])
         sims[rows, start + rows] = 0.0
         top = np.argpartition(-sims, n - 1, axis=1)[:, :n]
@@ -211,11 +261,35 @@ def cosine_neighbours(binary: sp.csr_matrix, neighbours: int, block: int = 1024)
     return sp.csr_matrix((values, (rows, cols)), shape=(n_items, n_items))
 
 
-def fit_item_knn(split: Split) -> Scorer:
+def fit_item_knn(train: sp.csr_matrix, config: Config, neighbours: int, shrinkage: float) -> Scorer:
     """Item-kNN: a user's score for an item is the sum of its similarities to the user's items."""
-    binary = split.binary
-    similarity = cosine_neighbours(binary, KNN_NEIGHBOURS)
-    return lambda users: (binary[users] @ similarity).toarray()
+    ones = binary(train)
+    similarity = cosine_neighbours(ones, neighbours, shrinkage)
+    return lambda users: (ones[users] @ similarity).toarray()
+
+
+FITS = {"implicit ALS": fit_implicit_als, "implicit BPR": fit_implicit_bpr, "item-kNN": fit_item_knn}
+
+
+def grid_points(grid: Mapping[str, list]) -> list[dict]:
+    points = [{}]
+    for key, values in grid.items():
+        points = [{**p, key: v} for p in points for v in values]
+    return points
+
+
+def tune(name: str, fit_rows: Split, config: Config, k: int) -> tuple[dict, float, list[tuple[dict, float]]]:
+    """Every point of ``name``'s grid fitted on the fit rows and scored by NDCG@k on the
+    validation users: (best settings, seconds, every point's NDCG)."""
+    users = np.array(sorted(fit_rows.test), dtype=np.int64)
+    started = time.perf_counter()
+    scored = []
+    for point in grid_points(GRIDS[name]):
+        scorer = FITS[name](fit_rows.train, config, **point)
+        recs = top_k_unseen(scorer, fit_rows.train, users, k)
+        scored.append((point, mean_metrics(recs, fit_rows.test, k)["ndcg"]))
+    best = max(scored, key=lambda p: p[1])[0]
+    return best, time.perf_counter() - started, scored
 
 
 def timed(fit: Callable[[], Scorer]) -> tuple[Scorer, float]:
@@ -273,7 +347,8 @@ def read_gold_metrics(spark: SparkSession, config: Config, k: int) -> pd.DataFra
 
 
 def our_results(gold: pd.DataFrame | None, als_seconds: float) -> tuple[list[Result], list[str]]:
-    """A table row per model of ours in gold/metrics, and notes on what is missing."""
+    """A table row per model of ours in gold/metrics (with its intervals where the
+    evaluate stage wrote them), and notes on what is missing."""
     if gold is None:
         return [], ["gold/metrics is absent: run `make run` for our models' rows."]
     present = list(dict.fromkeys(gold[MODEL]))
@@ -282,13 +357,39 @@ def our_results(gold: pd.DataFrame | None, als_seconds: float) -> tuple[list[Res
     for name in names:
         rows = gold[gold[MODEL] == name]
         metrics = dict(zip(rows["metric"], rows["value"], strict=True))
-        results.append(Result(f"{name} (ours)", metrics, als_seconds if name == "als" else None))
+        bounds = None
+        if "ci_low" in rows and rows["ci_low"].notna().all():
+            bounds = {
+                m: (lo, hi) for m, lo, hi in zip(rows["metric"], rows["ci_low"], rows["ci_high"], strict=True)
+            }
+        seconds = als_seconds if name == "als" else None
+        results.append(Result(f"{name} (ours)", metrics, seconds, bounds, settings="tuned by the pipeline"))
     notes = [
         f"Our model '{m}' has no rows in gold/metrics (written before it existed, or not run)."
         for m in MODELS
         if m not in present
     ]
     return results, notes
+
+
+def our_lists(
+    spark: SparkSession, config: Config, rows: pd.DataFrame, model: str, k: int
+) -> dict[int, list[int]]:
+    """Our ``model``'s top-k of gold/recommendations, in the split's user and item indices."""
+    recs = (
+        io.read_table(spark, config, "gold/recommendations")
+        .filter((F.col(MODEL) == model) & (F.col(RANK) <= k))
+        .select(USER, ITEM, RANK)
+        .toPandas()
+        .sort_values([USER, RANK])
+    )
+    user_idx = dict(zip(rows[USER], rows[USER_IDX], strict=False))
+    item_idx = dict(zip(rows[ITEM], rows[ITEM_IDX], strict=False))
+    lists: dict[int, list[int]] = {}
+    for user, items in recs.groupby(USER)[ITEM]:
+        if user in user_idx:
+            lists[int(user_idx[user])] = [int(item_idx.get(i, -1)) for i in items]
+    return lists
 
 
 def gold_ndcg(
@@ -312,13 +413,34 @@ def gold_ndcg(
 
 
 def markdown_table(results: Sequence[Result], k: int) -> str:
-    """The comparison as a Markdown table."""
-    header = ["model", *(f"{m}@{k}" for m in METRICS), "fit seconds"]
-    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    """The comparison as a Markdown table: each mean with its interval, the hybrid's
+    paired NDCG difference against the row, the settings, fit and tuning seconds."""
+    header = [
+        "model",
+        "settings",
+        *(f"{m}@{k}" for m in METRICS),
+        f"hybrid - model, ndcg@{k}",
+        "fit seconds",
+        "tuning seconds",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|---|---" + "|---:" * (len(header) - 2) + "|"]
     for r in results:
-        cells = [f"{r.metrics[m]:.4f}" if r.metrics else "-" for m in METRICS]
+        cells = []
+        for m in METRICS:
+            if not r.metrics:
+                cells.append("-")
+            elif r.intervals and m in r.intervals:
+                low, high = r.intervals[m]
+                cells.append(f"{r.metrics[m]:.4f} [{low:.4f}, {high:.4f}]")
+            else:
+                cells.append(f"{r.metrics[m]:.4f}")
+        versus = "-"
+        if r.versus_hybrid is not None:
+            diff, low, high = r.versus_hybrid
+            versus = f"{diff:+.4f} [{low:+.4f}, {high:+.4f}]"
         seconds = f"{r.fit_seconds:.1f}" if r.fit_seconds is not None else "-"
-        lines.append("| " + " | ".join([r.model, *cells, seconds]) + " |")
+        tuning = f"{r.tune_seconds:.1f}" if r.tune_seconds is not None else "-"
+        lines.append("| " + " | ".join([r.model, r.settings or "-", *cells, versus, seconds, tuning]) + " |")
     return "\n".join(lines)
 
 
@@ -365,14 +487,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--out", type=Path, help="Markdown file to write the table into")
     parser.add_argument("--name", help="data set name in the markers (default: the config file's stem)")
-    parser.add_argument("--implicit-reg", type=float, default=0.01, help="implicit ALS regularization")
     return parser.parse_args(argv)
 
 
 def gold_notes(
     spark: SparkSession, config: Config, gold: pd.DataFrame, rows: pd.DataFrame, train: DataFrame, k: int
 ) -> tuple[bool, list[str]]:
-    """The gold/recommendations check (passed or not) and where our rows come from."""
+    """The gold/recommendations check (passed or not) and where our rows come from.
+
+    ``config`` is the configuration as given: the pipeline names a version by its
+    configured settings (tuning's choices are an output of the version, not an input)."""
     mine, theirs = gold_ndcg(spark, config, gold, rows, k)
     ok = abs(mine - theirs) <= SANITY_TOLERANCE
     notes = [
@@ -380,7 +504,12 @@ def gold_notes(
         f"gold/metrics = {theirs:.12f}, difference {abs(mine - theirs):.1e}: "
         f"{'equal' if ok else 'MISMATCH'} within {SANITY_TOLERANCE:g}."
     ]
-    written, current = gold["model_version"].iloc[0], model_version(config, train)
+    written = gold["model_version"].iloc[0]
+    info = json.loads(io.read_text(spark, f"{model_dir(config, written)}/model_info.json") or "{}")
+    at = info.get("inputs", {})
+    items = io.read_table(spark, config, "silver/items", at.get("silver/items"))
+    trained = io.read_table(spark, config, "silver/interactions", at.get("silver/interactions"))
+    current = model_version(config, trained.filter(F.col(SPLIT) == TRAIN), items)
     notes.append(
         f"Our rows: gold/metrics of model version {written}"
         + (
@@ -393,61 +522,87 @@ def gold_notes(
     return ok, notes
 
 
-def setup_line(config: Config, split: Split, n_users: int) -> str:
-    """What was compared, and how each side was fitted."""
+def setup_line(config: Config, split: Split, n_users: int, validation: Split) -> str:
+    """What was compared, and how each side was fitted and tuned."""
     n_test = sum(map(len, split.test.values()))
     n_items = int((split.train.getnnz(axis=0) > 0).sum())
+    n_validation = sum(map(len, validation.test.values()))
+    grids = "; ".join(
+        f"{name}: " + ", ".join(f"{key} {values}" for key, values in grid.items())
+        for name, grid in GRIDS.items()
+    )
     return (
         f"Split read from silver/interactions (not re-split): {split.train.nnz:,} train and {n_test:,} test "
         f"interactions, {n_users:,} users evaluated, {n_items:,} items ranked (those with a train "
-        f"interaction), train items excluded. implicit: factors {config.require('als.rank')}, "
-        f"{NUM_THREADS} threads, seed {config.require('als.seed')}; ALS {config.require('als.max_iter')} "
-        f"iterations on confidence 1 + {config.require('als.alpha'):g} * weight. Our als fit seconds: "
-        f"`fit_als` (solver {config.require('als.solver')}, {config.require('spark.master')}, "
-        f"reg_param {config.require('als.reg_param'):g}) "
-        "on the same train rows, timed here; our other models are not timed (-)."
+        f"interaction), train items excluded. Each baseline is tuned on the validation split our tuning "
+        f"uses ({validation.train.nnz:,} fit and {n_validation:,} validation interactions of "
+        f"{len(validation.test):,} users, carved from train by `split.protocol` "
+        f"{config.require('split.protocol')}): every point of its grid fitted and scored by NDCG@k "
+        f"({grids}), the best refitted on all train rows. implicit: {NUM_THREADS} threads, seed "
+        f"{config.require('als.seed')}, ALS {config.require('als.max_iter')} iterations on confidence "
+        f"1 + alpha * weight. Intervals: 95%, {REPLICATES} bootstrap resamples of the users; the hybrid's "
+        f"difference is paired (the same users in each resample). Our als fit seconds: `fit_als` (solver "
+        f"{config.require('als.solver')}, {config.require('spark.master')}) on the same train rows with "
+        "the tuned settings, timed here; our other models are not timed (-)."
     )
 
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    config = load_config(args.config, args.set)
+    given = load_config(args.config, args.set)
     name = args.name or Path(args.config).stem
-    k = config.require("evaluate.k")
-    spark = get_spark(config)
+    k = given.require("evaluate.k")
+    spark = get_spark(given)
 
-    interactions = read_interactions(spark, config)
+    interactions = read_interactions(spark, given)
     rows = interactions.select(USER, ITEM, USER_IDX, ITEM_IDX, WEIGHT, SPLIT).toPandas()
     split = to_split(rows)
     users = np.array(sorted(split.test), dtype=np.int64)
     train_df = interactions.filter(F.col(SPLIT) == TRAIN)
+    fit_df, validation_df = carve_validation(train_df, split_params(given))
+    columns = [USER_IDX, ITEM_IDX, WEIGHT, SPLIT]
+    validation = to_split(
+        pd.concat([fit_df.select(*columns).toPandas(), validation_df.select(*columns).toPandas()])
+    )
 
-    gold = read_gold_metrics(spark, config, k)
-    config, tuning_note = with_tuned_als(spark, config, gold)
+    gold = read_gold_metrics(spark, given, k)
+    config, tuning_note = with_tuned_als(spark, given, gold)
     results, notes = our_results(gold, time_our_als(train_df, config))
     notes.insert(0, tuning_note)
-    baselines = {
-        f"implicit ALS (reg {args.implicit_reg:g})": lambda: fit_implicit_als(
-            split, config, args.implicit_reg
-        ),
-        f"implicit BPR ({BPR_ITERATIONS} it.)": lambda: fit_implicit_bpr(split, config),
-        f"item-kNN (cosine, {KNN_NEIGHBOURS} nn)": lambda: fit_item_knn(split),
-    }
+    seed = given.require("split.seed")
+    hybrid = None
+    if gold is not None and (gold[MODEL] == "hybrid").any():
+        hybrid = per_user_metrics(our_lists(spark, given, rows, "hybrid", k), split.test, k)["ndcg"]
     with threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS's would compete
-        for label, fit in baselines.items():
-            scorer, seconds = timed(fit)
-            recs = top_k_unseen(scorer, split.train, users, k)
-            results.append(Result(label, mean_metrics(recs, split.test, k), seconds))
+        for label in GRIDS:
+            best, tune_seconds, scored = tune(label, validation, given, k)
+            print(f"{label}: " + "; ".join(f"{p} {v:.4f}" for p, v in scored), flush=True)
+            scorer, seconds = timed(lambda label=label, best=best: FITS[label](split.train, given, **best))
+            per_user = per_user_metrics(top_k_unseen(scorer, split.train, users, k), split.test, k)
+            bounds = {m: interval(bootstrap_means(v, users, seed)) for m, v in per_user.items()}
+            versus = None
+            if hybrid is not None:
+                diff = hybrid - per_user["ndcg"]
+                versus = (float(diff.mean()), *interval(bootstrap_means(diff, users, seed)))
+            settings = ", ".join(f"{key} {value:g}" for key, value in best.items())
+            means = {m: float(v.mean()) for m, v in per_user.items()}
+            results.append(Result(f"{label} (tuned)", means, seconds, bounds, settings, versus, tune_seconds))
 
     sanity_ok = True
     if gold is not None and (gold[MODEL] == "als").any():
-        sanity_ok, more = gold_notes(spark, config, gold, rows, train_df, k)
+        sanity_ok, more = gold_notes(spark, given, gold, rows, train_df, k)
         notes += more
 
     command = f"`python {shlex.join([sys.argv[0], *argv])}`"
     header = f"{command} on {date.today().isoformat()}; {machine()}; {versions()}."
     body = "\n\n".join(
-        [f"### {name}", header, setup_line(config, split, len(users)), markdown_table(results, k), *notes]
+        [
+            f"### {name}",
+            header,
+            setup_line(config, split, len(users), validation),
+            markdown_table(results, k),
+            *notes,
+        ]
     )
     print(body)
     if args.out:
