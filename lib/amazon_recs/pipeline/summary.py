@@ -33,6 +33,9 @@ def pipeline_summary(spark, config: Config, summaries: dict) -> str:
             f"  ingest {f['kind']:<8} {f['source_file']}: read {f['lines_read']} = accepted {f['accepted']}"
             f" + rejected {f['rejected']} + blank {f['blank']}"
         )
+    cleaning = summaries.get("features", {}).get("text_cleaning") or {}
+    if any(any(counts.values()) for counts in cleaning.values()):
+        lines.append("  text cleaning (features): " + cleaning_line(cleaning))
     evaluation = summaries.get("evaluate", {})
     lines += [
         "",
@@ -81,3 +84,13 @@ def pipeline_summary(spark, config: Config, summaries: dict) -> str:
         f"--user {sample_user} --model hybrid"
     )
     return "\n".join(lines)
+
+
+def cleaning_line(cleaning: dict) -> str:
+    """What the features stage did to the product text, the fields it touched only."""
+    parts = []
+    for field, counts in cleaning.items():
+        done = [f"{what.replace('_', ' ')} {n:,}" for what, n in counts.items() if n]
+        if done:
+            parts.append(f"{field}: {', '.join(done)}")
+    return "; ".join(parts)
