@@ -131,14 +131,16 @@ def cold_metrics(recs: DataFrame, truth: DataFrame, train: DataFrame, k: int, ma
     """PER_USER_METRICS at ``k`` against the cold-item slice of ``truth`` alone, named
     ``cold_<metric>``: how well each model finds new products, over the users who
     had one in the test split. Long form, as ``summarise``."""
-    return summarise(cold_per_user(recs, truth, train, k, max_train), k).withColumn(
-        "metric", F.concat(F.lit(COLD), F.col("metric"))
-    )
+    return cold_summary(cold_per_user(recs, cold_truth(truth, train, max_train), k), k)
 
 
-def cold_per_user(recs: DataFrame, truth: DataFrame, train: DataFrame, k: int, max_train: int) -> DataFrame:
-    """``per_user_metrics`` at ``k`` against the cold-item slice of ``truth``."""
-    slice_ = cold_truth(truth, train, max_train)
+def cold_summary(per_user: DataFrame, k: int) -> DataFrame:
+    """``summarise`` of the cold slice's per-user metrics, named ``cold_<metric>``."""
+    return summarise(per_user, k).withColumn("metric", F.concat(F.lit(COLD), F.col("metric")))
+
+
+def cold_per_user(recs: DataFrame, slice_: DataFrame, k: int) -> DataFrame:
+    """``per_user_metrics`` at ``k`` against the cold-item slice (``cold_truth``)."""
     # Only the lists of users with a cold item count: the rest of recs is left out
     # before the hit join (the slice's users are few; Spark broadcasts them when so).
     mine = recs.filter(F.col(RANK) <= k).join(slice_.select(USER).distinct(), USER, how="left_semi")

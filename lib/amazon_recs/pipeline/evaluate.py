@@ -45,21 +45,22 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
     per_user = ev.per_user_metrics_at(recs, truth.select(USER, ITEM), [k, *ks]).cache()
     summaries = ev.summarise(per_user).cache()
     cold_max = config.require("evaluate.cold_item_max_train")
+    cold_slice = ev.cold_truth(truth, train, cold_max).cache()
+    cold_user = ev.cold_per_user(recs, cold_slice, k).cache()  # summarised and resampled
     metrics = (
         summaries.filter(F.col("k") == k)
         .unionByName(ev.coverage(recs, catalogue, k))
         .unionByName(ev.novelty(recs, train, k))
-        .unionByName(ev.cold_metrics(recs, truth, train, k, cold_max))
+        .unionByName(ev.cold_summary(cold_user, k))
     )
-    models = sorted(r[0] for r in recs.select(MODEL).distinct().collect())
+    rows = [r.asDict() for r in metrics.collect()]
+    models = sorted({r[MODEL] for r in rows})
     at_k = per_user.filter(F.col("k") == k).drop("k")
     seed, replicates = config.require("split.seed"), config.require("evaluate.bootstrap_replicates")
     level = config.require("evaluate.confidence")
     everyone = intervals.bootstrap(at_k, models, seed, replicates, user_segments(train, config))
-    cold_reps = intervals.bootstrap(
-        ev.cold_per_user(recs, truth, train, k, cold_max), models, seed, replicates
-    )
-    rows = with_intervals([r.asDict() for r in metrics.collect()], everyone, cold_reps, level)
+    cold_reps = intervals.bootstrap(cold_user, models, seed, replicates)
+    rows = with_intervals(rows, everyone, cold_reps, level)
     rows += segment_rows(everyone, models, k, level)
     rows = [{**r, "model_version": version} for r in rows]
     frame = spark.createDataFrame(
@@ -67,7 +68,6 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
     )
     io.overwrite_table(frame, config, "gold/metrics")
     paired = paired_differences(everyone, models, level)
-    cold_slice = ev.cold_truth(truth, train, cold_max)
     cold = {
         "max_train": cold_max,
         "interactions": cold_slice.count(),
