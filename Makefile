@@ -115,8 +115,8 @@ bench-refresh: setup $(VENV)/.installed-bench ## refresh for USERS (1000) acting
 bench-content: setup ## the content model's neighbour search, LSH beside exact, at 10k, 100k and 1M products (BENCHMARKS.md)
 	bin/spark-submit bench/content.py --config conf/scale.yaml --sizes $(or $(SIZES),10k,100k,1m) --out BENCHMARKS.md $(SET_ARGS)
 
-bench: setup $(VENV)/.installed-bench ## compare with implicit's ALS and BPR and item-kNN on ml-latest-small (BENCHMARKS.md)
-	$(PY) bench/compare.py --config conf/ml-latest-small.yaml --out BENCHMARKS.md $(SET_ARGS)
+bench: setup $(VENV)/.installed-bench ## compare with tuned implicit ALS, BPR and item-kNN on ml-latest-small, or DATA (BENCHMARKS.md)
+	$(PY) bench/compare.py --config conf/$(or $(DATA),ml-latest-small).yaml --out BENCHMARKS.md $(SET_ARGS)
 
 lint: setup ## ruff lint and format check
 	$(VENV)/bin/ruff check lib jobs tests bench bootstrap app

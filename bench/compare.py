@@ -551,6 +551,8 @@ def setup_line(config: Config, split: Split, n_users: int, validation: Split) ->
 
 
 def main(argv: Sequence[str]) -> int:
+    # Spark's Python workers run this interpreter (its packages), however the script is started.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     args = parse_args(argv)
     given = load_config(args.config, args.set)
     name = args.name or Path(args.config).stem
