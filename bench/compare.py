@@ -489,7 +489,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="environment YAML, e.g. conf/ml-latest-small.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--out", type=Path, help="Markdown file to write the table into")
-    parser.add_argument("--name", help="data set name in the markers (default: the config file's stem)")
+    parser.add_argument(
+        "--name",
+        help="data set name in the markers (default: the config file's stem, and its split protocol)",
+    )
     return parser.parse_args(argv)
 
 
@@ -550,12 +553,21 @@ def setup_line(config: Config, split: Split, n_users: int, validation: Split) ->
     )
 
 
+def block_name(path: str, config: Config) -> str:
+    """The data set's name (the config file's stem), with the split protocol when a
+    setting changed it: its figures are not the default split's."""
+    protocol = config.require("split.protocol")
+    if protocol == load_config(path, []).require("split.protocol"):
+        return Path(path).stem
+    return f"{Path(path).stem} ({protocol})"
+
+
 def main(argv: Sequence[str]) -> int:
     # Spark's Python workers run this interpreter (its packages), however the script is started.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     args = parse_args(argv)
     given = load_config(args.config, args.set)
-    name = args.name or Path(args.config).stem
+    name = args.name or block_name(args.config, given)
     k = given.require("evaluate.k")
     spark = get_spark(given)
 
