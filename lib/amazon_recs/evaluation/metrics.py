@@ -14,16 +14,28 @@ user with no recommendation from a model scores 0 for it:
 - novelty@k   = mean over all recommended (user, item) of -log2((n_i + 1) / (U + 1)),
   n_i the training users of item i, U the training users: how unexpected the
   items are (add-one smoothing keeps never-seen items finite)
+
+Means are summed exactly (``exact_mean``): a double sum's last bits depend on the
+order Spark adds the partial sums, which varies after a shuffle, and the same run
+must write the same metrics (and pick the same tuned setting in a near tie).
 """
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from amazon_recs.schemas import ITEM, MODEL, RANK, USER
 
 PER_USER_METRICS = ("precision", "recall", "ndcg", "map", "hit_rate", "mrr")
+_EXACT = "decimal(38,18)"  # 20 integer digits: sums of up to 1e18 values below 100
+
+
+def exact_mean(column: str | Column) -> Column:
+    """The mean of a double column, the same whatever the order of its rows: each
+    value rounded to 18 decimals and summed as a decimal (exact), then a double."""
+    value = F.col(column) if isinstance(column, str) else column
+    return F.avg(value.cast(_EXACT)).cast("double")
 
 
 def per_user_metrics(
@@ -155,7 +167,7 @@ def summarise(per_user: DataFrame, k: int | None = None, col_model: str = MODEL)
     """
     at_each_k = "k" in per_user.columns
     averaged = per_user.groupBy(col_model, *(["k"] if at_each_k else [])).agg(
-        F.count(F.lit(1)).alias("users"), *[F.avg(m).alias(m) for m in PER_USER_METRICS]
+        F.count(F.lit(1)).alias("users"), *[exact_mean(m).alias(m) for m in PER_USER_METRICS]
     )
     k_column = F.col("k") if at_each_k else F.lit(k)
     stacked = F.stack(
@@ -196,6 +208,6 @@ def novelty(
         recs.filter(F.col(RANK) <= k)
         .join(item_users, col_item, how="left")
         .groupBy(col_model)
-        .agg(F.avg(information).alias("value"), F.countDistinct(col_user).alias("users"))
+        .agg(exact_mean(information).alias("value"), F.countDistinct(col_user).alias("users"))
         .select(col_model, F.lit("novelty").alias("metric"), "value", F.lit(k).alias("k"), "users")
     )

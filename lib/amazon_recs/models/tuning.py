@@ -109,7 +109,7 @@ def ndcg_by(recs: DataFrame, validation: DataFrame, k: int, col_model: str) -> d
     )
     return {
         r[col_model]: r["ndcg"]
-        for r in per_user.groupBy(col_model).agg(F.avg("ndcg").alias("ndcg")).collect()
+        for r in per_user.groupBy(col_model).agg(ev.exact_mean("ndcg").alias("ndcg")).collect()
     }
 
 

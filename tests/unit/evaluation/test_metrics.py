@@ -230,3 +230,21 @@ def test_cold_slice_keeps_held_out_items_with_few_training_interactions(spark, r
     assert got[("m1", "cold_recall")] == (pytest.approx((1 + 1 / 2 + 0) / 3), 3)
     assert got[("m2", "cold_hit_rate")] == (pytest.approx(2 / 3), 3)
     assert got[("m2", "cold_mrr")] == (pytest.approx((0 + 1 + 1 / 2) / 3), 3)
+
+
+def test_summary_is_the_same_however_the_users_are_partitioned_and_ordered(spark):
+    # A double sum's last bits follow the order Spark adds partial sums, which varies
+    # after a shuffle; two runs of the same data must still write the same metrics.
+    import random
+
+    rng = random.Random(3)
+    rows = [("als", f"u{u}", *[rng.random() ** 3 for _ in ev.PER_USER_METRICS]) for u in range(3000)]
+    schema = "model string, user_id string, " + ", ".join(f"{m} double" for m in ev.PER_USER_METRICS)
+    per_user = spark.createDataFrame(rows, schema)
+    answers = set()
+    for partitions, order in ((1, "user_id"), (7, "ndcg"), (5, "recall"), (11, "map")):
+        shuffled = per_user.repartition(partitions).sortWithinPartitions(order)
+        answers.add(tuple(sorted((r["metric"], r["value"]) for r in ev.summarise(shuffled, 10).collect())))
+    assert len(answers) == 1
+    (ndcg,) = [v for m, v in next(iter(answers)) if m == "ndcg"]
+    assert ndcg == pytest.approx(math.fsum(r[4] for r in rows) / len(rows), rel=1e-15)

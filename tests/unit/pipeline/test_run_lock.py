@@ -23,12 +23,29 @@ from amazon_recs.serving import dynamodb
 STAGES = ["ingest", "features"]
 
 
-class FileBackend:
+class Backend:
+    """Keeps the locks a test makes, so that their heartbeats stop with the test (a
+    held lock left beating would renew against a server stopped at the session end)."""
+
+    def __init__(self):
+        self.made = []
+
+    def keep(self, lock):
+        self.made.append(lock)
+        return lock
+
+    def close(self) -> None:
+        for lock in self.made:
+            lock._stop.set()
+
+
+class FileBackend(Backend):
     def __init__(self, where: Path):
+        super().__init__()
         self.where = where
 
     def lock(self, run_id, **kw):
-        return rl.RunLock(self.where, run_id, STAGES, **{"ttl_s": 60, "heartbeat_s": 30, **kw})
+        return self.keep(rl.RunLock(self.where, run_id, STAGES, **{"ttl_s": 60, "heartbeat_s": 30, **kw}))
 
     def age(self, seconds: float) -> None:
         """Make the lock's last renewal ``seconds`` old."""
@@ -45,8 +62,9 @@ class FileBackend:
         return time.time() - (self.where / rl.LOCK_NAME).stat().st_mtime
 
 
-class DynamoBackend:
+class DynamoBackend(Backend):
     def __init__(self, endpoint: str, table: str):
+        super().__init__()
         self.client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
         self.table = table
         self.uri = f"s3://bucket-{uuid.uuid4().hex[:8]}/warehouse"  # one warehouse per test
@@ -54,7 +72,7 @@ class DynamoBackend:
 
     def lock(self, run_id, **kw):
         timing = {"ttl_s": 60, "heartbeat_s": 30, **kw}
-        return rl.DynamoLease(self.client, self.table, self.uri, run_id, STAGES, **timing)
+        return self.keep(rl.DynamoLease(self.client, self.table, self.uri, run_id, STAGES, **timing))
 
     def age(self, seconds: float) -> None:
         self.client.update_item(
@@ -85,9 +103,12 @@ def lease_table(local_aws):
 @pytest.fixture(params=["file", "dynamodb"])
 def backend(request, tmp_path):
     if request.param == "file":
-        return FileBackend(tmp_path)
-    local_aws, table = request.getfixturevalue("local_aws"), request.getfixturevalue("lease_table")
-    return DynamoBackend(local_aws["dynamodb"], table)
+        made = FileBackend(tmp_path)
+    else:
+        local_aws, table = request.getfixturevalue("local_aws"), request.getfixturevalue("lease_table")
+        made = DynamoBackend(local_aws["dynamodb"], table)
+    yield made
+    made.close()
 
 
 def test_a_second_run_is_refused_naming_the_holder_until_the_first_releases(backend):
@@ -192,6 +213,7 @@ def test_of_runs_starting_together_exactly_one_gets_the_lock(tmp_path, request):
             t.start()
         for t in threads:
             t.join()
+        backend.close()
         assert sorted(r for r, _ in results) == ["held", "refused", "refused", "refused"], type(backend)
 
 
