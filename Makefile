@@ -38,7 +38,7 @@ SPARK_SUBMIT := bin/spark-submit
 SET_ARGS     := $(foreach s,$(SET),--set $(s))
 
 .PHONY: help setup run test lint format show clean clean-data
-.PHONY: bench bench-scale bench-refresh bench-content up down run-aws-local app app-aws-local bench-api
+.PHONY: bench bench-scale bench-refresh bench-content bench-item-knn up down run-aws-local app app-aws-local bench-api
 .PHONY: package package-lambda deploy
 
 help: ## list the targets
@@ -114,6 +114,9 @@ bench-refresh: setup $(VENV)/.installed-bench ## refresh for USERS (1000) acting
 
 bench-content: setup ## the content model's neighbour search, LSH beside exact, at 10k, 100k and 1M products (BENCHMARKS.md)
 	bin/spark-submit bench/content.py --config conf/scale.yaml --sizes $(or $(SIZES),10k,100k,1m) --out BENCHMARKS.md $(SET_ARGS)
+
+bench-item-knn: setup $(VENV)/.installed-bench ## our item-kNN neighbours (Spark) beside scipy's on the SIZE shop's train split (BENCHMARKS.md)
+	bin/spark-submit bench/item_knn.py --size $(or $(SIZE),1m) --out BENCHMARKS.md
 
 bench: setup $(VENV)/.installed-bench ## compare with tuned implicit ALS, BPR and item-kNN on ml-latest-small, or DATA (BENCHMARKS.md)
 	$(PY) bench/compare.py --config conf/$(or $(DATA),ml-latest-small).yaml --out BENCHMARKS.md $(SET_ARGS)
