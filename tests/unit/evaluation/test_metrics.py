@@ -16,6 +16,7 @@ With L(r) = log2(r + 1): L(1) = 1, L(2) = log2(3), L(3) = 2.
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -235,8 +236,6 @@ def test_cold_slice_keeps_held_out_items_with_few_training_interactions(spark, r
 def test_summary_is_the_same_however_the_users_are_partitioned_and_ordered(spark):
     # A double sum's last bits follow the order Spark adds partial sums, which varies
     # after a shuffle; two runs of the same data must still write the same metrics.
-    import random
-
     rng = random.Random(3)
     rows = [("als", f"u{u}", *[rng.random() ** 3 for _ in ev.PER_USER_METRICS]) for u in range(3000)]
     schema = "model string, user_id string, " + ", ".join(f"{m} double" for m in ev.PER_USER_METRICS)
@@ -248,3 +247,18 @@ def test_summary_is_the_same_however_the_users_are_partitioned_and_ordered(spark
     assert len(answers) == 1
     (ndcg,) = [v for m, v in next(iter(answers)) if m == "ndcg"]
     assert ndcg == pytest.approx(math.fsum(r[4] for r in rows) / len(rows), rel=1e-15)
+
+
+def test_novelty_is_the_same_however_the_lists_are_partitioned(spark):
+    rng = random.Random(4)
+    train = spark.createDataFrame(
+        [(f"u{rng.randrange(400)}", f"i{min(int(rng.expovariate(0.01)), 999)}") for _ in range(5000)],
+        "user_id string, item_id string",
+    )
+    rows = [("m", f"u{u}", f"i{rng.randrange(1000)}", r) for u in range(2000) for r in range(1, 11)]
+    recs = spark.createDataFrame(rows, "model string, user_id string, item_id string, rank int")
+    answers = {
+        ev.novelty(recs.repartition(parts).sortWithinPartitions(order), train, k=10).first()["value"]
+        for parts, order in ((1, "user_id"), (6, "item_id"), (9, "rank"))
+    }
+    assert len(answers) == 1
