@@ -73,8 +73,8 @@ def capped_pairs(train: DataFrame, max_user_items: int) -> DataFrame:
     counts = pairs.groupBy(USER_IDX).agg(F.count(F.lit(1)).alias("_n"))
     heavy = counts.filter(F.col("_n") > max_user_items).select(USER_IDX)
     light = pairs.join(heavy, USER_IDX, how="left_anti")
-    # The heavy users are few: their pairs ranked by hash, per user, in a window
-    # partitioned by user (each task holds one user's items at most).
+    # Only the heavy users' pairs go through the window (ranked by hash within each
+    # user), so its shuffle is as large as their histories, not the table.
     sampled = (
         pairs.join(F.broadcast(heavy), USER_IDX, how="left_semi")
         .withColumn("_h", F.xxhash64(USER_IDX, ITEM_IDX))
