@@ -60,6 +60,7 @@ from amazon_recs.config import Config, load_config
 from amazon_recs.evaluation.intervals import poisson_weights
 from amazon_recs.features.split import TEST, TRAIN
 from amazon_recs.models.als import fit_als
+from amazon_recs.models.content import NEIGHBOUR, SIMILARITY
 from amazon_recs.models.item_knn import ItemKnnParams
 from amazon_recs.models.item_knn import fit_item_knn as fit_neighbours
 from amazon_recs.models.tuning import carve_validation
@@ -269,8 +270,12 @@ def cosine_neighbours(
 
 def fit_item_knn(train: sp.csr_matrix, config: Config, neighbours: int, shrinkage: float) -> Scorer:
     """Item-kNN: a user's score for an item is the sum of its similarities to the user's items."""
+    return neighbour_scorer(train, cosine_neighbours(binary(train), neighbours, shrinkage))
+
+
+def neighbour_scorer(train: sp.csr_matrix, similarity: sp.csr_matrix) -> Scorer:
+    """A user's score for an item: the sum of its similarities to the user's train items."""
     ones = binary(train)
-    similarity = cosine_neighbours(ones, neighbours, shrinkage)
     return lambda users: (ones[users] @ similarity).toarray()
 
 
@@ -284,10 +289,9 @@ def fit_our_item_knn(train: sp.csr_matrix, config: Config, neighbours: int, shri
     params = ItemKnnParams(neighbours=neighbours, shrinkage=shrinkage)
     found = fit_neighbours(spark.createDataFrame(pairs), params).toPandas()
     similarity = sp.csr_matrix(
-        (found["similarity"], (found[ITEM_IDX], found["neighbour_idx"])), shape=(train.shape[1],) * 2
+        (found[SIMILARITY], (found[ITEM_IDX], found[NEIGHBOUR])), shape=(train.shape[1],) * 2
     )
-    ones = binary(train)
-    return lambda users: (ones[users] @ similarity).toarray()
+    return neighbour_scorer(train, similarity)
 
 
 FITS = {

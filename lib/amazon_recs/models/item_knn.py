@@ -35,7 +35,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from amazon_recs.errors import ConfigError
-from amazon_recs.models.content import NEIGHBOURS_SCHEMA, recommend_content
+from amazon_recs.models.content import NEIGHBOUR, NEIGHBOURS_SCHEMA, SIMILARITY, recommend_content
 from amazon_recs.models.topk import best_per_row
 from amazon_recs.schemas import ITEM_IDX, USER_IDX, WEIGHT
 
@@ -99,13 +99,12 @@ def collect_matrix(pairs: DataFrame) -> tuple[np.ndarray, sp.csr_matrix]:
     return ids.astype(np.int32), matrix
 
 
-def block_starts(matrix: sp.csr_matrix, work: int) -> np.ndarray:
-    """Consecutive item blocks whose product work (sum over their entries of the
-    user's item count) stays within ``work``; a single item above it is a block."""
-    per_user = np.diff(matrix.tocsc().indptr).astype(np.float64)
-    per_item = matrix @ per_user  # an item row's multiply-adds
+def block_starts(item_work: np.ndarray, work: int) -> np.ndarray:
+    """Consecutive item blocks whose product work (``item_work``: per item, the sum
+    over its users of their item count) stays within ``work``; a single item above
+    it is a block."""
     starts, total = [0], 0.0
-    for i, cost in enumerate(per_item):
+    for i, cost in enumerate(item_work):
         if total and total + cost > work:
             starts.append(i)
             total = 0.0
@@ -135,8 +134,8 @@ def neighbours_of_block(
     return pd.DataFrame(
         {
             ITEM_IDX: ids[rows[index]],
-            "neighbour_idx": ids[cols[index]],
-            "similarity": sims[index].astype(np.float64),
+            NEIGHBOUR: ids[cols[index]],
+            SIMILARITY: sims[index].astype(np.float64),
             "rank": rank.astype(np.int32),
         }
     )
@@ -152,9 +151,11 @@ def fit_item_knn(train: DataFrame, params: ItemKnnParams, block_work: int = BLOC
     ids, matrix = collect_matrix(capped_pairs(train, params.max_user_items))
     if not len(ids):
         return spark.createDataFrame([], NEIGHBOURS_SCHEMA)
-    users = np.diff(matrix.indptr).astype(np.float64)
-    starts = block_starts(matrix, block_work)
-    work = float((np.diff(matrix.tocsc().indptr).astype(np.float64) ** 2).sum())
+    transposed = matrix.T.tocsr()  # user x item
+    users = np.diff(matrix.indptr).astype(np.float64)  # each item's user count
+    item_work = matrix @ np.diff(transposed.indptr).astype(np.float64)  # an item row's multiply-adds
+    starts = block_starts(item_work, block_work)
+    work = float(item_work.sum())
     log.info(
         "item-kNN: %d items, %d users, %d pairs; %.3g multiply-adds in %d blocks",
         len(ids),
@@ -163,7 +164,7 @@ def fit_item_knn(train: DataFrame, params: ItemKnnParams, block_work: int = BLOC
         work,
         len(starts),
     )
-    shared = spark.sparkContext.broadcast((ids, matrix, matrix.T.tocsr(), users, np.r_[starts, len(ids)]))
+    shared = spark.sparkContext.broadcast((ids, matrix, transposed, users, np.r_[starts, len(ids)]))
 
     def search(batches):
         ids, matrix, transposed, users, bounds = shared.value
