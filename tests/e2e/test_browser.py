@@ -32,7 +32,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, missing
 from tests.gold_tables import USERS, Warehouse, write_config, write_gold_tables
 
 pytestmark = pytest.mark.e2e
@@ -69,7 +69,7 @@ CHROMIUM_FLAGS = (
 def installed(name: str) -> str:
     path = shutil.which(name) or shutil.which(name, path="/usr/bin:/usr/lib/chromium")
     if path is None:
-        pytest.skip(
+        missing(
             f"{name} is not installed: apt-get install chromium chromium-driver "
             "(bootstrap/local/system-deps.sh does it for `make`)"
         )

@@ -17,7 +17,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, missing
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ class Services:
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[Services]:
     if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node and npm are needed for dynalite (local DynamoDB)")
+        missing("node and npm are needed for dynalite (local DynamoDB)")
     svc = Services(
         tmp_path / "aws-local", pick_port(PREFERRED_PORTS["s3"]), pick_port(PREFERRED_PORTS["dynamodb"])
     )
