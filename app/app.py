@@ -33,10 +33,17 @@ log = logging.getLogger("amazon_recs.app")
 T = TypeVar("T")
 
 DEFAULT_CONFIG = "conf/local.yaml"
-MODEL_LABELS = {"hybrid": "Hybrid", "als": "ALS", "content": "Content", "popular": "Popularity"}
+MODEL_LABELS = {
+    "hybrid": "Hybrid",
+    "als": "ALS",
+    "item_knn": "Item-kNN",
+    "content": "Content",
+    "popular": "Popularity",
+}
 MODEL_HELP = {
-    "hybrid": "ALS, content and popularity blended with weights tuned on validation",
+    "hybrid": "ALS, item-kNN, content and popularity blended with weights tuned on validation",
     "als": "implicit-feedback matrix factorisation (MLlib ALS)",
+    "item_knn": "products often chosen by the same people as the ones the user rated",
     "content": "TF-IDF similarity to the products the user rated",
     "popular": "most popular recently, the same for everyone",
 }

@@ -67,7 +67,7 @@ LOCAL_ENV = {  # the local servers take any key; the caller's AWS credentials ar
 VERSION = "bench-v1"
 SECOND_VERSION = "bench-v2"  # published during the run under load
 K = 10
-MODELS = ("hybrid", "als", "content", "popular")
+MODELS = ("hybrid", "als", "item_knn", "content", "popular")
 
 
 def free_port() -> int:

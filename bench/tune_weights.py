@@ -1,6 +1,6 @@
 """Time ``tune_weights`` on synthetic candidate lists (issue 12).
 
-Each user gets 3 models x ``--candidates`` distinct items with hashed scores,
+Each user gets every blended model's ``--candidates`` distinct items with hashed scores,
 and two validation items (one from the ALS list, one anywhere), so the search
 does the work of a real shop of that many users. The inputs are cached and
 counted before the clock starts: only the weight search is timed.

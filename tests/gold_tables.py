@@ -92,6 +92,7 @@ SCHEMAS = {
 METRIC_VALUES = {  # model -> ndcg; the other metrics are scaled from it
     "hybrid": 0.21,
     "als": 0.2,
+    "item_knn": 0.17,
     "content": 0.08,
     "popular": 0.055,
     "random": 0.009,
@@ -190,6 +191,8 @@ def ranked(model: str, user: int, items: list[dict], seen: set[str], counts: dic
         return (in_home[::-1] + rest)[:K]
     if model == "als":
         return (in_home + rest[::-1])[:K]
+    if model == "item_knn":
+        return (in_home[1:] + in_home[:1] + rest)[:K]
     als, content = in_home + rest[::-1], in_home[::-1] + rest  # hybrid: the two interleaved
     merged = [i for pair in zip(als, content, strict=True) for i in pair]
     return list({i["item_id"]: i for i in merged}.values())[:K]

@@ -38,7 +38,7 @@ from tests.gold_tables import USERS, write_gold_tables
 
 pytestmark = pytest.mark.integration
 
-SERVED = ("hybrid", "als", "content", "popular")
+SERVED = ("hybrid", "als", "item_knn", "content", "popular")
 VERSION = "api-v1"
 GENERATED = "2026-01-02T03:04:05+00:00"
 REGION = LOCAL_AWS_ENV["AWS_DEFAULT_REGION"]
@@ -209,7 +209,7 @@ def test_http_api_v2_events_and_greedy_routes_work_too(lambda_env, fixture_lists
         ("a#b", None, "'a#b' is not a valid user id"),
         ("u" * 129, None, "is not a valid user id"),
         ("", None, "a user id is required"),
-        (READER, {"model": "random"}, "unknown model 'random': one of hybrid, als, content, popular"),
+        (READER, {"model": "random"}, "unknown model 'random': one of hybrid, als, item_knn, content, popular"),
         (READER, {"model": "HYBRID"}, "unknown model 'HYBRID'"),
         (READER, {"k": "0"}, "k must be a whole number from 1 to 10, got '0'"),
         (READER, {"k": "11"}, "k must be a whole number from 1 to 10"),

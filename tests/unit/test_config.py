@@ -49,7 +49,12 @@ def test_local_overrides_base_and_keeps_the_rest(local):
     assert local.get("als.rank") == 32
     assert local.get("spark.app_name") == "amazon-recs"
     assert local.get("spark.packages") == LOCAL_PACKAGES
-    assert local.get("recommend.hybrid_weights") == {"als": 0.7, "content": 0.2, "popular": 0.1}
+    assert local.get("recommend.hybrid_weights") == {
+        "als": 0.7,
+        "content": 0.2,
+        "item_knn": 0.0,
+        "popular": 0.1,
+    }
     # The chain marker is not a setting.
     assert "extends" not in local
     assert local.source == str(LOCAL)
@@ -118,7 +123,12 @@ def test_bool_override(flag_base):
 
 def test_section_override_as_a_mapping():
     cfg = load_config(LOCAL, ["recommend.hybrid_weights={als: 1, content: 0}"])
-    assert cfg.get("recommend.hybrid_weights") == {"als": 1.0, "content": 0.0, "popular": 0.1}
+    assert cfg.get("recommend.hybrid_weights") == {
+        "als": 1.0,
+        "content": 0.0,
+        "item_knn": 0.0,
+        "popular": 0.1,
+    }
     assert type(cfg.get("recommend.hybrid_weights.als")) is float
 
 

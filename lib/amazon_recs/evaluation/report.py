@@ -134,10 +134,27 @@ def tuning_section(tuning: dict | None) -> str:
         "| " + " | ".join(columns) + " |",
         "|" + "---:|" * len(columns),
     ]
-    for point in tuning["als_grid"]:
-        cells = (f"{point[c]:.4f}" if isinstance(point[c], float) else str(point[c]) for c in columns)
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += _grid_rows(tuning["als_grid"], columns)
+    if tuning.get("item_knn_grid"):  # versions tuned before item-kNN have none
+        knn_columns = sorted(k for k in tuning["item_knn_grid"][0] if k != "ndcg") + ["ndcg"]
+        lines += [
+            "",
+            f"Item-kNN {tuning['item_knn']}:",
+            "",
+            "| " + " | ".join(knn_columns) + " |",
+            "|" + "---:|" * len(knn_columns),
+        ]
+        lines += _grid_rows(tuning["item_knn_grid"], knn_columns)
     return "\n".join(lines) + "\n"
+
+
+def _grid_rows(points: list[dict], columns: list[str]) -> list[str]:
+    return [
+        "| "
+        + " | ".join(f"{point[c]:.4f}" if isinstance(point[c], float) else str(point[c]) for c in columns)
+        + " |"
+        for point in points
+    ]
 
 
 def recall_line(lsh_recall: float | None, method: str | None = "lsh") -> str:

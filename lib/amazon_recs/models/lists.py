@@ -16,6 +16,9 @@ SOURCE = "source"
 BECAUSE = "because_idx"
 RANDOM_SOURCE = "random"
 CANDIDATE_COLUMNS = [USER_IDX, ITEM_IDX, SCORE, BECAUSE, SOURCE]
+# The models the hybrid blends, in the order of their names: on equal contributions
+# to a hybrid item, the greater name gives the reason (``blend``'s max_by).
+COMPONENTS = ("als", "content", "item_knn", "popular")
 
 
 def as_candidates(recs: DataFrame, source: str) -> DataFrame:

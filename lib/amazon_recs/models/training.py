@@ -15,13 +15,13 @@ from pyspark.sql import DataFrame, SparkSession
 
 from amazon_recs.models import als as m_als
 from amazon_recs.models import content as m_content
+from amazon_recs.models import item_knn as m_item_knn
 from amazon_recs.models import lists as rc
 from amazon_recs.models import popular as m_popular
+from amazon_recs.models.lists import COMPONENTS  # noqa: F401 (re-exported: the blended models)
 from amazon_recs.schemas import ITEM_IDX, USER_IDX, WEIGHT
 
 log = logging.getLogger(__name__)
-
-COMPONENTS = ("als", "content", "popular")
 
 
 class Content(NamedTuple):
@@ -39,6 +39,7 @@ class ModelParams:
 
     als: m_als.AlsParams = field(default_factory=m_als.AlsParams)
     content: m_content.ContentParams = field(default_factory=m_content.ContentParams)
+    item_knn: m_item_knn.ItemKnnParams = field(default_factory=m_item_knn.ItemKnnParams)
     popular: m_popular.PopularParams = field(default_factory=m_popular.PopularParams)
 
 
@@ -52,6 +53,7 @@ class Models:
     tfidf: object | None = None  # the TF-IDF PipelineModel, None without item text
     lsh_recall: float | None = None  # share of exact neighbours LSH found (small catalogues)
     neighbour_method: str | None = None  # "exact" or "lsh"
+    item_knn: DataFrame | None = None  # item-kNN's neighbours (None: no item-kNN list)
 
 
 def fit_content(
@@ -99,11 +101,12 @@ def fit_models(
     check_recall: bool = True,
     content: Content | None = None,
     als: ALSModel | None = None,
+    item_knn: DataFrame | None = None,
 ) -> Models:
     """Every model on ``train``. The content model depends on the items alone, so a
     caller fitting several times (tuning, then the final fit) passes it in once;
-    ``als``, when given, is already fitted on ``train`` with ``params.als`` (tuning's
-    best grid point) and is used as it is."""
+    ``als`` and ``item_knn``, when given, are already fitted on ``train`` with
+    ``params`` (tuning's best grid points) and are used as they are."""
     tfidf, neighbours, recall, method = content or fit_content(spark, items, params.content, check_recall)
     return Models(
         als=als if als is not None else m_als.fit_als(train, params.als),
@@ -112,6 +115,9 @@ def fit_models(
         tfidf=tfidf,
         lsh_recall=recall,
         neighbour_method=method,
+        item_knn=(
+            item_knn if item_knn is not None else m_item_knn.fit_item_knn(train, params.item_knn)
+        ).cache(),
     )
 
 
@@ -129,7 +135,7 @@ def candidates(models: Models, train: DataFrame, n: int, k: int) -> dict[str, Da
         [USER_IDX, ITEM_IDX],
         how="left",
     )
-    return {
+    lists = {
         "als": rc.as_candidates(als_recs, "als").cache(),
         "content": rc.as_candidates(
             m_content.recommend_content(models.neighbours, seen, n), "content"
@@ -138,3 +144,7 @@ def candidates(models: Models, train: DataFrame, n: int, k: int) -> dict[str, Da
             m_popular.recommend_popular(models.popularity, users, seen, n), "popular"
         ).cache(),
     }
+    if models.item_knn is not None:
+        knn = m_item_knn.recommend_item_knn(models.item_knn, seen, n)
+        lists["item_knn"] = rc.as_candidates(knn, "item_knn").cache()
+    return lists

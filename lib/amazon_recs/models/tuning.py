@@ -1,13 +1,15 @@
 """Tuning on a validation split carved from training (never the test split).
 
 ALS's rank, regularisation and alpha are chosen by NDCG@k on validation over
-the grid in ``tune.als_grid``; the hybrid's fusion weights by NDCG@k over every
+the grid in ``tune.als_grid``; item-kNN's neighbours and shrinkage over
+``tune.item_knn_grid``; the hybrid's fusion weights by NDCG@k over every
 weight vector on a simplex grid of step ``tune.weight_step``, searched per user
-in numpy (``weight_search``). Both score a seeded sample of at most
+in numpy (``weight_search``). All score a seeded sample of at most
 ``tune.max_validation_users`` validation users; the fits use every fit row.
-The best grid point's model gives the candidates the weights are searched on,
-so tuning fits ALS once per grid point, and the train stage once more on the
-whole training split.
+The best grid points' models give the candidates the weights are searched on,
+so tuning fits ALS once per grid point (item-kNN once per shrinkage: fewer
+neighbours are a prefix of more), and the train stage once more on the whole
+training split.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from amazon_recs.errors import ConfigError
 from amazon_recs.evaluation import metrics as ev
 from amazon_recs.features import split as sp
 from amazon_recs.models import als as m_als
+from amazon_recs.models import item_knn as m_item_knn
 from amazon_recs.models import lists as rc
 from amazon_recs.models import weight_search as ws
 from amazon_recs.models.topk import collect_columns
@@ -50,6 +54,9 @@ class TuneParams:
 
     als_grid: Mapping[str, list] = field(
         default_factory=lambda: {"rank": [32], "reg_param": [0.01, 0.1], "alpha": [1.0, 5.0, 20.0]}
+    )
+    item_knn_grid: Mapping[str, list] = field(
+        default_factory=lambda: {"neighbours": [20, 50, 100], "shrinkage": [0.0, 10.0, 50.0]}
     )
     weight_step: float = 0.1
     k: int = 10
@@ -153,6 +160,47 @@ def tune_als(
     return {key: best[key] for key in grid}, results, best_model
 
 
+def tune_item_knn(
+    fit: DataFrame, validation: DataFrame, params: m_item_knn.ItemKnnParams, grid: Mapping[str, list], k: int
+) -> tuple[dict, list[dict], DataFrame]:
+    """Item-kNN's grid point with the best validation NDCG@k, every point's score, and the
+    best point's neighbours fitted on ``fit``.
+
+    A point's neighbours are the first ``neighbours`` of the same fit with more, so
+    each setting other than ``neighbours`` is fitted once, with the most the grid
+    asks for; every point is then scored in one Spark job, on ``validation``'s users.
+    """
+    unknown = set(grid) - {f.name for f in dataclasses.fields(m_item_knn.ItemKnnParams)}
+    if unknown:
+        raise ConfigError(f"tune.item_knn_grid: unknown settings {sorted(unknown)}")
+    points = als_grid(grid)
+    most = max(grid.get("neighbours", [params.neighbours]))
+    scored = fit.join(validation.select(USER_IDX).distinct(), USER_IDX, how="left_semi")
+    fits: dict[tuple, DataFrame] = {}
+    recs = None
+    for i, point in enumerate(points):
+        trial = dataclasses.replace(params, **point)
+        key = tuple(sorted((name, v) for name, v in point.items() if name != "neighbours"))
+        if key not in fits:
+            fits[key] = m_item_knn.fit_item_knn(fit, dataclasses.replace(trial, neighbours=most)).cache()
+        neighbours = fits[key].filter(F.col("rank") <= trial.neighbours)
+        part = m_item_knn.recommend_item_knn(neighbours, scored, k).withColumn(COMBO, F.lit(i))
+        recs = part if recs is None else recs.unionByName(part)
+    scores = ndcg_by(recs, validation, k, COMBO)
+    results = [{**point, "ndcg": scores.get(i, 0.0)} for i, point in enumerate(points)]
+    for result in results:
+        log.info("tune item_knn %s: validation ndcg@%d = %.4f", result, k, result["ndcg"])
+    # Ties go to fewer neighbours (a cheaper model), then to more shrinkage.
+    best = max(results, key=lambda r: (r["ndcg"], -r.get("neighbours", 0), r.get("shrinkage", 0)))
+    chosen = {name: best[name] for name in grid}
+    trial = dataclasses.replace(params, **chosen)
+    key = tuple(sorted((name, v) for name, v in chosen.items() if name != "neighbours"))
+    for other, df in fits.items():
+        if other != key:
+            df.unpersist()
+    return chosen, results, fits[key].filter(F.col("rank") <= trial.neighbours)
+
+
 def _als_order(result: dict) -> tuple:
     # Ties go to the stronger regularisation.
     return (result["ndcg"], -result.get("reg_param", 0))
@@ -185,6 +233,8 @@ def candidates_per_user(lists: Mapping[str, DataFrame], validation: DataFrame) -
     (the model's index in COMPONENTS), null for a user without candidates."""
     stacked = None
     for m, name in enumerate(COMPONENTS):
+        if name not in lists:  # a model not fitted proposes nothing
+            continue
         part = lists[name].select(USER_IDX, ITEM_IDX, F.col(SCORE).cast("double"), F.lit(m).alias("model"))
         stacked = part if stacked is None else stacked.unionByName(part)
     # One array of structs, split into fields afterwards: the three stay aligned.
@@ -252,7 +302,9 @@ def tune_weights(
     ndcg = np.sum([r.ndcg_sum for r in sums], axis=0) / users if users else np.zeros(len(grid))
     results = [{**grid[i], "ndcg": float(ndcg[i])} for i in range(len(grid))]
     # Ties go to the weights closest to ALS alone, then to fewer moving parts.
-    best = max(results, key=lambda r: (round(r["ndcg"], 12), r["als"], -r["content"]))
+    best = max(
+        results, key=lambda r: (round(r["ndcg"], 12), r["als"], -r["content"], -r.get("item_knn", 0.0))
+    )
     return {name: best[name] for name in COMPONENTS}, results
 
 
@@ -273,9 +325,18 @@ def tune(
     fit, validation = carve_validation(train, params.split)
     sample = filter_sampled_users(validation, params.max_validation_users, params.split.seed).cache()
     als_params, als_results, als_model = tune_als(fit, sample, models.als, params.als_grid, k)
-    tuned = dataclasses.replace(models, als=dataclasses.replace(models.als, **als_params))
-    # The best grid point's model is the one fit_models would fit again: reuse it.
-    fitted = fit_models(spark, fit, items, tuned, check_recall=False, content=content, als=als_model)
+    knn_params, knn_results, knn_neighbours = tune_item_knn(
+        fit, sample, models.item_knn, params.item_knn_grid, k
+    )
+    tuned = dataclasses.replace(
+        models,
+        als=dataclasses.replace(models.als, **als_params),
+        item_knn=dataclasses.replace(models.item_knn, **knn_params),
+    )
+    # The best grid points' models are the ones fit_models would fit again: reuse them.
+    fitted = fit_models(
+        spark, fit, items, tuned, check_recall=False, content=content, als=als_model, item_knn=knn_neighbours
+    )
     # Candidates for the sampled users only; the models saw every fit row.
     scored = fit.join(sample.select(USER_IDX).distinct(), USER_IDX, how="left_semi")
     lists = candidates(fitted, scored, params.candidates, k)
@@ -298,8 +359,9 @@ def tune(
             best = (half_trust, weights, top)
     half_trust, weights, top = best
     log.info(
-        "tuned als %s, hybrid weights %s and als_half_trust %g (validation ndcg@%d %.4f)",
+        "tuned als %s, item_knn %s, hybrid weights %s and als_half_trust %g (validation ndcg@%d %.4f)",
         als_params,
+        knn_params,
         weights,
         half_trust,
         k,
@@ -307,10 +369,12 @@ def tune(
     )
     return {
         "als": als_params,
+        "item_knn": knn_params,
         "hybrid_weights": weights,
         "als_half_trust": half_trust,
         "validation_ndcg": top,
         "als_grid": als_results,
+        "item_knn_grid": knn_results,
         # every (trust setting, weight vector) scored, with its validation ndcg
         "weight_grid": weight_results,
         "validation_users": validation.select(USER_IDX).distinct().count(),

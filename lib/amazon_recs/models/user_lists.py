@@ -8,15 +8,15 @@ a random start), and leaves as the rows that are written: ``k`` per model,
 with the item, score, rank, source and the seen item that explains it.
 
 Inside ``mapInPandas`` everything is numpy over flat arrays for a whole Arrow
-batch: the item-sized arrays (ALS item factors, the content neighbours as a
-sparse matrix, the popularity and random orders) are broadcast once; a user's
+batch: the item-sized arrays (ALS item factors, the content and item-kNN
+neighbours as sparse matrices, the popularity and random orders) are broadcast once; a user's
 work is the catalogue's ALS scores (a BLAS product, in blocks) plus their own
 seen items times a constant. No model's candidates ever leave the worker, and
 nobody's list depends on the heaviest user's history.
 
 The semantics are those of the Spark reference functions, which tuning still
 uses and the tests compare against: ``recommend_from_factors`` and
-``because_item`` (ALS), ``recommend_content``, ``recommend_popular``,
+``because_item`` (ALS), ``recommend_content``, ``recommend_item_knn``, ``recommend_popular``,
 ``recommend_random``, and ``lists.fill_to_k`` / ``lists.blend``. A position in
 the catalogue stands for an item everywhere: the catalogue is sorted by item,
 so "item ascending" breaks ties here as it does there.
@@ -38,7 +38,7 @@ from pyspark.sql import types as T
 from amazon_recs.errors import ConfigError
 from amazon_recs.models import ivf
 from amazon_recs.models import lists as rc
-from amazon_recs.models.lists import BECAUSE, RANDOM_SOURCE, SOURCE
+from amazon_recs.models.lists import BECAUSE, COMPONENTS, RANDOM_SOURCE, SOURCE
 from amazon_recs.models.topk import BLOCK_FLOATS, best_per_row, collect_columns, top_n_per_row
 from amazon_recs.schemas import ITEM_IDX, MODEL, RANK, SCORE, USER, USER_IDX, WEIGHT
 
@@ -46,9 +46,6 @@ SEEN_ITEMS = "_seen_items"
 SEEN_WEIGHTS = "_seen_weights"
 FACTORS = "_factors"
 START = "_start"
-# The blended models, in the order of their names: on equal contributions to a
-# hybrid item, the greater name gives the reason (as ``lists.blend``'s max_by).
-COMPONENTS = ("als", "content", "popular")
 NO_ITEM = -1
 
 LIST_SCHEMA = T.StructType(
@@ -90,6 +87,27 @@ class AlsSearch:
 
 
 @dataclass(frozen=True)
+class NeighbourLists:
+    """Each catalogue place's neighbours as CSR rows: those of place p are
+    ``places[ptr[p]:ptr[p + 1]]`` (ascending) with their ``sims``."""
+
+    ptr: np.ndarray  # int64, catalogue size + 1
+    places: np.ndarray  # int64
+    sims: np.ndarray  # float64
+
+    @staticmethod
+    def of(src: np.ndarray, dst: np.ndarray, sims, size: int) -> NeighbourLists:
+        """From (place, neighbour place, similarity) triples in any order."""
+        by_src = np.lexsort((dst, src))
+        ptr = np.zeros(size + 1, np.int64)
+        np.cumsum(np.bincount(src, minlength=size), out=ptr[1:])
+        return NeighbourLists(ptr, dst[by_src], np.asarray(sims, np.float64)[by_src])
+
+    def __len__(self) -> int:
+        return len(self.places)
+
+
+@dataclass(frozen=True)
 class Catalogue:
     """The item-sized arrays every user's lists are made from (broadcast once).
 
@@ -99,9 +117,8 @@ class Catalogue:
     items: np.ndarray  # int32, sorted
     als_places: np.ndarray  # int64: the places of the items that have ALS factors, ascending
     als_factors: np.ndarray  # float32, len(als_places) x rank
-    neighbour_ptr: np.ndarray  # int64, len(items) + 1: CSR rows of the content neighbours
-    neighbour_places: np.ndarray  # int64
-    neighbour_sims: np.ndarray  # float64
+    content: NeighbourLists  # the content model's neighbours (text)
+    item_knn: NeighbourLists  # item-kNN's neighbours (co-interactions)
     popular_order: np.ndarray  # int64: places by popularity (score desc, item asc)
     popular_scores: np.ndarray  # float64, aligned with popular_order
     random_order: np.ndarray  # int64: places of the catalogue, shuffled by the seed
@@ -137,6 +154,7 @@ def catalogue(
     half_trust: float = 0.0,
     search: AlsSearch | None = None,
     n: int = 100,
+    item_knn: DataFrame | None = None,
 ) -> Catalogue:
     """Collect the item-sized model parts into numpy (every frame here is item-sized).
 
@@ -144,6 +162,7 @@ def catalogue(
     sorted by a seeded xxhash64, then by item. ``half_trust`` sets the hybrid's
     trust in ALS per item from its training interactions (``lists.item_trust``).
     ``search`` says whether ALS candidates (``n`` per user) go through an index.
+    ``item_knn`` holds item-kNN's neighbours (None: its lists are popularity's).
     """
     ids, hashes = collect_columns(
         items.select(ITEM_IDX).distinct().withColumn("_hash", F.xxhash64(F.lit(seed), ITEM_IDX)),
@@ -152,8 +171,15 @@ def catalogue(
     )
     f_ids, factors = collect_columns(item_factors, "id", "features")
     n_ids, n_items, n_sims = collect_columns(neighbours, ITEM_IDX, "neighbour_idx", "similarity")
+    k_ids, k_items, k_sims = (
+        collect_columns(item_knn, ITEM_IDX, "neighbour_idx", "similarity")
+        if item_knn is not None
+        else (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+    )
     p_ids, p_scores, p_counts = collect_columns(popularity, ITEM_IDX, SCORE, "interactions")
-    every = np.unique(np.concatenate([a.astype(np.int64) for a in (ids, f_ids, n_ids, n_items, p_ids)]))
+    every = np.unique(
+        np.concatenate([a.astype(np.int64) for a in (ids, f_ids, n_ids, n_items, k_ids, k_items, p_ids)])
+    )
     cat = np.asarray(every, np.int32)
 
     def places(values):
@@ -166,10 +192,6 @@ def catalogue(
         if len(f_ids)
         else np.zeros((0, 1), np.float32)
     )
-    src, dst = places(n_ids), places(n_items)
-    by_src = np.lexsort((dst, src))
-    ptr = np.zeros(len(cat) + 1, np.int64)
-    np.cumsum(np.bincount(src, minlength=len(cat)), out=ptr[1:])
     pop_order = np.lexsort((p_ids, -p_scores.astype(np.float64)))
     interactions = np.zeros(len(cat))
     interactions[places(p_ids)] = p_counts
@@ -177,9 +199,8 @@ def catalogue(
         items=cat,
         als_places=als_places,
         als_factors=als_factors,
-        neighbour_ptr=ptr,
-        neighbour_places=dst[by_src],
-        neighbour_sims=np.asarray(n_sims, np.float64)[by_src],
+        content=NeighbourLists.of(places(n_ids), places(n_items), n_sims, len(cat)),
+        item_knn=NeighbourLists.of(places(k_ids), places(k_items), k_sims, len(cat)),
         popular_order=places(p_ids[pop_order]),
         popular_scores=np.asarray(p_scores, np.float64)[pop_order],
         random_order=places(ids[np.lexsort((ids, hashes))]),
@@ -251,8 +272,8 @@ def user_lists(
     timer=None,
     block_floats: int = BLOCK_FLOATS,
 ) -> DataFrame:
-    """Each user of ``per_user`` with ``k`` rows per model (als, content, popular,
-    hybrid, random), fewer only when fewer items are unseen.
+    """Each user of ``per_user`` with ``k`` rows per model (als, content, item_knn,
+    popular, hybrid, random), fewer only when fewer items are unseen.
 
     ``n`` is the candidates per model the hybrid blends (``recommend.candidates``);
     ``timer``, an accumulator, receives the worker seconds spent on ALS scores.
@@ -315,7 +336,12 @@ def lists_for_batch(
     started = time.perf_counter()
     als = _als(batch, cat, seen_rows, seen_places, n, block_floats)
     als_seconds = time.perf_counter() - started
-    content = _content(n_rows, cat, seen_rows, seen_places, seen_weights, n)
+    content = _by_neighbours(n_rows, cat.content, cat.size, seen_rows, seen_places, seen_weights, n)
+    # Item-kNN counts each seen item once, whatever its weight (``item_knn.recommend_item_knn``).
+    pairs = np.unique(seen_rows * cat.size + seen_places)
+    item_knn = _by_neighbours(
+        n_rows, cat.item_knn, cat.size, pairs // cat.size, pairs % cat.size, np.ones(len(pairs)), n
+    )
     popular = _walk(n_rows, cat.popular_order, seen_rows, seen_places, n, np.zeros(n_rows, np.int64))
     popular.scores = cat.popular_scores[popular.scores.astype(np.int64)]
     starts = batch[START].to_numpy().astype(np.int64)
@@ -325,7 +351,7 @@ def lists_for_batch(
     ranks = _ranks(random.rows, n_rows)
     random.scores = 1.0 - (ranks - 1) / k
 
-    candidates = {"als": als, "content": content, "popular": popular}
+    candidates = {"als": als, "content": content, "item_knn": item_knn, "popular": popular}
     hybrid, hybrid_source = _blend(candidates, weights, n_rows, k, cat.als_trust)
     parts = []
     for name, flat in (*candidates.items(), (RANDOM_SOURCE, random)):
@@ -484,24 +510,27 @@ def _als_because(shown: Flat, cat: Catalogue, seen_rows, seen_places, chunk: int
     return out
 
 
-def _content(n_rows: int, cat: Catalogue, seen_rows, seen_places, seen_weights, n: int) -> Flat:
+def _by_neighbours(
+    n_rows: int, lists: NeighbourLists, size: int, seen_rows, seen_places, seen_weights, n: int
+) -> Flat:
     """score(u, j) = sum over seen i of weight(u, i) * sim(i, j) / the user's total weight,
-    seen items excluded; the seen item contributing most is the reason (as ``recommend_content``)."""
-    counts = cat.neighbour_ptr[seen_places + 1] - cat.neighbour_ptr[seen_places]
+    seen items excluded; the seen item contributing most is the reason (as ``recommend_content``).
+    ``size`` is the catalogue's."""
+    counts = lists.ptr[seen_places + 1] - lists.ptr[seen_places]
     if not counts.sum() or n <= 0:
         return Flat.empty()
-    entry, at = _expand(cat.neighbour_ptr[seen_places], counts)
-    rows, places = seen_rows[entry], cat.neighbour_places[at]
-    contribution = seen_weights[entry] * cat.neighbour_sims[at]
+    entry, at = _expand(lists.ptr[seen_places], counts)
+    rows, places = seen_rows[entry], lists.places[at]
+    contribution = seen_weights[entry] * lists.sims[at]
     because = seen_places[entry]
-    order, head, key = _group_by_key(rows * cat.size + places)
+    order, head, key = _group_by_key(rows * size + places)
     contribution, because = contribution[order], because[order]
     total = np.add.reduceat(contribution, head)
     because = because[_best_per_group(contribution, because, head)]
-    seen_key = np.unique(seen_rows * cat.size + seen_places)
+    seen_key = np.unique(seen_rows * size + seen_places)
     unseen = ~np.isin(key, seen_key, assume_unique=False)
     key, total, because = key[unseen], total[unseen], because[unseen]
-    rows, places = key // cat.size, key % cat.size
+    rows, places = key // size, key % size
     user_weight = np.bincount(seen_rows, weights=seen_weights, minlength=n_rows)
     scores = total / user_weight[rows]
     best, _ = best_per_row(rows, scores, n)

@@ -80,7 +80,7 @@ def ndcg_sums(
         k: list length.
         item_trust: the hybrid's trust in ALS by item id (``lists.item_trust``; an id
             past its end has trust 0), or None for none. With it, the models are
-            COMPONENTS (als, content, popular) and each item's weights are
+            ``lists.COMPONENTS`` (als first, content second) and each item's weights are
             ``lists.trust_weights`` where content proposes it to the user (ALS keeps
             its weight elsewhere), in the same arithmetic as ``user_lists``.
 

@@ -10,6 +10,7 @@ from amazon_recs.config import Config
 from amazon_recs.features.split import SplitParams
 from amazon_recs.models.als import AlsParams
 from amazon_recs.models.content import ContentParams
+from amazon_recs.models.item_knn import ItemKnnParams
 from amazon_recs.models.popular import PopularParams
 from amazon_recs.models.training import ModelParams
 from amazon_recs.models.tuning import TuneParams
@@ -61,10 +62,20 @@ def content_params(config: Config) -> ContentParams:
     )
 
 
+def item_knn_params(config: Config) -> ItemKnnParams:
+    return ItemKnnParams(
+        neighbours=config.require("item_knn.neighbours"),
+        shrinkage=float(config.require("item_knn.shrinkage")),
+        min_support=config.require("item_knn.min_support"),
+        max_user_items=config.require("item_knn.max_user_items"),
+    )
+
+
 def model_params(config: Config) -> ModelParams:
     return ModelParams(
         als=als_params(config),
         content=content_params(config),
+        item_knn=item_knn_params(config),
         popular=PopularParams(half_life_days=config.require("popular.half_life_days")),
     )
 
@@ -72,6 +83,7 @@ def model_params(config: Config) -> ModelParams:
 def tune_params(config: Config) -> TuneParams:
     return TuneParams(
         als_grid=config.require("tune.als_grid"),
+        item_knn_grid=config.require("tune.item_knn_grid"),
         weight_step=config.require("tune.weight_step"),
         k=config.require("evaluate.k"),
         candidates=config.require("recommend.candidates"),

@@ -1,5 +1,5 @@
 """The recommend stage: every model's top-k per user from the current version (ALS,
-content, popularity, the hybrid blend, the random floor), with reasons, into
+item-kNN, content, popularity, the hybrid blend, the random floor), with reasons, into
 ``gold/recommendations``. Each user is handled once, in ``models.user_lists``."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from pyspark.ml.recommendation import ALSModel
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from amazon_recs import io
@@ -32,6 +32,13 @@ def als_half_trust(spark: SparkSession, config: Config, version: str) -> float:
     if tuned and "als_half_trust" in tuned:
         return float(tuned["als_half_trust"])
     return float(config.require("recommend.als_half_trust"))
+
+
+def item_knn_neighbours(spark: SparkSession, model_dir: str) -> DataFrame | None:
+    """The version's item-kNN neighbours; None for a version saved before item-kNN was one
+    of the models (its item-kNN lists are then popularity's)."""
+    path = f"{model_dir}/{versions.ITEM_KNN_NEIGHBOURS}"
+    return spark.read.format("delta").load(path) if io.table_exists(spark, path) else None
 
 
 def als_search(config: Config) -> user_lists.AlsSearch:
@@ -64,12 +71,14 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
         als_half_trust(spark, config, version),
         als_search(config),
         n,
+        item_knn_neighbours(spark, src),
     )
     index = catalogue.als_index
     progress(
         f"catalogue of {catalogue.size:,} items collected in {time.perf_counter() - started:.1f}s "
         f"({catalogue.als_factors.nbytes / 2**20:.0f} MiB of ALS factors, "
-        f"{len(catalogue.neighbour_places):,} content neighbours); ALS search: "
+        f"{len(catalogue.content):,} content and {len(catalogue.item_knn):,} item-kNN neighbours); "
+        "ALS search: "
         + (
             f"index of {index.clusters:,} clusters ({index.probe} probed per user) and a head of "
             f"{len(index.head):,} items"

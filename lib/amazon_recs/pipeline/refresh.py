@@ -51,7 +51,7 @@ from amazon_recs.pipeline import versions
 from amazon_recs.pipeline.base import progress, stage
 from amazon_recs.pipeline.export import SERVING_TABLE, serving_rows, write_lists
 from amazon_recs.pipeline.ingest import event_files
-from amazon_recs.pipeline.recommend import als_half_trust, als_search, hybrid_weights
+from amazon_recs.pipeline.recommend import als_half_trust, als_search, hybrid_weights, item_knn_neighbours
 from amazon_recs.schemas import (
     ITEM,
     ITEM_IDX,
@@ -280,9 +280,9 @@ def publish_lists(config: Config, rows: DataFrame, version: str) -> int:
 def _catalogue(
     spark, config, version, items: DataFrame, seed, n, users: DataFrame, count: int
 ) -> user_lists.Catalogue:
-    """The version's catalogue for the acting ``users``: the content neighbours of the
-    items they have seen only (a user's content scores come from those alone; 1.5M rows
-    at 1M reviews otherwise), and ALS scores of every item for up to
+    """The version's catalogue for the acting ``users``: the content and item-kNN
+    neighbours of the items they have seen only (a user's scores come from those alone;
+    1.5M content rows at 1M reviews otherwise), and ALS scores of every item for up to
     REFRESH_EXACT_MAX_USERS users (cheaper than building the batch run's index)."""
     from pyspark.ml.recommendation import ALSModel
 
@@ -292,6 +292,7 @@ def _catalogue(
         search = dataclasses.replace(search, method="exact")
     seen = users.select(F.explode(user_lists.SEEN_ITEMS).alias(ITEM_IDX)).distinct()
     neighbours = spark.read.format("delta").load(f"{src}/item_neighbours")
+    item_knn = item_knn_neighbours(spark, src)
     return user_lists.catalogue(
         items,
         ALSModel.load(f"{src}/als").itemFactors,
@@ -301,6 +302,7 @@ def _catalogue(
         als_half_trust(spark, config, version),
         search,
         n,
+        None if item_knn is None else item_knn.join(F.broadcast(seen), ITEM_IDX, "left_semi"),
     )
 
 

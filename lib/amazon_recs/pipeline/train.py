@@ -15,6 +15,7 @@ from amazon_recs.config import Config
 from amazon_recs.errors import ConfigError
 from amazon_recs.features.split import TRAIN
 from amazon_recs.models import als as m_als
+from amazon_recs.models import item_knn as m_item_knn
 from amazon_recs.models import training
 from amazon_recs.models import tuning as tuning_mod
 from amazon_recs.pipeline import params as p
@@ -51,10 +52,21 @@ def run_train(spark: SparkSession, config: Config) -> dict:
     )
     tuning = None
     if config.require("tune.enabled"):
-        progress("tuning ALS and the hybrid's weights on validation")
+        progress("tuning ALS, item-kNN and the hybrid's weights on validation")
         tuning = tuning_mod.tune(spark, train, items, params, p.tune_params(config), content)
-        params = dataclasses.replace(params, als=dataclasses.replace(params.als, **tuning["als"]))
+        params = dataclasses.replace(
+            params,
+            als=dataclasses.replace(params.als, **tuning["als"]),
+            item_knn=dataclasses.replace(params.item_knn, **tuning["item_knn"]),
+        )
         io.write_text(spark, f"{out}/tuning.json", json.dumps(tuning, indent=2, sort_keys=True))
+    knn = params.item_knn
+    progress(f"fitting item-kNN ({knn.neighbours} neighbours, shrinkage {knn.shrinkage:g})")
+    started = time.perf_counter()
+    item_knn = m_item_knn.fit_item_knn(train, knn).cache()
+    knn_pairs = item_knn.count()
+    knn_seconds = round(time.perf_counter() - started, 2)
+    progress(f"item-kNN: {knn_pairs:,} neighbour pairs in {knn_seconds:.1f}s")
     # Resolved once here: fit_als would otherwise count the ratings again for "auto".
     solver = m_als.choose_solver(train, params.als)
     params = dataclasses.replace(params, als=dataclasses.replace(params.als, solver=solver))
@@ -63,19 +75,23 @@ def run_train(spark: SparkSession, config: Config) -> dict:
         "on the training split"
     )
     started = time.perf_counter()
-    models = training.fit_models(spark, train, items, params, content=content)
+    models = training.fit_models(spark, train, items, params, content=content, item_knn=item_knn)
     fit_seconds = round(time.perf_counter() - started, 2)
     progress(f"fitted ALS in {fit_seconds:.1f}s; saving version {version}")
     models.als.write().overwrite().save(f"{out}/als")
     if models.tfidf is not None:
         models.tfidf.write().overwrite().save(f"{out}/tfidf")
     models.neighbours.write.format("delta").mode("overwrite").save(f"{out}/item_neighbours")
+    models.item_knn.write.format("delta").mode("overwrite").save(f"{out}/{versions.ITEM_KNN_NEIGHBOURS}")
     models.popularity.write.format("delta").mode("overwrite").save(f"{out}/popularity")
     info = {
         "lsh_recall": models.lsh_recall,
         "neighbour_method": models.neighbour_method,
         "als_fit_seconds": fit_seconds,
         "als_solver": solver,
+        "item_knn_params": dataclasses.asdict(knn),
+        "item_knn_pairs": knn_pairs,
+        "item_knn_fit_seconds": knn_seconds,
         # What refresh folds new users in with: the same confidence and regularisation.
         "als_params": {"rank": params.als.rank, "reg_param": params.als.reg_param, "alpha": params.als.alpha},
         "inputs": inputs,
@@ -106,5 +122,14 @@ def _make_current(
         "model_dir": versions.model_dir(config, version),
         "reused": reused,
         "tuning": tuning,
-        **{key: info.get(key) for key in ("lsh_recall", "neighbour_method", "als_fit_seconds")},
+        **{
+            key: info.get(key)
+            for key in (
+                "lsh_recall",
+                "neighbour_method",
+                "als_fit_seconds",
+                "item_knn_pairs",
+                "item_knn_fit_seconds",
+            )
+        },
     }

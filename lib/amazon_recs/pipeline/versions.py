@@ -39,7 +39,9 @@ COMPLETE_MARKER = "_COMPLETE"  # written last into a version's directory
 STAGING = ".staging-"  # prefix of a local version being written
 # The silver tables a model is trained on and later stages read at the same commit.
 INPUT_TABLES = ("silver/interactions", "silver/items", "silver/user_ids", "silver/item_ids", "silver/events")
-VERSION_SECTIONS = ("split", "als", "content", "popular", "recommend", "tune")
+# A version directory's table of item-kNN's neighbours (item_idx, neighbour_idx, similarity, rank).
+ITEM_KNN_NEIGHBOURS = "item_knn_neighbours"
+VERSION_SECTIONS = ("split", "als", "content", "item_knn", "popular", "recommend", "tune")
 
 
 def model_version(config: Config, train: DataFrame, items: DataFrame | None = None) -> str:

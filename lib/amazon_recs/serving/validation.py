@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from amazon_recs.errors import RequestError
 
 # The models people are offered (random is the evaluation's floor, not a product).
-SERVED_MODELS = ("hybrid", "als", "content", "popular")
+SERVED_MODELS = ("hybrid", "als", "item_knn", "content", "popular")
 # Ids of every supported source fit (Amazon 2018/2023, MovieLens, the sample); '#',
 # the key separator of rec#<model>#<user>, and white space do not.
 ID_PATTERN = re.compile(r"[A-Za-z0-9._:@-]{1,128}")

@@ -28,7 +28,7 @@ from tests.conftest import ROOT
 from tests.gold_tables import NO_METADATA_ITEM, USERS, VERSION, Warehouse, write_config, write_gold_tables
 
 APP = ROOT / "app" / "app.py"
-SERVED = ("hybrid", "als", "content", "popular")
+SERVED = ("hybrid", "als", "item_knn", "content", "popular")
 USER = USERS[3]
 
 
@@ -96,10 +96,10 @@ def test_the_first_page_asks_for_a_user_and_shows_the_version_and_metrics(app, w
     assert messages(app, "info") == ["Enter a user id, or pick one of the sample users."]
     assert f"`{VERSION}`" in "\n".join(m.value for m in app.sidebar.markdown)
     assert app.radio(key="model").value == "hybrid"
-    assert app.radio(key="model").options == ["Hybrid", "ALS", "Content", "Popularity"]
+    assert app.radio(key="model").options == ["Hybrid", "ALS", "Item-kNN", "Content", "Popularity"]
 
     metrics, segments = tables(app)  # no list yet: the metrics and the segments
-    assert list(metrics.index) == ["Hybrid", "ALS", "Content", "Popularity", "random (floor)"]
+    assert list(metrics.index) == ["Hybrid", "ALS", "Item-kNN", "Content", "Popularity", "random (floor)"]
     # Every mean over users with its interval; coverage is of the catalogue: none.
     assert metrics.loc["Hybrid", "NDCG@10"] == "0.210 [0.189, 0.231]"
     assert metrics.loc["random (floor)", "Coverage"] == "1.000"

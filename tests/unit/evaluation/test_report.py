@@ -91,4 +91,17 @@ def test_tuning_section_says_what_was_chosen_with_the_trust_setting():
     assert "ALS trust per item off (validation NDCG@k 0.1546)" in off
     assert "ALS trust per item n / (n + 5)" in report.tuning_section({**tuned, "als_half_trust": 5.0})
     assert "| 5.0000 | 32 | 0.1300 |" in off
+    assert "Item-kNN" not in off  # a version tuned before item-kNN
+    knn = report.tuning_section(
+        {
+            **tuned,
+            "item_knn": {"neighbours": 50, "shrinkage": 10.0},
+            "item_knn_grid": [
+                {"neighbours": 20, "shrinkage": 10.0, "ndcg": 0.11},
+                {"neighbours": 50, "shrinkage": 10.0, "ndcg": 0.12},
+            ],
+        }
+    )
+    assert "Item-kNN {'neighbours': 50, 'shrinkage': 10.0}:" in knn
+    assert "| neighbours | shrinkage | ndcg |" in knn and "| 50 | 10.0000 | 0.1200 |" in knn
     assert report.tuning_section(None).startswith("Not tuned")

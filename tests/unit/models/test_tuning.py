@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 
 from amazon_recs.features.split import SplitParams
 from amazon_recs.models import als as m_als
+from amazon_recs.models import item_knn as m_item_knn
 from amazon_recs.models import lists as rc
 from amazon_recs.models import tuning
 from amazon_recs.models.content import NEIGHBOURS_SCHEMA
@@ -23,10 +24,11 @@ from amazon_recs.pipeline.params import split_params
 
 def test_weight_grid_covers_the_simplex():
     grid = tuning.weight_grid(0.25)
-    assert len(grid) == math.comb(4 + 2, 2)  # compositions of 4 quarters into 3 weights
+    assert len(grid) == math.comb(4 + 3, 3)  # compositions of 4 quarters into 4 weights
     assert all(sum(w.values()) == pytest.approx(1.0) for w in grid)
-    assert {"als": 1.0, "content": 0.0, "popular": 0.0} in grid
-    assert {"als": 0.25, "content": 0.25, "popular": 0.5} in grid
+    assert {"als": 1.0, "content": 0.0, "item_knn": 0.0, "popular": 0.0} in grid
+    assert {"als": 0.25, "content": 0.25, "item_knn": 0.0, "popular": 0.5} in grid
+    assert {"als": 0.0, "content": 0.25, "item_knn": 0.5, "popular": 0.25} in grid
     assert len({tuple(sorted(w.items())) for w in grid}) == len(grid)
 
 
@@ -36,6 +38,7 @@ def test_tune_weights_finds_the_model_that_predicts_validation(spark):
     rows = {
         "als": [(1, 10, 0.9), (1, 11, 0.1), (2, 20, 0.9), (2, 21, 0.1)],
         "content": [(1, 12, 0.8), (1, 10, 0.2), (2, 22, 0.8), (2, 20, 0.2)],
+        "item_knn": [(1, 9, 0.7), (1, 11, 0.6), (2, 19, 0.7), (2, 21, 0.6)],
         "popular": [(1, 11, 5.0), (1, 13, 4.0), (2, 21, 5.0), (2, 23, 4.0)],
     }
     lists = {
@@ -44,12 +47,13 @@ def test_tune_weights_finds_the_model_that_predicts_validation(spark):
     }
     validation = spark.createDataFrame([(1, 12), (2, 22)], "user_idx int, item_idx int")
     weights, results = tuning.tune_weights(spark, lists, validation, k=1, step=0.5)
-    assert len(results) == 6
-    scores = {tuple(r[n] for n in ("als", "content", "popular")): r["ndcg"] for r in results}
-    assert scores[(0.0, 1.0, 0.0)] == pytest.approx(1.0)
-    assert scores[(1.0, 0.0, 0.0)] == pytest.approx(0.0)
-    assert scores[(0.0, 0.0, 1.0)] == pytest.approx(0.0)
-    assert weights == {"als": 0.0, "content": 1.0, "popular": 0.0}
+    assert len(results) == 10
+    scores = {tuple(r[n] for n in COMPONENTS): r["ndcg"] for r in results}
+    assert scores[(0.0, 1.0, 0.0, 0.0)] == pytest.approx(1.0)
+    assert scores[(1.0, 0.0, 0.0, 0.0)] == pytest.approx(0.0)
+    assert scores[(0.0, 0.0, 1.0, 0.0)] == pytest.approx(0.0)
+    assert scores[(0.0, 0.0, 0.0, 1.0)] == pytest.approx(0.0)
+    assert weights == {"als": 0.0, "content": 1.0, "item_knn": 0.0, "popular": 0.0}
 
 
 def spark_weight_search(spark, lists, validation, k, step, trust=None):
@@ -74,21 +78,19 @@ def spark_weight_search(spark, lists, validation, k, step, trust=None):
     else:
         # ALS keeps its weight on an item content does not propose to the user.
         t = F.when(F.col("p_content"), F.coalesce(F.col("trust"), F.lit(0.0))).otherwise(F.lit(1.0))
-        w = {"als": F.col("w_als"), "content": F.col("w_content"), "popular": F.col("w_popular")}
+        w = {name: F.col(f"w_{name}") for name in COMPONENTS}
+        score = F.col("s_als") * (w["als"] * t) + F.col("s_content") * (w["content"] + w["als"] * (1 - t))
+        for name in COMPONENTS[2:]:  # the others keep their weight, in the blend's order
+            score = score + F.col(f"s_{name}") * (w[name] + 0 * t)
         fused = (
             normalised.join(trust, "item_idx", "left")
             .crossJoin(F.broadcast(combos))
-            .withColumn(
-                "score",
-                F.col("s_als") * (w["als"] * t)
-                + F.col("s_content") * (w["content"] + w["als"] * (1 - t))
-                + F.col("s_popular") * (w["popular"] + 0 * t),
-            )
+            .withColumn("score", score)
         )
     ranked = top_k(fused, k, col_user=["combo", "user_idx"]).select("combo", "user_idx", "item_idx", "rank")
     scores = tuning.ndcg_by(ranked, validation, k, "combo")
     results = [{**grid[i], "ndcg": scores.get(i, 0.0)} for i in range(len(grid))]
-    best = max(results, key=lambda r: (round(r["ndcg"], 12), r["als"], -r["content"]))
+    best = max(results, key=lambda r: (round(r["ndcg"], 12), r["als"], -r["content"], -r["item_knn"]))
     return {name: best[name] for name in COMPONENTS}, results
 
 
@@ -115,8 +117,8 @@ def python_weight_search(rows, truth, k, step):
             for (u, item), s in normalised.items():
                 if u == user:
                     fused[item] = w["als"] * s.get("als", 0.0)
-                    fused[item] += w["content"] * s.get("content", 0.0)
-                    fused[item] += w["popular"] * s.get("popular", 0.0)
+                    for name in COMPONENTS[1:]:
+                        fused[item] += w[name] * s.get(name, 0.0)
             ranked = sorted(fused, key=lambda i: (-fused[i], i))[:k]
             dcg = sum(1 / math.log2(r + 2) for r, i in enumerate(ranked) if i in relevant)
             total += dcg / sum(1 / math.log2(r + 2) for r in range(min(len(relevant), k)))
@@ -130,6 +132,7 @@ def python_weight_search(rows, truth, k, step):
 TIED_ROWS = {
     "als": [(1, 10, 0.9), (1, 11, 0.9), (1, 12, 0.1), (2, 20, 3.0), (2, 21, 1.0), (3, 30, 1.0), (5, 50, 1.0)],
     "content": [(1, 12, 0.7), (1, 13, 0.7), (1, 10, 0.3), (2, 22, 2.0), (2, 20, None), (2, 23, 1.0)],
+    "item_knn": [(1, 11, 0.4), (1, 14, 0.4), (2, 21, 1.5), (2, 20, 1.0), (4, 41, 1.0)],
     "popular": [(1, 13, 5.0), (1, 11, 4.0), (1, 14, 4.0), (2, 23, 9.0), (2, 21, 8.0), (3, 31, 2.0)],
 }
 TIED_TRUTH = {1: {11, 13}, 2: {21, 22}, 3: {31}, 4: {40}}
@@ -249,19 +252,29 @@ def test_the_validation_sample_is_a_deterministic_subset_of_the_right_size(spark
     assert tuning.filter_sampled_users(validation, 100, seed=42).count() == validation.count()
 
 
+def tuning_point(result):
+    return (result["neighbours"], result["shrinkage"])
+
+
 def test_tune_fits_als_once_per_grid_point_and_reuses_the_best(spark, monkeypatch):
-    fits, reused = [], []
-    fit_als, fit_models = m_als.fit_als, tuning.fit_models
+    fits, reused, knn_fits, knn_reused = [], [], [], []
+    fit_als, fit_models, fit_item_knn = m_als.fit_als, tuning.fit_models, m_item_knn.fit_item_knn
 
     def counting_fit_als(train, params):
         fits.append((params, fit_als(train, params)))
         return fits[-1][1]
 
+    def counting_fit_item_knn(train, params):
+        knn_fits.append(params)
+        return fit_item_knn(train, params)
+
     def recording_fit_models(*args, **kwargs):
         reused.append(kwargs.get("als"))
+        knn_reused.append(kwargs.get("item_knn"))
         return fit_models(*args, **kwargs)
 
     monkeypatch.setattr(m_als, "fit_als", counting_fit_als)
+    monkeypatch.setattr(m_item_knn, "fit_item_knn", counting_fit_item_knn)
     monkeypatch.setattr(tuning, "fit_models", recording_fit_models)
     base = datetime(2024, 1, 1)
     train = spark.createDataFrame(
@@ -275,8 +288,15 @@ def test_tune_fits_als_once_per_grid_point_and_reuses_the_best(spark, monkeypatc
     )
     content = Content(None, spark.createDataFrame([], NEIGHBOURS_SCHEMA), None, None)
     grid = {"rank": [4], "reg_param": [0.1], "alpha": [1.0, 20.0]}
+    knn_grid = {"neighbours": [2, 5], "shrinkage": [0.0, 5.0]}
     params = tuning.TuneParams(
-        als_grid=grid, weight_step=0.5, k=3, candidates=5, max_validation_users=10, split=SplitParams()
+        als_grid=grid,
+        item_knn_grid=knn_grid,
+        weight_step=0.5,
+        k=3,
+        candidates=5,
+        max_validation_users=10,
+        split=SplitParams(),
     )
     # MLlib's solver: its factors are persisted RDDs, which tuning must release.
     models = ModelParams(als=m_als.AlsParams(rank=4, max_iter=3, solver="mllib"))
@@ -290,8 +310,27 @@ def test_tune_fits_als_once_per_grid_point_and_reuses_the_best(spark, monkeypatc
     assert reused == best
     # the losing point's factors were released; the best model's two remain
     assert len(set(tuning._factor_rdds(spark)) - factors_before) == 2
+    # item-kNN: one fit per shrinkage with the most neighbours; every point scored; the
+    # best point's neighbours (a prefix of its fit) handed on, not fitted again
+    assert sorted((p.shrinkage, p.neighbours) for p in knn_fits) == [(0.0, 5), (5.0, 5)]
+    assert len(summary["item_knn_grid"]) == 4
+    chosen = summary["item_knn"]
+    assert chosen["neighbours"] in (2, 5) and chosen["shrinkage"] in (0.0, 5.0)
+    score = {tuning_point(r): r["ndcg"] for r in summary["item_knn_grid"]}
+    assert score[tuning_point(chosen)] == max(score.values()) > 0
+    (handed,) = knn_reused
+    per_item = handed.groupBy("item_idx").count().agg(F.max("count")).first()[0]
+    assert per_item <= chosen["neighbours"]
     assert (summary["validation_users"], summary["validation_users_scored"]) == (30, 10)
-    assert set(summary) >= {"als", "hybrid_weights", "als_half_trust", "validation_ndcg", "als_grid"}
+    assert set(summary) >= {
+        "als",
+        "item_knn",
+        "hybrid_weights",
+        "als_half_trust",
+        "validation_ndcg",
+        "als_grid",
+        "item_knn_grid",
+    }
     assert sum(summary["hybrid_weights"].values()) == pytest.approx(1.0)
     # every trust setting was searched with the weights, and the best of all was kept
     assert summary["als_half_trust"] in params.als_half_trust

@@ -16,6 +16,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from amazon_recs.models import baseline as m_baseline
+from amazon_recs.models import item_knn as m_item_knn
 from amazon_recs.models import lists as rc
 from amazon_recs.models import popular as m_popular
 from amazon_recs.models import training
@@ -23,7 +24,7 @@ from amazon_recs.models import user_lists as ul
 from amazon_recs.models.als import AlsParams, fit_als
 
 N_USERS, N_ITEMS, K, N, SEED = 30, 25, 4, 6, 11
-WEIGHTS = {"als": 0.6, "content": 0.25, "popular": 0.15}
+WEIGHTS = {"als": 0.45, "content": 0.2, "item_knn": 0.2, "popular": 0.15}
 ALMOST_ALL, NO_NEIGHBOURS, DUPLICATED = 0, 1, 2
 LONELY_ITEMS = (20, 21)  # no content neighbours; items 23 and 24 are never rated, so
 # they have no ALS factors and no popularity: only the random baseline can show them
@@ -86,7 +87,12 @@ def fitted(spark):
     train = train.cache()
     als = fit_als(train, AlsParams(rank=4, max_iter=5))
     models = training.Models(
-        als=als, neighbours=neighbours, popularity=m_popular.fit_popularity(train, 60.0).cache()
+        als=als,
+        neighbours=neighbours,
+        popularity=m_popular.fit_popularity(train, 60.0).cache(),
+        item_knn=m_item_knn.fit_item_knn(
+            train, m_item_knn.ItemKnnParams(neighbours=5, shrinkage=1.0)
+        ).cache(),
     )
     yield spark, train, items, neighbours, user_ids, models
     train.unpersist()
@@ -111,8 +117,17 @@ def test_every_list_matches_the_spark_reference(fitted, block_floats, half_trust
     spark, train, items, neighbours, user_ids, models = fitted
     expected = reference(spark, models, train, items, half_trust)
     catalogue = ul.catalogue(
-        items, models.als.itemFactors, neighbours, models.popularity, SEED, half_trust, search, N
+        items,
+        models.als.itemFactors,
+        neighbours,
+        models.popularity,
+        SEED,
+        half_trust,
+        search,
+        N,
+        models.item_knn,
     )
+    assert len(catalogue.item_knn) == models.item_knn.count() > 0
     assert (catalogue.als_trust < 1).any() == (half_trust > 0)
     assert (catalogue.als_index is not None) == (search is not None)
     if search is not None:
@@ -146,15 +161,20 @@ def test_every_list_matches_the_spark_reference(fitted, block_floats, half_trust
     for (model, user), rows in lists.items():
         assert len(rows) == K or user == ALMOST_ALL, (model, user)
         assert not any((user, r.item_idx) in seen for r in rows)
-    # Three items are left for the user who rated 22 of 25. ALS and popularity know only
-    # item 22 (23 and 24 were never rated); content reaches the others by their text.
-    for model in ("als", "popular"):
+    # Three items are left for the user who rated 22 of 25. ALS, item-kNN and popularity
+    # know only item 22 (23 and 24 were never rated); content reaches the others by their text.
+    for model in ("als", "item_knn", "popular"):
         assert [r.item_idx for r in lists[(model, ALMOST_ALL)]] == [22], model
     for model in ("content", "hybrid", "random"):
         assert {r.item_idx for r in lists[(model, ALMOST_ALL)]} <= {22, 23, 24}, model
     assert {r.item_idx for r in lists[("random", ALMOST_ALL)]} == {22, 23, 24}
     # Content has nothing for a user whose items have no neighbours: popularity fills the list.
     assert {r.source for r in lists[("content", NO_NEIGHBOURS)]} == {"popular"}
+    # Item-kNN's lists come from its own neighbours, and the hybrid takes some of them.
+    assert {r.source for rows in lists.values() for r in rows} >= {"item_knn"}
+    assert any(
+        r.source == "item_knn" for (model, _), rows in lists.items() if model == "hybrid" for r in rows
+    )
 
 
 def test_search_recall_is_measured_only_for_an_index(fitted):

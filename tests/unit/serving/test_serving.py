@@ -742,7 +742,7 @@ def test_served_models_are_accepted(model):
 def test_other_models_are_refused_naming_the_served_ones(model):
     with pytest.raises(errors.RequestError) as raised:
         validation.validate_model(model)
-    assert str(raised.value).endswith("one of hybrid, als, content, popular")
+    assert str(raised.value).endswith("one of hybrid, als, item_knn, content, popular")
 
 
 @pytest.mark.parametrize(("value", "k"), [(1, 1), ("1", 1), ("10", 10), (10, 10), ("07", 7)])
