@@ -9,10 +9,9 @@ tunes, fits, times and evaluates
 - item-kNN: cosine similarity between items on the binary train matrix with a
   shrinkage term, ``co(i, j) / (sqrt(n_i n_j) + shrinkage)``, each item's top
   neighbours kept, a user's score for an item the sum of its similarities to the
-  user's train items (neighbours, shrinkage);
-- the same item-kNN with our Spark neighbours (``amazon_recs.models.item_knn``),
-  tuned on the same grid: the same figures up to its sampling of the heaviest
-  users' items (``max_user_items``), and the fit timed beside scipy's;
+  user's train items (neighbours, shrinkage): the model our pipeline fits on
+  Spark (``amazon_recs.models.item_knn``; its row ``item_knn`` is read from
+  ``gold/metrics`` like our other models), computed in scipy on a wider grid;
 
 each on the validation split our own tuning uses (carved from the train rows by
 ``tuning.carve_validation``, same protocol and seed), every point of its grid
@@ -60,9 +59,6 @@ from amazon_recs.config import Config, load_config
 from amazon_recs.evaluation.intervals import poisson_weights
 from amazon_recs.features.split import TEST, TRAIN
 from amazon_recs.models.als import fit_als
-from amazon_recs.models.content import NEIGHBOUR, SIMILARITY
-from amazon_recs.models.item_knn import ItemKnnParams
-from amazon_recs.models.item_knn import fit_item_knn as fit_neighbours
 from amazon_recs.models.tuning import carve_validation
 from amazon_recs.pipeline.params import als_params, split_params
 from amazon_recs.pipeline.versions import model_dir, model_version
@@ -84,7 +80,6 @@ GRIDS: dict[str, dict[str, list]] = {
         "iterations": [50, 100, 200],
     },
     "item-kNN": {"neighbours": [20, 50, 100, 200], "shrinkage": [0.0, 10.0, 50.0, 100.0]},
-    "item-kNN, ours on Spark": {"neighbours": [20, 50, 100, 200], "shrinkage": [0.0, 10.0, 50.0, 100.0]},
 }
 LIBRARIES = ("pyspark", "delta-spark", "implicit", "scipy", "numpy")
 
@@ -279,26 +274,10 @@ def neighbour_scorer(train: sp.csr_matrix, similarity: sp.csr_matrix) -> Scorer:
     return lambda users: (ones[users] @ similarity).toarray()
 
 
-def fit_our_item_knn(train: sp.csr_matrix, config: Config, neighbours: int, shrinkage: float) -> Scorer:
-    """Our Spark item-kNN (``models.item_knn``, its other settings at their defaults)
-    ranked as ``fit_item_knn`` ranks: the neighbours are ours, the scoring the same
-    sum (ours divides it by the user's item count, which leaves the order as it is)."""
-    spark = SparkSession.getActiveSession()
-    coo = train.tocoo()
-    pairs = pd.DataFrame({USER_IDX: coo.row.astype(np.int32), ITEM_IDX: coo.col.astype(np.int32)})
-    params = ItemKnnParams(neighbours=neighbours, shrinkage=shrinkage)
-    found = fit_neighbours(spark.createDataFrame(pairs), params).toPandas()
-    similarity = sp.csr_matrix(
-        (found[SIMILARITY], (found[ITEM_IDX], found[NEIGHBOUR])), shape=(train.shape[1],) * 2
-    )
-    return neighbour_scorer(train, similarity)
-
-
 FITS = {
     "implicit ALS": fit_implicit_als,
     "implicit BPR": fit_implicit_bpr,
     "item-kNN": fit_item_knn,
-    "item-kNN, ours on Spark": fit_our_item_knn,
 }
 
 

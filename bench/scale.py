@@ -264,10 +264,12 @@ def gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def stage_detail(name: str, content, lists_s: float, fit: float | None) -> str:
+def stage_detail(name: str, content, lists_s: float, fit: float | None, knn_fit: float | None = None) -> str:
     """What the stage's own progress lines say about where its time went."""
     if name == "train" and content:
-        return f" (content neighbours, {content.group(2)}: {float(content.group(3)):.1f}; ALS fit: {fit:.1f})"
+        knn = f"; item-kNN fit: {knn_fit:.1f}" if knn_fit is not None else ""
+        neighbours = f"content neighbours, {content.group(2)}: {float(content.group(3)):.1f}"
+        return f" ({neighbours}; ALS fit: {fit:.1f}{knn})"
     if name == "recommend" and lists_s == lists_s:
         return f" (every model's lists in one pass: {lists_s:.1f})"
     return ""
@@ -281,6 +283,7 @@ def report(args, summary, gen_seconds, wall, lines, peaks, info, reference, rank
     recall = next((m for m in map(RECALL.search, lines) if m), None)
     tables = [(m.group(1), m.group(2)) for m in map(TABLE_ROWS.match, lines) if m]
     fit = info.get("als_fit_seconds")
+    knn_fit = info.get("item_knn_fit_seconds")
     lists_s, als_n, als_worker_s, workers = (
         (float(lists.group(1)), int(lists.group(2)), float(lists.group(3)), int(lists.group(4)))
         if lists
@@ -306,7 +309,7 @@ def report(args, summary, gen_seconds, wall, lines, peaks, info, reference, rank
         "| stage | seconds |",
         "|---|---:|",
         *(
-            f"| {name} | {seconds:.1f}{stage_detail(name, content, lists_s, fit)} |"
+            f"| {name} | {seconds:.1f}{stage_detail(name, content, lists_s, fit, knn_fit)} |"
             for name, seconds in stages
         ),
         f"| **whole run** (wall, JVM start included) | **{wall:.1f}** |",

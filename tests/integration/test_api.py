@@ -209,7 +209,11 @@ def test_http_api_v2_events_and_greedy_routes_work_too(lambda_env, fixture_lists
         ("a#b", None, "'a#b' is not a valid user id"),
         ("u" * 129, None, "is not a valid user id"),
         ("", None, "a user id is required"),
-        (READER, {"model": "random"}, "unknown model 'random': one of hybrid, als, item_knn, content, popular"),
+        (
+            READER,
+            {"model": "random"},
+            "unknown model 'random': one of hybrid, als, item_knn, content, popular",
+        ),
         (READER, {"model": "HYBRID"}, "unknown model 'HYBRID'"),
         (READER, {"k": "0"}, "k must be a whole number from 1 to 10, got '0'"),
         (READER, {"k": "11"}, "k must be a whole number from 1 to 10"),

@@ -205,6 +205,21 @@ def test_tuning_on_validation_is_recorded_and_used(spark, pipeline):
     assert hybrid_weights(spark, config, version) == tuning["hybrid_weights"]
     report = io.read_text(spark, summaries["evaluate"]["report"])
     assert "## Tuning" in report and "validation" in report
+    # Item-kNN is tuned over its own grid, and the version keeps the chosen model.
+    knn_grid = config.require("tune.item_knn_grid")
+    assert len(tuning["item_knn_grid"]) == len(knn_grid["neighbours"]) * len(knn_grid["shrinkage"])
+    assert tuning["item_knn"] in [{k: r[k] for k in knn_grid} for r in tuning["item_knn_grid"]]
+    assert "Item-kNN" in report
+    from amazon_recs.pipeline import versions
+
+    info = versions.model_info(spark, config, version)
+    assert info["item_knn_params"]["neighbours"] == tuning["item_knn"]["neighbours"]
+    saved = spark.read.format("delta").load(
+        f"{versions.model_dir(config, version)}/{versions.ITEM_KNN_NEIGHBOURS}"
+    )
+    assert saved.count() == info["item_knn_pairs"] == summaries["train"]["item_knn_pairs"] > 0
+    per_item = saved.groupBy("item_idx").count().agg(F.max("count")).first()[0]
+    assert per_item <= tuning["item_knn"]["neighbours"]
 
 
 def test_the_gold_table_store_serves_the_export_without_spark(spark, pipeline):
