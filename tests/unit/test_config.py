@@ -50,9 +50,9 @@ def test_local_overrides_base_and_keeps_the_rest(local):
     assert local.get("spark.app_name") == "amazon-recs"
     assert local.get("spark.packages") == LOCAL_PACKAGES
     assert local.get("recommend.hybrid_weights") == {
-        "als": 0.7,
+        "als": 0.4,
         "content": 0.2,
-        "item_knn": 0.0,
+        "item_knn": 0.3,
         "popular": 0.1,
     }
     # The chain marker is not a setting.
@@ -126,7 +126,7 @@ def test_section_override_as_a_mapping():
     assert cfg.get("recommend.hybrid_weights") == {
         "als": 1.0,
         "content": 0.0,
-        "item_knn": 0.0,
+        "item_knn": 0.3,
         "popular": 0.1,
     }
     assert type(cfg.get("recommend.hybrid_weights.als")) is float
