@@ -61,7 +61,7 @@ from amazon_recs.features.split import TEST, TRAIN
 from amazon_recs.models.als import fit_als
 from amazon_recs.models.tuning import carve_validation
 from amazon_recs.pipeline.params import als_params, split_params
-from amazon_recs.pipeline.versions import model_dir, model_version
+from amazon_recs.pipeline.versions import VERSION_SECTIONS, model_dir, model_version
 from amazon_recs.schemas import ITEM, ITEM_IDX, MODEL, MODELS, RANK, SPLIT, USER, USER_IDX, WEIGHT
 from amazon_recs.spark import get_spark
 
@@ -531,8 +531,9 @@ def gold_notes(
         + (
             ", the version these settings and train rows give."
             if written == current
-            else f"; these settings and train rows give {current} (a setting of split, als, content, "
-            "popular or recommend differs from that run's: `make run` refreshes our rows)."
+            else f"; these settings and train rows give {current} (a setting of "
+            f"{', '.join(VERSION_SECTIONS)} or the code differs from that run's: `make run` "
+            "refreshes our rows)."
         )
     )
     return ok, notes

@@ -32,7 +32,9 @@ from amazon_recs.features import split as sp
 from amazon_recs.models import als as m_als
 from amazon_recs.models import item_knn as m_item_knn
 from amazon_recs.models import lists as rc
+from amazon_recs.models import user_lists
 from amazon_recs.models import weight_search as ws
+from amazon_recs.models.content import NEIGHBOUR, SIMILARITY
 from amazon_recs.models.topk import collect_columns
 from amazon_recs.models.training import COMPONENTS, Content, ModelParams, candidates, fit_models
 from amazon_recs.schemas import ITEM_IDX, SCORE, SPLIT, USER, USER_IDX
@@ -168,37 +170,96 @@ def tune_item_knn(
 
     A point's neighbours are the first ``neighbours`` of the same fit with more, so
     each setting other than ``neighbours`` is fitted once, with the most the grid
-    asks for; every point is then scored in one Spark job, on ``validation``'s users.
+    asks for. Every point is scored in the driver, in numpy, as the recommend stage
+    lists (``user_lists.by_neighbours``): the neighbours are item-sized and the
+    validation users' histories bounded by ``tune.max_validation_users``; scoring
+    them as Spark rows (a join, a group and a window per point) took minutes at 1M.
     """
     unknown = set(grid) - {f.name for f in dataclasses.fields(m_item_knn.ItemKnnParams)}
     if unknown:
         raise ConfigError(f"tune.item_knn_grid: unknown settings {sorted(unknown)}")
     points = als_grid(grid)
     most = max(grid.get("neighbours", [params.neighbours]))
-    scored = fit.join(validation.select(USER_IDX).distinct(), USER_IDX, how="left_semi")
-    fits: dict[tuple, DataFrame] = {}
-    recs = None
+    users = UserItems.of(
+        fit.join(validation.select(USER_IDX).distinct(), USER_IDX, how="left_semi"), validation
+    )
+    by_fit: dict[tuple, list[int]] = {}
     for i, point in enumerate(points):
-        trial = dataclasses.replace(params, **point)
-        key = tuple(sorted((name, v) for name, v in point.items() if name != "neighbours"))
-        if key not in fits:
-            fits[key] = m_item_knn.fit_item_knn(fit, dataclasses.replace(trial, neighbours=most)).cache()
-        neighbours = fits[key].filter(F.col("rank") <= trial.neighbours)
-        part = m_item_knn.recommend_item_knn(neighbours, scored, k).withColumn(COMBO, F.lit(i))
-        recs = part if recs is None else recs.unionByName(part)
-    scores = ndcg_by(recs, validation, k, COMBO)
-    results = [{**point, "ndcg": scores.get(i, 0.0)} for i, point in enumerate(points)]
-    for result in results:
-        log.info("tune item_knn %s: validation ndcg@%d = %.4f", result, k, result["ndcg"])
+        by_fit.setdefault(_fit_key(point), []).append(i)
+    fits: dict[tuple, DataFrame] = {}
+    scores: dict[int, float] = {}
+    for key, members in by_fit.items():
+        trial = dataclasses.replace(params, **{**points[members[0]], "neighbours": most})
+        fits[key] = m_item_knn.fit_item_knn(fit, trial).cache()
+        items, neighbours, sims, rank = collect_columns(fits[key], ITEM_IDX, NEIGHBOUR, SIMILARITY, "rank")
+        for i in members:
+            kept = rank <= dataclasses.replace(params, **points[i]).neighbours
+            scores[i] = users.ndcg(items[kept], neighbours[kept], sims[kept], k)
+            log.info("tune item_knn %s: validation ndcg@%d = %.4f", points[i], k, scores[i])
+    results = [{**point, "ndcg": scores[i]} for i, point in enumerate(points)]
     # Ties go to fewer neighbours (a cheaper model), then to more shrinkage.
-    best = max(results, key=lambda r: (r["ndcg"], -r.get("neighbours", 0), r.get("shrinkage", 0)))
+    best = max(results, key=lambda r: (round(r["ndcg"], 12), -r.get("neighbours", 0), r.get("shrinkage", 0)))
     chosen = {name: best[name] for name in grid}
-    trial = dataclasses.replace(params, **chosen)
-    key = tuple(sorted((name, v) for name, v in chosen.items() if name != "neighbours"))
     for other, df in fits.items():
-        if other != key:
+        if other != _fit_key(chosen):
             df.unpersist()
-    return chosen, results, fits[key].filter(F.col("rank") <= trial.neighbours)
+    neighbours = dataclasses.replace(params, **chosen).neighbours
+    return chosen, results, fits[_fit_key(chosen)].filter(F.col("rank") <= neighbours)
+
+
+def _fit_key(point: Mapping) -> tuple:
+    return tuple(sorted((name, v) for name, v in point.items() if name != "neighbours"))
+
+
+@dataclass(frozen=True)
+class UserItems:
+    """The validation users' fit items (``seen``) and validation items (``truth``) as flat
+    arrays, users numbered 0.. in ``users`` (every validation user, ascending)."""
+
+    users: np.ndarray
+    seen_rows: np.ndarray
+    seen_items: np.ndarray
+    truth_rows: np.ndarray
+    truth_items: np.ndarray
+
+    @staticmethod
+    def of(fit: DataFrame, validation: DataFrame) -> UserItems:
+        s_users, s_items = collect_columns(fit.select(USER_IDX, ITEM_IDX).distinct(), USER_IDX, ITEM_IDX)
+        t_users, t_items = collect_columns(
+            validation.select(USER_IDX, ITEM_IDX).distinct(), USER_IDX, ITEM_IDX
+        )
+        users = np.unique(np.asarray(t_users, np.int64))
+        s_rows = np.searchsorted(users, np.asarray(s_users, np.int64))
+        known = s_rows < len(users)
+        known[known] = users[s_rows[known]] == np.asarray(s_users, np.int64)[known]
+        return UserItems(
+            users,
+            s_rows[known].astype(np.int64),
+            np.asarray(s_items, np.int64)[known],
+            np.searchsorted(users, np.asarray(t_users, np.int64)).astype(np.int64),
+            np.asarray(t_items, np.int64),
+        )
+
+    def ndcg(self, items: np.ndarray, neighbours: np.ndarray, sims: np.ndarray, k: int) -> float:
+        """Mean NDCG@k over the users of item-kNN's lists from these neighbours (a user
+        without a list counts 0, as ``metrics.per_user_metrics`` counts them)."""
+        n_users = len(self.users)
+        if not n_users:
+            return 0.0
+        every = [np.asarray(a, np.int64) for a in (items, neighbours, self.seen_items, self.truth_items)]
+        size = int(max((int(a.max()) for a in every if len(a)), default=-1)) + 1
+        lists = user_lists.NeighbourLists.of(every[0], every[1], np.asarray(sims, np.float64), size)
+        order = np.argsort(self.seen_rows, kind="stable")
+        rows, places = self.seen_rows[order], self.seen_items[order]
+        flat = user_lists.by_neighbours(n_users, lists, size, rows, places, np.ones(len(rows)), k)
+        first = np.searchsorted(flat.rows, np.arange(n_users))
+        rank = np.arange(len(flat.rows)) - first[flat.rows] + 1
+        hit = np.isin(flat.rows * size + flat.places, self.truth_rows * size + self.truth_items)
+        discount = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
+        dcg = np.bincount(flat.rows[hit], weights=discount[rank[hit] - 1], minlength=n_users)
+        relevant = np.minimum(np.bincount(self.truth_rows, minlength=n_users), k)
+        ideal = np.cumsum(discount)[np.maximum(relevant, 1) - 1]
+        return float(np.sum(np.where(relevant > 0, dcg / ideal, 0.0)) / n_users)
 
 
 def _als_order(result: dict) -> tuple:

@@ -336,10 +336,10 @@ def lists_for_batch(
     started = time.perf_counter()
     als = _als(batch, cat, seen_rows, seen_places, n, block_floats)
     als_seconds = time.perf_counter() - started
-    content = _by_neighbours(n_rows, cat.content, cat.size, seen_rows, seen_places, seen_weights, n)
+    content = by_neighbours(n_rows, cat.content, cat.size, seen_rows, seen_places, seen_weights, n)
     # Item-kNN counts each seen item once, whatever its weight (``item_knn.recommend_item_knn``).
     pairs = np.unique(seen_rows * cat.size + seen_places)
-    item_knn = _by_neighbours(
+    item_knn = by_neighbours(
         n_rows, cat.item_knn, cat.size, pairs // cat.size, pairs % cat.size, np.ones(len(pairs)), n
     )
     popular = _walk(n_rows, cat.popular_order, seen_rows, seen_places, n, np.zeros(n_rows, np.int64))
@@ -510,12 +510,12 @@ def _als_because(shown: Flat, cat: Catalogue, seen_rows, seen_places, chunk: int
     return out
 
 
-def _by_neighbours(
+def by_neighbours(
     n_rows: int, lists: NeighbourLists, size: int, seen_rows, seen_places, seen_weights, n: int
 ) -> Flat:
     """score(u, j) = sum over seen i of weight(u, i) * sim(i, j) / the user's total weight,
     seen items excluded; the seen item contributing most is the reason (as ``recommend_content``).
-    ``size`` is the catalogue's."""
+    ``size`` bounds the places. Returns each row's ``n`` best by (row, rank)."""
     counts = lists.ptr[seen_places + 1] - lists.ptr[seen_places]
     if not counts.sum() or n <= 0:
         return Flat.empty()

@@ -252,6 +252,39 @@ def test_the_validation_sample_is_a_deterministic_subset_of_the_right_size(spark
     assert tuning.filter_sampled_users(validation, 100, seed=42).count() == validation.count()
 
 
+def test_item_knn_validation_ndcg_in_numpy_equals_the_spark_metric(spark):
+    """tune_item_knn scores in numpy; the figure must be the one metrics.per_user_metrics
+    gives on recommend_item_knn's Spark lists, for every neighbour count (a prefix of
+    the fit), with a validation user who has no fit rows and duplicated rows."""
+    rng = random.Random(3)
+    fit_rows = [(u, i, 1.0) for u in range(40) for i in rng.sample(range(30), rng.randint(1, 9))]
+    fit_rows += fit_rows[:5]  # duplicates count once
+    fit = spark.createDataFrame(fit_rows, "user_idx int, item_idx int, weight double")
+    truth = [(u, i) for u in range(0, 41, 2) for i in rng.sample(range(30), rng.randint(1, 4))]
+    validation = spark.createDataFrame(
+        truth + truth[:3], "user_idx int, item_idx int"
+    )  # user 40: no fit rows
+    users = tuning.UserItems.of(
+        fit.join(validation.select("user_idx").distinct(), "user_idx", "left_semi"), validation
+    )
+    assert len(users.users) == 21
+    neighbours = m_item_knn.fit_item_knn(fit, m_item_knn.ItemKnnParams(neighbours=8, shrinkage=2.0)).cache()
+    items, others, sims, rank = (
+        np.asarray(c)
+        for c in zip(
+            *[(r.item_idx, r.neighbour_idx, r.similarity, r["rank"]) for r in neighbours.collect()],
+            strict=True,
+        )
+    )
+    for k, n in ((3, 8), (5, 3), (10, 1)):
+        kept = rank <= n
+        got = users.ndcg(items[kept], others[kept], sims[kept], k)
+        recs = m_item_knn.recommend_item_knn(neighbours.filter(F.col("rank") <= n), fit, k)
+        expected = tuning.ndcg_by(recs.withColumn("combo", F.lit(0)), validation, k, "combo")[0]
+        assert got == pytest.approx(expected, abs=1e-12), (k, n)
+        assert got > 0
+
+
 def tuning_point(result):
     return (result["neighbours"], result["shrinkage"])
 
