@@ -213,8 +213,8 @@ def _fit_key(point: Mapping) -> tuple:
 
 @dataclass(frozen=True)
 class UserItems:
-    """The validation users' fit items (``seen``) and validation items (``truth``) as flat
-    arrays, users numbered 0.. in ``users`` (every validation user, ascending)."""
+    """The validation users' fit items (``seen``, by row) and validation items (``truth``)
+    as flat arrays, users numbered 0.. in ``users`` (every validation user, ascending)."""
 
     users: np.ndarray
     seen_rows: np.ndarray
@@ -232,10 +232,11 @@ class UserItems:
         s_rows = np.searchsorted(users, np.asarray(s_users, np.int64))
         known = s_rows < len(users)
         known[known] = users[s_rows[known]] == np.asarray(s_users, np.int64)[known]
+        by_row = np.argsort(s_rows[known], kind="stable")  # once, not for every grid point
         return UserItems(
             users,
-            s_rows[known].astype(np.int64),
-            np.asarray(s_items, np.int64)[known],
+            s_rows[known][by_row].astype(np.int64),
+            np.asarray(s_items, np.int64)[known][by_row],
             np.searchsorted(users, np.asarray(t_users, np.int64)).astype(np.int64),
             np.asarray(t_items, np.int64),
         )
@@ -249,13 +250,13 @@ class UserItems:
         every = [np.asarray(a, np.int64) for a in (items, neighbours, self.seen_items, self.truth_items)]
         size = int(max((int(a.max()) for a in every if len(a)), default=-1)) + 1
         lists = user_lists.NeighbourLists.of(every[0], every[1], np.asarray(sims, np.float64), size)
-        order = np.argsort(self.seen_rows, kind="stable")
-        rows, places = self.seen_rows[order], self.seen_items[order]
-        flat = user_lists.by_neighbours(n_users, lists, size, rows, places, np.ones(len(rows)), k)
+        flat = user_lists.by_neighbours(
+            n_users, lists, size, self.seen_rows, self.seen_items, np.ones(len(self.seen_rows)), k
+        )
         first = np.searchsorted(flat.rows, np.arange(n_users))
         rank = np.arange(len(flat.rows)) - first[flat.rows] + 1
         hit = np.isin(flat.rows * size + flat.places, self.truth_rows * size + self.truth_items)
-        discount = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
+        discount = ws.discounts(k)
         dcg = np.bincount(flat.rows[hit], weights=discount[rank[hit] - 1], minlength=n_users)
         relevant = np.minimum(np.bincount(self.truth_rows, minlength=n_users), k)
         ideal = np.cumsum(discount)[np.maximum(relevant, 1) - 1]
