@@ -145,6 +145,10 @@ def tuning_section(tuning: dict | None) -> str:
             "|" + "---:|" * len(knn_columns),
         ]
         lines += _grid_rows(tuning["item_knn_grid"], knn_columns)
+    if tuning.get("popular_grid"):  # versions tuned before popularity's half-life have none
+        lines += ["", f"Popularity {tuning['popular']} (half_life_days 0: no decay):", ""]
+        lines += ["| half_life_days | ndcg |", "|---:|---:|"]
+        lines += _grid_rows(tuning["popular_grid"], ["half_life_days", "ndcg"])
     return "\n".join(lines) + "\n"
 
 

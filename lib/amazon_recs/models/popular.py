@@ -8,6 +8,7 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from amazon_recs.errors import ConfigError
 from amazon_recs.models.topk import collect_columns, walk_unseen, with_seen_items
 from amazon_recs.schemas import ITEM_IDX, SCORE, TS, USER_IDX
 
@@ -18,11 +19,12 @@ SECONDS_PER_DAY = 86_400.0
 class PopularParams:
     """Popularity's settings (``popular.*``)."""
 
-    half_life_days: float = 90.0
+    half_life_days: float = 90.0  # 0: no decay, every interaction counts 1
 
 
 def fit_popularity(train: DataFrame, half_life_days: float) -> DataFrame:
-    """Each item's interactions, each weighted 0.5 ** (age / half-life).
+    """Each item's interactions, each weighted 0.5 ** (age / half-life); with a
+    half-life of 0, each weighted 1 (plain counts).
 
     Age is measured from the newest training interaction, not the wall clock,
     so the same data always gives the same scores.
@@ -30,10 +32,16 @@ def fit_popularity(train: DataFrame, half_life_days: float) -> DataFrame:
     Returns:
         Columns item_idx, score, interactions.
     """
-    newest = train.agg(F.max(TS)).first()[0]
-    age_days = (F.lit(newest).cast("long") - F.col(TS).cast("long")) / SECONDS_PER_DAY
+    if half_life_days < 0:
+        raise ConfigError(f"popular.half_life_days must be 0 (no decay) or positive, got {half_life_days}")
+    if half_life_days == 0:
+        weight = F.lit(1.0)
+    else:
+        newest = train.agg(F.max(TS)).first()[0]
+        age_days = (F.lit(newest).cast("long") - F.col(TS).cast("long")) / SECONDS_PER_DAY
+        weight = F.pow(F.lit(0.5), age_days / half_life_days)
     return train.groupBy(ITEM_IDX).agg(
-        F.sum(F.pow(F.lit(0.5), age_days / half_life_days)).alias(SCORE),
+        F.sum(weight).alias(SCORE),
         F.count(F.lit(1)).alias("interactions"),
     )
 

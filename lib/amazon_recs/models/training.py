@@ -102,16 +102,21 @@ def fit_models(
     content: Content | None = None,
     als: ALSModel | None = None,
     item_knn: DataFrame | None = None,
+    popularity: DataFrame | None = None,
 ) -> Models:
     """Every model on ``train``. The content model depends on the items alone, so a
     caller fitting several times (tuning, then the final fit) passes it in once;
-    ``als`` and ``item_knn``, when given, are already fitted on ``train`` with
+    ``als``, ``item_knn`` and ``popularity``, when given, are already fitted on ``train`` with
     ``params`` (tuning's best grid points) and are used as they are."""
     tfidf, neighbours, recall, method = content or fit_content(spark, items, params.content, check_recall)
     return Models(
         als=als if als is not None else m_als.fit_als(train, params.als),
         neighbours=neighbours.cache(),
-        popularity=m_popular.fit_popularity(train, params.popular.half_life_days).cache(),
+        popularity=(
+            popularity
+            if popularity is not None
+            else m_popular.fit_popularity(train, params.popular.half_life_days)
+        ).cache(),
         tfidf=tfidf,
         lsh_recall=recall,
         neighbour_method=method,

@@ -2,7 +2,8 @@
 
 ALS's rank, regularisation and alpha are chosen by NDCG@k on validation over
 the grid in ``tune.als_grid``; item-kNN's neighbours and shrinkage over
-``tune.item_knn_grid``; the hybrid's fusion weights by NDCG@k over every
+``tune.item_knn_grid``; popularity's half-life over
+``tune.popular_half_life_days`` (0: plain counts); the hybrid's fusion weights by NDCG@k over every
 weight vector on a simplex grid of step ``tune.weight_step``, searched per user
 in numpy (``weight_search``). All score a seeded sample of at most
 ``tune.max_validation_users`` validation users; the fits use every fit row.
@@ -32,6 +33,7 @@ from amazon_recs.features import split as sp
 from amazon_recs.models import als as m_als
 from amazon_recs.models import item_knn as m_item_knn
 from amazon_recs.models import lists as rc
+from amazon_recs.models import popular as m_popular
 from amazon_recs.models import user_lists
 from amazon_recs.models import weight_search as ws
 from amazon_recs.models.content import NEIGHBOUR, SIMILARITY
@@ -60,6 +62,8 @@ class TuneParams:
     item_knn_grid: Mapping[str, list] = field(
         default_factory=lambda: {"neighbours": [20, 50, 100], "shrinkage": [0.0, 10.0, 50.0]}
     )
+    # Popularity's half-lives tried (popular.half_life_days; 0: no decay).
+    popular_half_life_days: tuple[float, ...] = (0.0, 30.0, 90.0, 365.0)
     weight_step: float = 0.1
     k: int = 10
     candidates: int = 100
@@ -207,6 +211,32 @@ def tune_item_knn(
     return chosen, results, fits[_fit_key(chosen)].filter(F.col("rank") <= neighbours)
 
 
+def tune_popular(
+    fit: DataFrame, users: UserItems, half_lives: tuple[float, ...], k: int
+) -> tuple[float, list[dict], DataFrame]:
+    """Popularity's half-life with the best validation NDCG@k, every one's score, and
+    the best one's popularity fitted on ``fit``.
+
+    Each half-life is an aggregation over the fit rows; its ranking is item-sized and
+    scored in the driver (``UserItems.ndcg_ranking``). Ties go to the longer
+    half-life, 0 (no decay) counting as the longest.
+    """
+    results, fits = [], {}
+    for half_life in half_lives:
+        fits[half_life] = m_popular.fit_popularity(fit, half_life).cache()
+        items, scores = collect_columns(fits[half_life], ITEM_IDX, SCORE)
+        order = np.asarray(items, np.int64)[np.lexsort((items, -np.asarray(scores, np.float64)))]
+        score = users.ndcg_ranking(order, k)
+        log.info("tune popular half_life_days %g: validation ndcg@%d = %.4f", half_life, k, score)
+        results.append({"half_life_days": half_life, "ndcg": score})
+    best = max(results, key=lambda r: (round(r["ndcg"], 12), r["half_life_days"] == 0, r["half_life_days"]))
+    chosen = best["half_life_days"]
+    for half_life, df in fits.items():
+        if half_life != chosen:
+            df.unpersist()
+    return chosen, results, fits[chosen]
+
+
 def _fit_key(point: Mapping) -> tuple:
     return tuple(sorted((name, v) for name, v in point.items() if name != "neighbours"))
 
@@ -258,6 +288,35 @@ class UserItems:
         hit = np.isin(flat.rows * size + flat.places, self.truth_rows * size + self.truth_items)
         discount = ws.discounts(k)
         dcg = np.bincount(flat.rows[hit], weights=discount[rank[hit] - 1], minlength=n_users)
+        relevant = np.minimum(np.bincount(self.truth_rows, minlength=n_users), k)
+        ideal = np.cumsum(discount)[np.maximum(relevant, 1) - 1]
+        return float(np.sum(np.where(relevant > 0, dcg / ideal, 0.0)) / n_users)
+
+    def ndcg_ranking(self, order: np.ndarray, k: int) -> float:
+        """Mean NDCG@k over the users of one ranking shared by all (item ids, best first),
+        each user's list its first ``k`` items they have not seen, as
+        ``popular.recommend_popular`` lists: a validation item at place q of ``order``
+        ranks q minus the user's seen items placed before it."""
+        n_users = len(self.users)
+        if not n_users:
+            return 0.0
+        order = np.asarray(order, np.int64)
+        size = 1 + int(max(a.max(initial=-1) for a in (order, self.seen_items, self.truth_items)))
+        place = np.full(size, -1, np.int64)
+        place[order] = np.arange(len(order))
+        seen_place = place[self.seen_items]
+        listed = seen_place >= 0
+        seen_key = np.sort(self.seen_rows[listed] * len(order) + seen_place[listed])
+        truth_place = place[self.truth_items]
+        found = truth_place >= 0
+        rows, at = self.truth_rows[found], truth_place[found]
+        key = rows * len(order) + at
+        after = np.searchsorted(seen_key, key)
+        seen_before = after - np.searchsorted(seen_key, rows * len(order))
+        rank = at - seen_before + 1
+        hit = (rank <= k) & ~np.isin(key, seen_key)  # a seen item is never listed
+        discount = ws.discounts(k)
+        dcg = np.bincount(rows[hit], weights=discount[rank[hit] - 1], minlength=n_users)
         relevant = np.minimum(np.bincount(self.truth_rows, minlength=n_users), k)
         ideal = np.cumsum(discount)[np.maximum(relevant, 1) - 1]
         return float(np.sum(np.where(relevant > 0, dcg / ideal, 0.0)) / n_users)
@@ -390,14 +449,25 @@ def tune(
     knn_params, knn_results, knn_neighbours = tune_item_knn(
         fit, sample, models.item_knn, params.item_knn_grid, k
     )
+    users = UserItems.of(fit.join(sample.select(USER_IDX).distinct(), USER_IDX, how="left_semi"), sample)
+    half_life, popular_results, popularity = tune_popular(fit, users, params.popular_half_life_days, k)
     tuned = dataclasses.replace(
         models,
         als=dataclasses.replace(models.als, **als_params),
         item_knn=dataclasses.replace(models.item_knn, **knn_params),
+        popular=dataclasses.replace(models.popular, half_life_days=half_life),
     )
     # The best grid points' models are the ones fit_models would fit again: reuse them.
     fitted = fit_models(
-        spark, fit, items, tuned, check_recall=False, content=content, als=als_model, item_knn=knn_neighbours
+        spark,
+        fit,
+        items,
+        tuned,
+        check_recall=False,
+        content=content,
+        als=als_model,
+        item_knn=knn_neighbours,
+        popularity=popularity,
     )
     # Candidates for the sampled users only; the models saw every fit row.
     scored = fit.join(sample.select(USER_IDX).distinct(), USER_IDX, how="left_semi")
@@ -421,9 +491,11 @@ def tune(
             best = (half_trust, weights, top)
     half_trust, weights, top = best
     log.info(
-        "tuned als %s, item_knn %s, hybrid weights %s and als_half_trust %g (validation ndcg@%d %.4f)",
+        "tuned als %s, item_knn %s, popular half_life_days %g, hybrid weights %s and als_half_trust %g "
+        "(validation ndcg@%d %.4f)",
         als_params,
         knn_params,
+        half_life,
         weights,
         half_trust,
         k,
@@ -432,11 +504,13 @@ def tune(
     return {
         "als": als_params,
         "item_knn": knn_params,
+        "popular": {"half_life_days": half_life},
         "hybrid_weights": weights,
         "als_half_trust": half_trust,
         "validation_ndcg": top,
         "als_grid": als_results,
         "item_knn_grid": knn_results,
+        "popular_grid": popular_results,
         # every (trust setting, weight vector) scored, with its validation ndcg
         "weight_grid": weight_results,
         "validation_users": validation.select(USER_IDX).distinct().count(),

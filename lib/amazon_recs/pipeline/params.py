@@ -84,6 +84,7 @@ def tune_params(config: Config) -> TuneParams:
     return TuneParams(
         als_grid=config.require("tune.als_grid"),
         item_knn_grid=config.require("tune.item_knn_grid"),
+        popular_half_life_days=tuple(float(v) for v in config.require("tune.popular_half_life_days")),
         weight_step=config.require("tune.weight_step"),
         k=config.require("evaluate.k"),
         candidates=config.require("recommend.candidates"),

@@ -52,12 +52,13 @@ def run_train(spark: SparkSession, config: Config) -> dict:
     )
     tuning = None
     if config.require("tune.enabled"):
-        progress("tuning ALS, item-kNN and the hybrid's weights on validation")
+        progress("tuning ALS, item-kNN, popularity's half-life and the hybrid's weights on validation")
         tuning = tuning_mod.tune(spark, train, items, params, p.tune_params(config), content)
         params = dataclasses.replace(
             params,
             als=dataclasses.replace(params.als, **tuning["als"]),
             item_knn=dataclasses.replace(params.item_knn, **tuning["item_knn"]),
+            popular=dataclasses.replace(params.popular, **tuning["popular"]),
         )
         io.write_text(spark, f"{out}/tuning.json", json.dumps(tuning, indent=2, sort_keys=True))
     knn = params.item_knn
@@ -90,6 +91,7 @@ def run_train(spark: SparkSession, config: Config) -> dict:
         "als_fit_seconds": fit_seconds,
         "als_solver": solver,
         "item_knn_params": dataclasses.asdict(knn),
+        "popular_params": dataclasses.asdict(params.popular),
         "item_knn_pairs": knn_pairs,
         "item_knn_fit_seconds": knn_seconds,
         # What refresh folds new users in with: the same confidence and regularisation.

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 from chispa import assert_approx_df_equality
 
+from amazon_recs.errors import ConfigError
 from amazon_recs.models import als as m_als
 from amazon_recs.models import baseline as m_baseline
 from amazon_recs.models import content as m_content
@@ -243,6 +244,17 @@ def test_fit_popularity_half_life_weighting(spark):
         2: (pytest.approx(1.25, abs=1e-12), 2),
         3: (pytest.approx(2 * math.sqrt(0.5), abs=1e-12), 2),
     }
+
+
+def test_fit_popularity_without_decay_counts_interactions(spark):
+    train = spark.createDataFrame(
+        [(1, 1, NEWEST), (2, 1, NEWEST - timedelta(days=900)), (1, 2, NEWEST - timedelta(days=1))],
+        "user_idx int, item_idx int, ts timestamp",
+    )
+    got = {r.item_idx: (r.score, r.interactions) for r in m_popular.fit_popularity(train, 0.0).collect()}
+    assert got == {1: (2.0, 2), 2: (1.0, 1)}
+    with pytest.raises(ConfigError, match="half_life_days"):
+        m_popular.fit_popularity(train, -1.0)
 
 
 def test_recommend_popular_excludes_seen(spark):

@@ -14,6 +14,7 @@ from amazon_recs.features.split import SplitParams
 from amazon_recs.models import als as m_als
 from amazon_recs.models import item_knn as m_item_knn
 from amazon_recs.models import lists as rc
+from amazon_recs.models import popular as m_popular
 from amazon_recs.models import tuning
 from amazon_recs.models.content import NEIGHBOURS_SCHEMA
 from amazon_recs.models.lists import as_candidates
@@ -285,6 +286,60 @@ def test_item_knn_validation_ndcg_in_numpy_equals_the_spark_metric(spark):
         assert got > 0
 
 
+def test_popular_validation_ndcg_in_numpy_equals_the_spark_metric(spark):
+    """tune_popular scores a ranking in numpy; the figure must be the one
+    metrics.per_user_metrics gives on recommend_popular's Spark lists, with tied
+    scores (item id breaks them), a heavy user who has seen most of the ranking, a
+    validation item also seen (never listed), an item without fit rows, a
+    validation user without fit rows and duplicated rows."""
+    rng = random.Random(5)
+    fit_rows = [(u, i, 1.0) for u in range(40) for i in rng.sample(range(25), rng.randint(1, 6))]
+    fit_rows += [(41, i, 1.0) for i in range(22)]  # has seen most items
+    fit_rows += fit_rows[:5]
+    fit = spark.createDataFrame(fit_rows, "user_idx int, item_idx int, weight double")
+    truth = [(u, i) for u in range(0, 42, 3) for i in rng.sample(range(30), rng.randint(1, 4))]
+    truth += [(41, 23), (41, 3), (0, fit_rows[0][1])]  # (41, 3) and user 0's first item were seen
+    validation = spark.createDataFrame(truth + truth[:3], "user_idx int, item_idx int")
+    users = tuning.UserItems.of(
+        fit.join(validation.select("user_idx").distinct(), "user_idx", "left_semi"), validation
+    )
+    # scores with ties: items 0-9 share one score
+    popularity = spark.createDataFrame(
+        [(i, float(max(i, 10) % 7), 1) for i in range(25)], "item_idx int, score double, interactions long"
+    )
+    items, scores = (
+        np.asarray(c) for c in zip(*[(r.item_idx, r.score) for r in popularity.collect()], strict=True)
+    )
+    order = items[np.lexsort((items, -scores))]
+    scored = fit.join(validation.select("user_idx").distinct(), "user_idx", "left_semi")
+    for k in (1, 3, 10):
+        got = users.ndcg_ranking(order, k)
+        recs = m_popular.recommend_popular(popularity, scored.select("user_idx").distinct(), scored, k)
+        expected = tuning.ndcg_by(recs.withColumn("combo", F.lit(0)), validation, k, "combo")[0]
+        assert got == pytest.approx(expected, abs=1e-12), k
+        assert got > 0
+
+
+def test_tune_popular_picks_the_half_life_validation_prefers(spark):
+    """Old interactions on item 1, recent ones on item 2, validation on item 2: a
+    short half-life wins; validation on item 1: plain counts (0) win."""
+    now = datetime(2024, 6, 1)
+    rows = [(u, 1, now - timedelta(days=400)) for u in range(10)]
+    rows += [(u, 2, now - timedelta(days=d)) for u, d in ((10, 1), (11, 2), (12, 3))]
+    rows += [(u, 3, now - timedelta(days=200)) for u in range(13, 20)]
+    fit = spark.createDataFrame(rows, "user_idx int, item_idx int, ts timestamp")
+    for wanted, best in ((2, 30.0), (1, 0.0)):
+        validation = spark.createDataFrame([(u, wanted) for u in range(20, 30)], "user_idx int, item_idx int")
+        users = tuning.UserItems.of(
+            fit.join(validation.select("user_idx").distinct(), "user_idx", "left_semi"), validation
+        )
+        chosen, results, popularity = tuning.tune_popular(fit, users, (0.0, 30.0, 365.0), 1)
+        assert chosen == best
+        assert [r["half_life_days"] for r in results] == [0.0, 30.0, 365.0]
+        top = popularity.orderBy(F.desc("score")).first()
+        assert top.item_idx == wanted
+
+
 def tuning_point(result):
     return (result["neighbours"], result["shrinkage"])
 
@@ -363,7 +418,11 @@ def test_tune_fits_als_once_per_grid_point_and_reuses_the_best(spark, monkeypatc
         "validation_ndcg",
         "als_grid",
         "item_knn_grid",
+        "popular",
+        "popular_grid",
     }
+    assert summary["popular"]["half_life_days"] in params.popular_half_life_days
+    assert len(summary["popular_grid"]) == len(params.popular_half_life_days)
     assert sum(summary["hybrid_weights"].values()) == pytest.approx(1.0)
     # every trust setting was searched with the weights, and the best of all was kept
     assert summary["als_half_trust"] in params.als_half_trust
