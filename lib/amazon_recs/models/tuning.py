@@ -295,8 +295,8 @@ class UserItems:
     def ndcg_ranking(self, order: np.ndarray, k: int) -> float:
         """Mean NDCG@k over the users of one ranking shared by all (item ids, best first),
         each user's list its first ``k`` items they have not seen, as
-        ``popular.recommend_popular`` lists: a validation item at place q of ``order``
-        ranks q minus the user's seen items placed before it."""
+        ``popular.recommend_popular`` lists for the users with fit rows: a validation
+        item at place q of ``order`` ranks q minus the user's seen items placed before it."""
         n_users = len(self.users)
         if not n_users:
             return 0.0
@@ -314,7 +314,10 @@ class UserItems:
         after = np.searchsorted(seen_key, key)
         seen_before = after - np.searchsorted(seen_key, rows * len(order))
         rank = at - seen_before + 1
-        hit = (rank <= k) & ~np.isin(key, seen_key)  # a seen item is never listed
+        # A seen item is never listed, and a user without fit rows gets no list (counts
+        # 0), as the other models' tuning scores them.
+        has_list = np.bincount(self.seen_rows, minlength=n_users) > 0
+        hit = (rank <= k) & ~np.isin(key, seen_key) & has_list[rows]
         discount = ws.discounts(k)
         dcg = np.bincount(rows[hit], weights=discount[rank[hit] - 1], minlength=n_users)
         relevant = np.minimum(np.bincount(self.truth_rows, minlength=n_users), k)

@@ -291,7 +291,8 @@ def test_popular_validation_ndcg_in_numpy_equals_the_spark_metric(spark):
     metrics.per_user_metrics gives on recommend_popular's Spark lists, with tied
     scores (item id breaks them), a heavy user who has seen most of the ranking, a
     validation item also seen (never listed), an item without fit rows, a
-    validation user without fit rows and duplicated rows."""
+    validation user without fit rows (no list: 0, as tuning scores the other models)
+    and duplicated rows."""
     rng = random.Random(5)
     fit_rows = [(u, i, 1.0) for u in range(40) for i in rng.sample(range(25), rng.randint(1, 6))]
     fit_rows += [(41, i, 1.0) for i in range(22)]  # has seen most items
@@ -299,6 +300,7 @@ def test_popular_validation_ndcg_in_numpy_equals_the_spark_metric(spark):
     fit = spark.createDataFrame(fit_rows, "user_idx int, item_idx int, weight double")
     truth = [(u, i) for u in range(0, 42, 3) for i in rng.sample(range(30), rng.randint(1, 4))]
     truth += [(41, 23), (41, 3), (0, fit_rows[0][1])]  # (41, 3) and user 0's first item were seen
+    truth += [(42, 10), (42, 11)]  # user 42: no fit rows, so no list (counts 0)
     validation = spark.createDataFrame(truth + truth[:3], "user_idx int, item_idx int")
     users = tuning.UserItems.of(
         fit.join(validation.select("user_idx").distinct(), "user_idx", "left_semi"), validation
@@ -327,6 +329,7 @@ def test_tune_popular_picks_the_half_life_validation_prefers(spark):
     rows = [(u, 1, now - timedelta(days=400)) for u in range(10)]
     rows += [(u, 2, now - timedelta(days=d)) for u, d in ((10, 1), (11, 2), (12, 3))]
     rows += [(u, 3, now - timedelta(days=200)) for u in range(13, 20)]
+    rows += [(u, 9, now - timedelta(days=1000)) for u in range(20, 30)]  # the validation users' history
     fit = spark.createDataFrame(rows, "user_idx int, item_idx int, ts timestamp")
     for wanted, best in ((2, 30.0), (1, 0.0)):
         validation = spark.createDataFrame([(u, wanted) for u in range(20, 30)], "user_idx int, item_idx int")
