@@ -60,7 +60,7 @@ class TuneParams:
         default_factory=lambda: {"rank": [32], "reg_param": [0.01, 0.1], "alpha": [1.0, 5.0, 20.0]}
     )
     item_knn_grid: Mapping[str, list] = field(
-        default_factory=lambda: {"neighbours": [20, 50, 100], "shrinkage": [0.0, 10.0, 50.0]}
+        default_factory=lambda: {"neighbours": [5, 20, 100], "shrinkage": [0.0, 10.0, 50.0]}
     )
     # Popularity's half-lives tried (popular.half_life_days; 0: no decay).
     popular_half_life_days: tuple[float, ...] = (0.0, 30.0, 90.0, 365.0)
