@@ -57,7 +57,7 @@ class TuneParams:
     """
 
     als_grid: Mapping[str, list] = field(
-        default_factory=lambda: {"rank": [32], "reg_param": [0.01, 0.1], "alpha": [1.0, 5.0, 20.0]}
+        default_factory=lambda: {"rank": [32], "reg_param": [0.1], "alpha": [0.5, 1.0, 5.0, 20.0]}
     )
     item_knn_grid: Mapping[str, list] = field(
         default_factory=lambda: {"neighbours": [5, 20, 100], "shrinkage": [0.0, 10.0, 50.0]}
