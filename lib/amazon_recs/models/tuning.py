@@ -3,14 +3,14 @@
 ALS's rank, regularisation and alpha are chosen by NDCG@k on validation over
 the grid in ``tune.als_grid``; item-kNN's neighbours and shrinkage over
 ``tune.item_knn_grid``; popularity's half-life over
-``tune.popular_half_life_days`` (0: plain counts); the hybrid's fusion weights by NDCG@k over every
-weight vector on a simplex grid of step ``tune.weight_step``, searched per user
-in numpy (``weight_search``). All score a seeded sample of at most
-``tune.max_validation_users`` validation users; the fits use every fit row.
-The best grid points' models give the candidates the weights are searched on,
-so tuning fits ALS once per grid point (item-kNN once per shrinkage: fewer
-neighbours are a prefix of more), and the train stage once more on the whole
-training split.
+``tune.popular_half_life_days`` (0: plain counts); the hybrid's fusion weights
+by NDCG@k over every weight vector on a simplex grid of step
+``tune.weight_step``, searched per user in numpy (``weight_search``). All score
+a seeded sample of at most ``tune.max_validation_users`` validation users; the
+fits use every fit row. The best grid points' models give the candidates the
+weights are searched on, so tuning fits ALS once per grid point (item-kNN once
+per shrinkage: fewer neighbours are a prefix of more), and the train stage once
+more on the whole training split.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class TuneParams:
         default_factory=lambda: {"rank": [32], "reg_param": [0.1], "alpha": [0.5, 1.0, 5.0, 20.0]}
     )
     item_knn_grid: Mapping[str, list] = field(
-        default_factory=lambda: {"neighbours": [5, 20, 100], "shrinkage": [0.0, 10.0, 50.0]}
+        default_factory=lambda: {"neighbours": [20, 50, 100], "shrinkage": [0.0, 10.0, 50.0]}
     )
     # Popularity's half-lives tried (popular.half_life_days; 0: no decay).
     popular_half_life_days: tuple[float, ...] = (0.0, 30.0, 90.0, 365.0)
@@ -167,7 +167,12 @@ def tune_als(
 
 
 def tune_item_knn(
-    fit: DataFrame, validation: DataFrame, params: m_item_knn.ItemKnnParams, grid: Mapping[str, list], k: int
+    fit: DataFrame,
+    validation: DataFrame,
+    params: m_item_knn.ItemKnnParams,
+    grid: Mapping[str, list],
+    k: int,
+    users: UserItems | None = None,
 ) -> tuple[dict, list[dict], DataFrame]:
     """Item-kNN's grid point with the best validation NDCG@k, every point's score, and the
     best point's neighbours fitted on ``fit``.
@@ -178,15 +183,15 @@ def tune_item_knn(
     lists (``user_lists.by_neighbours``): the neighbours are item-sized and the
     validation users' histories bounded by ``tune.max_validation_users``; scoring
     them as Spark rows (a join, a group and a window per point) took minutes at 1M.
+    ``users``, when given, are ``UserItems.of(fit, validation)``, collected once by
+    the caller for every model it tunes.
     """
     unknown = set(grid) - {f.name for f in dataclasses.fields(m_item_knn.ItemKnnParams)}
     if unknown:
         raise ConfigError(f"tune.item_knn_grid: unknown settings {sorted(unknown)}")
     points = als_grid(grid)
     most = max(grid.get("neighbours", [params.neighbours]))
-    users = UserItems.of(
-        fit.join(validation.select(USER_IDX).distinct(), USER_IDX, how="left_semi"), validation
-    )
+    users = users or UserItems.for_validation(fit, validation)
     by_fit: dict[tuple, list[int]] = {}
     for i, point in enumerate(points):
         by_fit.setdefault(_fit_key(point), []).append(i)
@@ -251,6 +256,13 @@ class UserItems:
     seen_items: np.ndarray
     truth_rows: np.ndarray
     truth_items: np.ndarray
+
+    @staticmethod
+    def for_validation(fit: DataFrame, validation: DataFrame) -> UserItems:
+        """The validation users' fit rows (only theirs are collected) and validation rows."""
+        return UserItems.of(
+            fit.join(validation.select(USER_IDX).distinct(), USER_IDX, how="left_semi"), validation
+        )
 
     @staticmethod
     def of(fit: DataFrame, validation: DataFrame) -> UserItems:
@@ -449,10 +461,10 @@ def tune(
     fit, validation = carve_validation(train, params.split)
     sample = filter_sampled_users(validation, params.max_validation_users, params.split.seed).cache()
     als_params, als_results, als_model = tune_als(fit, sample, models.als, params.als_grid, k)
+    users = UserItems.for_validation(fit, sample)  # collected once, for item-kNN and popularity
     knn_params, knn_results, knn_neighbours = tune_item_knn(
-        fit, sample, models.item_knn, params.item_knn_grid, k
+        fit, sample, models.item_knn, params.item_knn_grid, k, users
     )
-    users = UserItems.of(fit.join(sample.select(USER_IDX).distinct(), USER_IDX, how="left_semi"), sample)
     half_life, popular_results, popularity = tune_popular(fit, users, params.popular_half_life_days, k)
     tuned = dataclasses.replace(
         models,
