@@ -298,11 +298,7 @@ class UserItems:
         first = np.searchsorted(flat.rows, np.arange(n_users))
         rank = np.arange(len(flat.rows)) - first[flat.rows] + 1
         hit = np.isin(flat.rows * size + flat.places, self.truth_rows * size + self.truth_items)
-        discount = ws.discounts(k)
-        dcg = np.bincount(flat.rows[hit], weights=discount[rank[hit] - 1], minlength=n_users)
-        relevant = np.minimum(np.bincount(self.truth_rows, minlength=n_users), k)
-        ideal = np.cumsum(discount)[np.maximum(relevant, 1) - 1]
-        return float(np.sum(np.where(relevant > 0, dcg / ideal, 0.0)) / n_users)
+        return self._mean_ndcg(flat.rows[hit], rank[hit], k)
 
     def ndcg_ranking(self, order: np.ndarray, k: int) -> float:
         """Mean NDCG@k over the users of one ranking shared by all (item ids, best first),
@@ -330,8 +326,14 @@ class UserItems:
         # 0), as the other models' tuning scores them.
         has_list = np.bincount(self.seen_rows, minlength=n_users) > 0
         hit = (rank <= k) & ~np.isin(key, seen_key) & has_list[rows]
+        return self._mean_ndcg(rows[hit], rank[hit], k)
+
+    def _mean_ndcg(self, hit_rows: np.ndarray, hit_ranks: np.ndarray, k: int) -> float:
+        """Mean NDCG@k over the users from their hits (user row, rank 1..k); a user
+        without a hit counts 0, as ``metrics.per_user_metrics`` counts them."""
+        n_users = len(self.users)
         discount = ws.discounts(k)
-        dcg = np.bincount(rows[hit], weights=discount[rank[hit] - 1], minlength=n_users)
+        dcg = np.bincount(hit_rows, weights=discount[hit_ranks - 1], minlength=n_users)
         relevant = np.minimum(np.bincount(self.truth_rows, minlength=n_users), k)
         ideal = np.cumsum(discount)[np.maximum(relevant, 1) - 1]
         return float(np.sum(np.where(relevant > 0, dcg / ideal, 0.0)) / n_users)
