@@ -136,20 +136,18 @@ def tuning_section(tuning: dict | None) -> str:
     ]
     lines += _grid_rows(tuning["als_grid"], columns)
     if tuning.get("item_knn_grid"):  # versions tuned before item-kNN have none
-        knn_columns = sorted(k for k in tuning["item_knn_grid"][0] if k != "ndcg") + ["ndcg"]
-        lines += [
-            "",
-            f"Item-kNN {tuning['item_knn']}:",
-            "",
-            "| " + " | ".join(knn_columns) + " |",
-            "|" + "---:|" * len(knn_columns),
-        ]
-        lines += _grid_rows(tuning["item_knn_grid"], knn_columns)
+        lines += _grid_table(f"Item-kNN {tuning['item_knn']}:", tuning["item_knn_grid"])
     if tuning.get("popular_grid"):  # versions tuned before popularity's half-life have none
-        lines += ["", f"Popularity {tuning['popular']} (half_life_days 0: no decay):", ""]
-        lines += ["| half_life_days | ndcg |", "|---:|---:|"]
-        lines += _grid_rows(tuning["popular_grid"], ["half_life_days", "ndcg"])
+        title = f"Popularity {tuning['popular']} (half_life_days 0: no decay):"
+        lines += _grid_table(title, tuning["popular_grid"])
     return "\n".join(lines) + "\n"
+
+
+def _grid_table(title: str, points: list[dict]) -> list[str]:
+    """A titled table of a grid's points: its settings, then ndcg."""
+    columns = sorted(k for k in points[0] if k != "ndcg") + ["ndcg"]
+    header = ["", title, "", "| " + " | ".join(columns) + " |", "|" + "---:|" * len(columns)]
+    return header + _grid_rows(points, columns)
 
 
 def _grid_rows(points: list[dict], columns: list[str]) -> list[str]:
