@@ -45,7 +45,7 @@ MODEL_HELP = {
     "als": "implicit-feedback matrix factorisation (MLlib ALS)",
     "item_knn": "products often chosen by the same people as the ones the user rated",
     "content": "TF-IDF similarity to the products the user rated",
-    "popular": "most popular recently, the same for everyone",
+    "popular": "most popular (recent interactions weigh more when popularity decays), the same for everyone",
 }
 METRIC_LABELS = {
     "ndcg": "NDCG@10",
