@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 from pathlib import Path
@@ -51,7 +52,13 @@ def _module_leaves_nothing_cached(request):
     stage: one driver runs the whole suite, and caches hold its heap."""
     yield
     if SparkContext._active_spark_context is not None:
-        release_caches(request.getfixturevalue("spark"))
+        spark = request.getfixturevalue("spark")
+        release_caches(spark)
+        # What the module's plans held (Spark's own join broadcasts, shuffles) is
+        # cleaned once the JVM collects them: let both sides collect now, not
+        # when the old generation happens to fill.
+        gc.collect()
+        spark.sparkContext._jvm.java.lang.System.gc()
 
 
 @pytest.fixture

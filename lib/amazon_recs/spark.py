@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from pyspark import Broadcast
 from pyspark.sql import SparkSession
 
 from amazon_recs.config import Config
@@ -110,28 +111,61 @@ def persisted_rdd_ids(spark: SparkSession) -> set[int]:
     return set(spark.sparkContext._jsc.getPersistentRDDs().keys())
 
 
-def release_caches(spark: SparkSession, keep: set[int] | frozenset[int] = frozenset()) -> None:
-    """Drop every DataFrame cache and unpersist every persisted RDD but those in ``keep``."""
+# Broadcasts made by ``share``, oldest first: each lives until the caches of the
+# stage (or test module) that made it are released.
+_SHARED: list[Broadcast] = []
+
+
+def share(spark: SparkSession, value) -> Broadcast:
+    """Broadcast ``value`` to the tasks of the running stage; it is destroyed, in the
+    driver too, when the stage's caches are released (``releasing_caches``).
+
+    A Python broadcast otherwise stays in the driver's block store for as long as
+    any plan that used it is reachable: item factors, co-occurrence and term
+    matrices, stage after stage, and in a test session pipeline after pipeline,
+    until storage has borrowed the memory tasks need to run.
+    """
+    shared = spark.sparkContext.broadcast(value)
+    _SHARED.append(shared)
+    return shared
+
+
+def unshare(shared: Broadcast) -> None:
+    """Destroy a broadcast ``share`` made as soon as the jobs that read it are done."""
+    _SHARED.remove(shared)
+    shared.destroy(blocking=False)
+
+
+def release_caches(
+    spark: SparkSession, keep: set[int] | frozenset[int] = frozenset(), shared_since: int = 0
+) -> None:
+    """Drop every DataFrame cache, unpersist every persisted RDD but those in ``keep``,
+    and destroy the broadcasts ``share`` made since the ``shared_since``-th."""
     spark.catalog.clearCache()
     for rdd_id, rdd in spark.sparkContext._jsc.getPersistentRDDs().items():
         if rdd_id not in keep:
             rdd.unpersist(False)
+    while len(_SHARED) > shared_since:
+        _SHARED.pop().destroy(blocking=False)
 
 
 @contextmanager
 def releasing_caches(spark: SparkSession) -> Iterator[None]:
-    """On the way out, drop every DataFrame cache and unpersist the RDDs persisted inside.
+    """On the way out, drop every DataFrame cache, unpersist the RDDs persisted inside
+    and destroy the broadcasts shared inside.
 
     One driver runs every stage of a pipeline (and a test session runs dozens of
     pipelines). A cached DataFrame keeps its physical plan, and the plan keeps
     the broadcast hash tables of its joins in the driver's memory; without this
-    they pile up, run after run, until the heap is exhausted.
+    they pile up, run after run, until the heap is exhausted. What a stage
+    returns is figures, never a DataFrame that still needs its broadcasts.
     """
     keep = persisted_rdd_ids(spark)
+    shared_since = len(_SHARED)
     try:
         yield
     finally:
-        release_caches(spark, keep)
+        release_caches(spark, keep, shared_since)
 
 
 def driver_facts(spark: SparkSession) -> dict:

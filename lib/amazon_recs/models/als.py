@@ -23,6 +23,7 @@ from amazon_recs.models.topk import (
     with_seen_items,
 )
 from amazon_recs.schemas import ITEM_IDX, SCORE, USER_IDX, WEIGHT
+from amazon_recs.spark import share
 
 FACTORS = "_factors"
 
@@ -158,8 +159,8 @@ def recommend_from_factors(
     if n <= 0 or not len(ids):
         return spark.createDataFrame([], schema)
     by_id = np.argsort(ids, kind="stable")
-    shared = spark.sparkContext.broadcast(
-        (ids[by_id].astype(np.int32), np.ascontiguousarray(factors[by_id], dtype=np.float32))
+    shared = share(
+        spark, (ids[by_id].astype(np.int32), np.ascontiguousarray(factors[by_id], dtype=np.float32))
     )
     block_users = max(1, block_floats // len(ids))
 

@@ -24,6 +24,7 @@ from pyspark.sql import functions as F
 from amazon_recs.models import lsh as m_lsh
 from amazon_recs.models.topk import BLOCK_FLOATS, best_per_row, filter_seen, top_k, top_n_per_row
 from amazon_recs.schemas import ITEM_IDX, SCORE, USER_IDX, WEIGHT
+from amazon_recs.spark import share, unshare
 
 log = logging.getLogger(__name__)
 
@@ -217,12 +218,10 @@ def sparse_neighbours(
         rows_per_block = max(1, min(block_rows, BLOCK_FLOATS // len(ids)))
         columns = np.ascontiguousarray(matrix[:, heavy].toarray())  # float64: cosines as exact as sparse
         rest = matrix[:, light] if len(light) else None
-        shared = spark.sparkContext.broadcast(
-            (ids, queries, columns, rest, None if rest is None else rest.T.tocsr())
-        )
+        shared = share(spark, (ids, queries, columns, rest, None if rest is None else rest.T.tocsr()))
     else:
         rows_per_block = block_rows
-        shared = spark.sparkContext.broadcast((ids, queries, matrix, matrix.T.tocsr()))
+        shared = share(spark, (ids, queries, matrix, matrix.T.tocsr()))
 
     def search(batches):
         ids, queries, *parts = shared.value
@@ -276,7 +275,7 @@ def lsh_neighbours(vectors: DataFrame, params: ContentParams, collected: tuple |
         plan.rounds,
         *(plan.s_curve(c) for c in (0.3, 0.5, 0.8)),
     )
-    shared = spark.sparkContext.broadcast((ids, csr))
+    shared = share(spark, (ids, csr))
     blocks = _blocks(spark, len(ids), LSH_BLOCK_ROWS)
 
     def sign(batches):
@@ -289,7 +288,7 @@ def lsh_neighbours(vectors: DataFrame, params: ContentParams, collected: tuple |
 
     parts = sorted(blocks.mapInPandas(sign, "start long, sig binary").collect())
     sig = np.frombuffer(b"".join(bytes(p.sig) for p in parts), np.uint64).reshape(len(ids), plan.words)
-    tables = spark.sparkContext.broadcast(m_lsh.band_tables(sig, plan))
+    tables = share(spark, m_lsh.band_tables(sig, plan))
 
     def by_bands(queries):
         _, (indptr, indices, data) = shared.value
@@ -300,12 +299,12 @@ def lsh_neighbours(vectors: DataFrame, params: ContentParams, collected: tuple |
     if plan.rounds == 0:
         return _run_blocks(blocks, shared, by_bands, True, n)
     lists, counts = _run_blocks(blocks, shared, by_bands, False, n)
-    tables.unpersist()
+    unshare(tables)
     fresh = lists >= 0
     for round_ in range(1, plan.rounds + 1):
         final = round_ == plan.rounds or fresh.sum() < LSH_SETTLED * max(1, counts.sum())
         graph = (lists, counts, fresh, *m_lsh.reverse_lists(lists, counts, n))
-        state = spark.sparkContext.broadcast(graph)
+        state = share(spark, graph)
 
         def by_graph(queries, state=state):
             _, (indptr, indices, data) = shared.value
@@ -317,7 +316,7 @@ def lsh_neighbours(vectors: DataFrame, params: ContentParams, collected: tuple |
             log.info("LSH: refinement round %d is the last", round_)
             return _run_blocks(blocks, shared, by_graph, True, n)
         after, counts = _run_blocks(blocks, shared, by_graph, False, n)
-        state.unpersist()
+        unshare(state)
         fresh = m_lsh.fresh_entries(lists, after, counts)
         lists = after
         log.info(

@@ -38,6 +38,7 @@ from amazon_recs.errors import ConfigError
 from amazon_recs.models.content import NEIGHBOUR, NEIGHBOURS_SCHEMA, SIMILARITY, recommend_content
 from amazon_recs.models.topk import best_per_row
 from amazon_recs.schemas import ITEM_IDX, USER_IDX, WEIGHT
+from amazon_recs.spark import share
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def fit_item_knn(train: DataFrame, params: ItemKnnParams, block_work: int = BLOC
         work,
         len(starts),
     )
-    shared = spark.sparkContext.broadcast((ids, matrix, transposed, users, np.r_[starts, len(ids)]))
+    shared = share(spark, (ids, matrix, transposed, users, np.r_[starts, len(ids)]))
 
     def search(batches):
         ids, matrix, transposed, users, bounds = shared.value

@@ -12,6 +12,7 @@ from pyspark.sql import types as T
 
 from amazon_recs.models.jit import njit_cached
 from amazon_recs.schemas import ITEM_IDX, RANK, SCORE, USER_IDX
+from amazon_recs.spark import share
 
 
 def top_k(
@@ -370,7 +371,7 @@ def walk_unseen(
     if n <= 0 or not len(order):
         return spark.createDataFrame([], schema)
     sorter = np.argsort(order, kind="stable")
-    shared = spark.sparkContext.broadcast((order, sorter, order_scores))
+    shared = share(spark, (order, sorter, order_scores))
 
     def walk(batches):
         order, sorter, order_scores = shared.value

@@ -41,6 +41,7 @@ from amazon_recs.models import lists as rc
 from amazon_recs.models.lists import BECAUSE, COMPONENTS, RANDOM_SOURCE, SOURCE
 from amazon_recs.models.topk import BLOCK_FLOATS, best_per_row, collect_columns, top_n_per_row
 from amazon_recs.schemas import ITEM_IDX, MODEL, RANK, SCORE, USER, USER_IDX, WEIGHT
+from amazon_recs.spark import share
 
 SEEN_ITEMS = "_seen_items"
 SEEN_WEIGHTS = "_seen_weights"
@@ -279,7 +280,7 @@ def user_lists(
     ``timer``, an accumulator, receives the worker seconds spent on ALS scores.
     """
     spark = users.sparkSession
-    broadcast = spark.sparkContext.broadcast(shared)
+    broadcast = share(spark, shared)
     weights = {m: float(weights.get(m, 0.0)) for m in COMPONENTS}
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:

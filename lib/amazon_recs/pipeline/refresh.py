@@ -67,6 +67,7 @@ from amazon_recs.schemas import (
 from amazon_recs.serving import dynamodb
 from amazon_recs.serving.gold_tables import REFRESHED_TABLE
 from amazon_recs.serving.validation import SERVED_MODELS
+from amazon_recs.spark import share
 
 REFRESH_LOG = "gold/refresh_log"
 # Up to this many acting users, ALS scores every item (an exact search) instead of
@@ -235,7 +236,7 @@ def refreshed_lists(
     users: DataFrame, cat: user_lists.Catalogue, k: int, n: int, weights: dict, als: dict
 ) -> DataFrame:
     """Every model's list for ``users`` (``acting_users``), ALS factors folded in per batch."""
-    broadcast = users.sparkSession.sparkContext.broadcast(cat)
+    broadcast = share(users.sparkSession, cat)
     weights = {m: float(weights.get(m, 0.0)) for m in user_lists.COMPONENTS}
     reg_param, alpha = float(als["reg_param"]), float(als["alpha"])
 

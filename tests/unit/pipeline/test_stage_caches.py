@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from amazon_recs.pipeline.base import stage
-from amazon_recs.spark import persisted_rdd_ids
+from amazon_recs.spark import persisted_rdd_ids, share, unshare
 
 
 def _cached_in_memory(spark) -> bool:
@@ -50,3 +52,49 @@ def test_a_failing_stage_still_releases_its_caches(spark):
         failing(spark, None)
     assert persisted_rdd_ids(spark) <= before
     assert not _cached_in_memory(spark)
+
+
+def _driver_holds(spark, shared) -> bool:
+    """Whether the driver's block store still holds any block of this broadcast."""
+    prefix = f"broadcast_{shared._jbroadcast.id()}"
+    blocks = (
+        spark.sparkContext._jvm.org.apache.spark.SparkEnv.get().blockManager().blockInfoManager().entries()
+    )
+    while blocks.hasNext():
+        name = blocks.next()._1().name()
+        if name == prefix or name.startswith(prefix + "_"):
+            return True
+    return False
+
+
+def _released(spark, shared, seconds: float = 10.0) -> bool:
+    """Destroying is asynchronous in the block store: wait for it, briefly."""
+    deadline = time.monotonic() + seconds
+    while _driver_holds(spark, shared) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _driver_holds(spark, shared)
+
+
+def test_a_stage_destroys_the_broadcasts_it_shared_and_keeps_the_older_ones(spark):
+    older = share(spark, list(range(1000)))
+    inside = {}
+
+    @stage
+    def scoring(spark, config):
+        table = share(spark, {i: i * i for i in range(1000)})
+        done_early = share(spark, "read by one job only")
+        rows = spark.range(5).rdd.map(lambda r: table.value[r.id] + len(done_early.value)).collect()
+        unshare(done_early)
+        inside.update(table=table, done_early=done_early, in_driver=_driver_holds(spark, table))
+        return {"rows": rows}
+
+    try:
+        assert scoring(spark, None) == {"rows": [20, 21, 24, 29, 36]}
+        assert inside["in_driver"]
+        for shared in (inside["table"], inside["done_early"]):
+            assert not shared._jbroadcast.isValid()
+            assert _released(spark, shared)
+        assert older._jbroadcast.isValid() and _driver_holds(spark, older)
+        assert spark.range(3).rdd.map(lambda r: older.value[r.id + 10]).collect() == [10, 11, 12]
+    finally:
+        unshare(older)
