@@ -255,6 +255,8 @@ def report(args, parity, refresh, wall, events, batch) -> str:
         "|---|---:|",
         f"| refresh stage (its summary) | {refresh['seconds']:.1f} s |",
         f"| spark-submit wall (JVM start included) | {wall:.1f} s |",
+        f"| event files listed / read (the others the version had seen) | {refresh['event_files']:,} / "
+        f"{refresh['event_files_read']:,} |",
         f"| events read / new / rejected / duplicate | {refresh['events_read']:,} / "
         f"{refresh['events_new']:,} / {refresh['events_rejected']:,} / {refresh['events_duplicate']:,} |",
         f"| users refreshed (new) | {refresh['users']:,} ({refresh['new_users']:,}) |",

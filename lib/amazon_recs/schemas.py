@@ -94,6 +94,18 @@ SILVER_EVENTS = T.StructType(
     ]
 )
 
+# The event files whose every line is in bronze (accepted, a duplicate or rejected),
+# as ingest listed them: a file appended to since is a new (source_file, bytes).
+# silver/event_files is its copy at a features run, so ``refresh`` reads only the
+# files a version has not seen, not every event file ever written.
+EVENT_FILES = T.StructType(
+    [
+        T.StructField("source_file", T.StringType(), False),
+        T.StructField("bytes", T.LongType(), False),
+        T.StructField("ingest_run_id", T.StringType(), False),
+    ]
+)
+
 REJECTS = T.StructType(
     [
         T.StructField("kind", T.StringType(), False),

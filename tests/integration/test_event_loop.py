@@ -139,6 +139,7 @@ def monkeypatch_module():
 
 def test_refresh_takes_the_new_events_of_the_users_who_acted(loop):
     s = loop["summary"]
+    assert (s["event_files"], s["event_files_read"]) == (6, 6)  # the version was trained before any
     assert (s["events_read"], s["events_new"], s["events_duplicate"], s["events_rejected"]) == (6, 5, 1, 0)
     assert (s["users"], s["new_users"]) == (2, 1)
     assert s["dynamodb_lists"] == 2 * len(SERVED_MODELS)
@@ -205,6 +206,16 @@ def test_the_next_run_ingests_the_events_exactly_once_and_leaves_nothing_to_refr
     for stage in STAGE_ORDER[3:]:
         stage_function(stage)(spark, config)
     again = stage_function("refresh")(spark, config)
+    # The new version's features run saw every event file: none is opened again.
+    assert (again["event_files"], again["event_files_read"], again["events_read"]) == (6, 0, 0)
     assert again["events_new"] == 0 and again["users"] == 0
     # The export of the new version emptied the refreshed lists of the old one.
     assert io.read_table(spark, config, "gold/refreshed_recommendations").count() == 0
+
+    # One more event: refresh opens its file alone and re-scores its user alone.
+    post({"event_id": "view-9", "event_type": "view", "user_id": NEW_USER, "item_id": loop["bought"]})
+    third = stage_function("refresh")(spark, config)
+    assert (third["event_files"], third["event_files_read"], third["events_new"]) == (7, 1, 1)
+    assert (third["users"], third["new_users"]) == (1, 0)  # no longer new: the last run gave them an id
+    log = io.read_table(spark, config, "gold/refresh_log").orderBy("refreshed_at").collect()
+    assert [r["event_files_read"] for r in log] == [6, 0, 1]

@@ -10,6 +10,7 @@ from amazon_recs.config import Config
 from amazon_recs.errors import InputError
 from amazon_recs.features import silver as fe
 from amazon_recs.pipeline.base import stage
+from amazon_recs.pipeline.ingest import EVENT_FILES_TABLE
 from amazon_recs.schemas import ITEM, ITEM_IDX, SPLIT, USER, USER_IDX
 
 
@@ -60,6 +61,10 @@ def run_features(spark: SparkSession, config: Config) -> dict:
     io.overwrite_table(
         schemas.conform(events, schemas.SILVER_EVENTS, "silver/events"), config, "silver/events"
     )
+    event_files = _existing(spark, config, EVENT_FILES_TABLE)
+    if event_files is None:
+        event_files = spark.createDataFrame([], schema=schemas.EVENT_FILES)
+    io.overwrite_table(event_files, config, "silver/event_files")
     interactions = io.read_table(spark, config, "silver/interactions")
     io.overwrite_table(fe.build_items(products, item_ids, interactions, tags), config, "silver/items")
     io.overwrite_table(fe.build_users(interactions), config, "silver/users")

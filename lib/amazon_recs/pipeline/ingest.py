@@ -14,6 +14,9 @@ from amazon_recs.ingest import sources as ig
 from amazon_recs.ingest.sample import META_FILE, REVIEWS_FILE, generate_sample
 from amazon_recs.pipeline.base import stage
 
+# The event files ingest has read whole (schemas.EVENT_FILES).
+EVENT_FILES_TABLE = "bronze/event_files"
+
 
 def input_globs(config: Config) -> dict[str, str]:
     """Each configured source's glob; with no reviews configured, the generated sample.
@@ -55,5 +58,8 @@ def run_ingest(spark: SparkSession, config: Config) -> dict:
         ig.check_reject_rate(log_rows, rejects, config.require("input.max_reject_rate"), as_one)
         update = "record_hash" if kind == "products" else None
         io.merge_table(spark, accepted, config, ig.TABLES[kind], ig.KEYS[kind], update)
+        if kind == "events":  # last: a file is listed once its lines are all in bronze
+            files_done = log.select("source_file", "bytes", "ingest_run_id")
+            io.merge_table(spark, files_done, config, EVENT_FILES_TABLE, ["source_file", "bytes"])
         logs.extend(log_rows)
     return {"ingest_run_id": run_id, "files": logs}

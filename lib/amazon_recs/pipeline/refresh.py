@@ -1,10 +1,11 @@
 """The refresh stage: fresh lists, between batch runs, for the users who acted.
 
 The nightly run retrains everything; ``refresh`` is the cheap step between two
-runs. It reads the activity events (``input.events``) with ingest's parser (the
-same accepted, rejected and duplicate rules), keeps the events the current model
-version has not seen (not in ``silver/events`` at the commit the version was
-trained on), and recomputes every model's list for only the users they name:
+runs. It reads the activity event files (``input.events``) the current model
+version has not seen (not in its ``silver/event_files``) with ingest's parser (the
+same accepted, rejected and duplicate rules), keeps the events the version was not
+trained on (not in ``silver/events`` at the commit the version was trained on),
+and recomputes every model's list for only the users they name:
 
 - each user's seen items are their training interactions in the version plus
   the new events, folded per (user, item) as the features stage folds them;
@@ -157,9 +158,21 @@ def _check_served(spark: SparkSession, config: Config, version: str) -> str | No
 def new_events(spark: SparkSession, config: Config, version: str, info: dict) -> tuple[DataFrame, dict]:
     """The accepted events the version was not trained on, one per event id, and the counts:
     every event line read is accepted, rejected (the next ingest quarantines it with its
-    reason) or a duplicate."""
-    files = event_files(spark, config)
-    counts = {"event_files": len(files), "events_read": 0, "events_rejected": 0, "events_duplicate": 0}
+    reason) or a duplicate.
+
+    Only the event files the version has not seen are read: those not in its
+    ``silver/event_files`` as they are now (same path and size), so a refresh reads
+    what arrived since the version's features run, not every event file ever written.
+    """
+    listed = event_files(spark, config)
+    files = unseen_files(spark, config, listed, info)
+    counts = {
+        "event_files": len(listed),
+        "event_files_read": len(files),
+        "events_read": 0,
+        "events_rejected": 0,
+        "events_duplicate": 0,
+    }
     if not files:
         return spark.createDataFrame([], schemas.BRONZE_EVENTS), {**counts, "events_new": 0}
     accepted, _, log = ig.ingest_source(spark, config, "events", files, f"refresh-{version}")
@@ -176,6 +189,19 @@ def new_events(spark: SparkSession, config: Config, version: str, info: dict) ->
         events_new=accepted.count(),
     )
     return accepted, counts
+
+
+def unseen_files(
+    spark: SparkSession, config: Config, files: list[io.InputFile], info: dict
+) -> list[io.InputFile]:
+    """``files`` but those whose every line the version's features run had in bronze."""
+    seen = "silver/event_files"
+    if not files or seen not in info.get("inputs", {}):
+        return files
+    table = io.read_table(spark, config, seen, info["inputs"][seen])
+    # One row per file ever ingested: the driver holds their names as it holds the listing.
+    done = {(r["source_file"], r["bytes"]) for r in table.select("source_file", "bytes").toLocalIterator()}
+    return [f for f in files if (f.uri, f.size) not in done]
 
 
 def acting_users(
@@ -322,7 +348,10 @@ def _logged(spark: SparkSession, config: Config, summary: dict, started: float) 
     row = {**summary, "refreshed_at": datetime.now(tz=UTC).replace(tzinfo=None)}
     fields = REFRESH_LOG_SCHEMA.fields
     frame = spark.createDataFrame([tuple(row.get(f.name) for f in fields)], REFRESH_LOG_SCHEMA)
-    frame.write.format("delta").mode("append").save(io.table_path(config, REFRESH_LOG))
+    # mergeSchema: a log begun before a column existed takes it on, older rows null.
+    frame.write.format("delta").mode("append").option("mergeSchema", "true").save(
+        io.table_path(config, REFRESH_LOG)
+    )
     return summary
 
 
@@ -333,6 +362,7 @@ REFRESH_LOG_SCHEMA = T.StructType(
         T.StructField(name, T.LongType())
         for name in (
             "event_files",
+            "event_files_read",
             "events_read",
             "events_rejected",
             "events_duplicate",

@@ -38,7 +38,16 @@ CURRENT_POINTER = "CURRENT"
 COMPLETE_MARKER = "_COMPLETE"  # written last into a version's directory
 STAGING = ".staging-"  # prefix of a local version being written
 # The silver tables a model is trained on and later stages read at the same commit.
-INPUT_TABLES = ("silver/interactions", "silver/items", "silver/user_ids", "silver/item_ids", "silver/events")
+INPUT_TABLES = (
+    "silver/interactions",
+    "silver/items",
+    "silver/user_ids",
+    "silver/item_ids",
+    "silver/events",
+    "silver/event_files",
+)
+# Left out of a warehouse whose features stage ran before these tables existed.
+OPTIONAL_INPUTS = ("silver/events", "silver/event_files")
 # A version directory's table of item-kNN's neighbours (item_idx, neighbour_idx, similarity, rank).
 ITEM_KNN_NEIGHBOURS = "item_knn_neighbours"
 VERSION_SECTIONS = ("split", "als", "content", "item_knn", "popular", "recommend", "tune")
@@ -64,12 +73,11 @@ def model_version(config: Config, train: DataFrame, items: DataFrame | None = No
 
 
 def input_versions(spark: SparkSession, config: Config) -> dict[str, int]:
-    """The latest commit of each input table, to train on and to record (``silver/events``
-    is left out of a warehouse whose features stage ran before events existed)."""
+    """The latest commit of each input table, to train on and to record."""
     return {
         name: io.table_version(spark, config, name)
         for name in INPUT_TABLES
-        if name != "silver/events" or io.table_exists(spark, io.table_path(config, name))
+        if name not in OPTIONAL_INPUTS or io.table_exists(spark, io.table_path(config, name))
     }
 
 
