@@ -334,9 +334,8 @@ class UserItems:
         n_users = len(self.users)
         discount = ws.discounts(k)
         dcg = np.bincount(hit_rows, weights=discount[hit_ranks - 1], minlength=n_users)
-        relevant = np.minimum(np.bincount(self.truth_rows, minlength=n_users), k)
-        ideal = np.cumsum(discount)[np.maximum(relevant, 1) - 1]
-        return float(np.sum(np.where(relevant > 0, dcg / ideal, 0.0)) / n_users)
+        relevant = np.bincount(self.truth_rows, minlength=n_users)
+        return float(np.sum(np.where(relevant > 0, dcg / ws.ideal_dcg(relevant, k), 0.0)) / n_users)
 
 
 def _als_order(result: dict) -> tuple:

@@ -31,6 +31,12 @@ def discounts(k: int) -> np.ndarray:
     return 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
 
 
+def ideal_dcg(relevant: np.ndarray, k: int) -> np.ndarray:
+    """Each user's best possible DCG@k with ``relevant`` held-out items (1 for none,
+    so a quotient is defined; such a user's NDCG is 0 by the caller's rule)."""
+    return np.cumsum(discounts(k))[np.clip(relevant, 1, k) - 1]
+
+
 def minmax_by_group(scores: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
     """Rescale scores to [0, 1] within each group, as ``topk.minmax_per_user``.
 
@@ -121,7 +127,7 @@ def ndcg_sums(
         return sums
     gains = np.zeros(k + 2)
     gains[1 : k + 1] = discounts(k)  # gains[rank]; rank k + 1 stands for "not in the top k"
-    ideal = np.cumsum(discounts(k))[np.minimum(truth_lengths, k) - 1]
+    ideal = ideal_dcg(truth_lengths, k)
     per_user = np.bincount(pair_user, minlength=n_users)
     first = np.cumsum(per_user) - per_user
     hit_user = pair_user[hits]
