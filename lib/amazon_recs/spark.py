@@ -145,8 +145,24 @@ def release_caches(
     for rdd_id, rdd in spark.sparkContext._jsc.getPersistentRDDs().items():
         if rdd_id not in keep:
             rdd.unpersist(False)
-    while len(_SHARED) > shared_since:
+    _destroy_shared(shared_since)
+
+
+def _destroy_shared(since: int) -> None:
+    while len(_SHARED) > since:
         _SHARED.pop().destroy(blocking=False)
+
+
+@contextmanager
+def sharing() -> Iterator[None]:
+    """On the way out, destroy the broadcasts ``share`` made inside: for one turn of a
+    loop whose jobs have all run by then (a tuning grid's point), so the stage
+    holds one turn's broadcasts, not every turn's."""
+    since = len(_SHARED)
+    try:
+        yield
+    finally:
+        _destroy_shared(since)
 
 
 @contextmanager

@@ -40,6 +40,7 @@ from amazon_recs.models.content import NEIGHBOUR, SIMILARITY
 from amazon_recs.models.topk import collect_columns
 from amazon_recs.models.training import COMPONENTS, Content, ModelParams, candidates, fit_models
 from amazon_recs.schemas import ITEM_IDX, SCORE, SPLIT, USER, USER_IDX
+from amazon_recs.spark import sharing
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +154,9 @@ def tune_als(
         before = _factor_rdds(spark)
         model = m_als.fit_als(fit, trial)
         factors = {i: rdd for i, rdd in _factor_rdds(spark).items() if i not in before}
-        recs = m_als.recommend_als(model, users, scored, k)
-        score = ndcg_by(recs.withColumn(COMBO, F.lit(0)), validation, k, COMBO).get(0, 0.0)
+        with sharing():  # the item factors go when the point is scored
+            recs = m_als.recommend_als(model, users, scored, k)
+            score = ndcg_by(recs.withColumn(COMBO, F.lit(0)), validation, k, COMBO).get(0, 0.0)
         log.info("tune als %s: validation ndcg@%d = %.4f", point, k, score)
         results.append({**point, "ndcg": score})
         # Strictly better only: the first of equal points wins, as max() chose before.
