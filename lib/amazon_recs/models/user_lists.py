@@ -38,8 +38,15 @@ from pyspark.sql import types as T
 from amazon_recs.errors import ConfigError
 from amazon_recs.models import ivf
 from amazon_recs.models import lists as rc
+from amazon_recs.models.jit import njit_cached
 from amazon_recs.models.lists import BECAUSE, COMPONENTS, RANDOM_SOURCE, SOURCE
-from amazon_recs.models.topk import BLOCK_FLOATS, best_per_row, collect_columns, top_n_per_row
+from amazon_recs.models.topk import (  # _drain, _heap_push_pop: the bounded heap the kernels share
+    BLOCK_FLOATS,
+    _drain,
+    _heap_push_pop,
+    collect_columns,
+    top_n_per_row,
+)
 from amazon_recs.schemas import ITEM_IDX, MODEL, RANK, SCORE, USER, USER_IDX, WEIGHT
 from amazon_recs.spark import share
 
@@ -399,14 +406,6 @@ def _expand(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndar
     return run, np.repeat(starts, counts) + offset
 
 
-def _group_by_key(key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(order sorting ``key``, the start of each distinct key's run in that order, the keys)."""
-    order = np.argsort(key, kind="stable")
-    key = key[order]
-    head = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.empty(0, np.int64)
-    return order, head, key[head]
-
-
 def _best_per_group(values: np.ndarray, ties: np.ndarray, head: np.ndarray) -> np.ndarray:
     """Within each run (starting at ``head``) of grouped ``values``, the index of the largest;
     on equal values, the one with the smallest ``ties``."""
@@ -516,26 +515,76 @@ def by_neighbours(
 ) -> Flat:
     """score(u, j) = sum over seen i of weight(u, i) * sim(i, j) / the user's total weight,
     seen items excluded; the seen item contributing most is the reason (as ``recommend_content``).
-    ``size`` bounds the places. Returns each row's ``n`` best by (row, rank)."""
-    counts = lists.ptr[seen_places + 1] - lists.ptr[seen_places]
-    if not counts.sum() or n <= 0:
+    ``size`` bounds the places; the seen entries come by row (``seen_rows`` ascending).
+    Returns each row's ``n`` best by (row, rank)."""
+    if not len(seen_rows) or not len(lists) or n <= 0:
         return Flat.empty()
-    entry, at = _expand(lists.ptr[seen_places], counts)
-    rows, places = seen_rows[entry], lists.places[at]
-    contribution = seen_weights[entry] * lists.sims[at]
-    because = seen_places[entry]
-    order, head, key = _group_by_key(rows * size + places)
-    contribution, because = contribution[order], because[order]
-    total = np.add.reduceat(contribution, head)
-    because = because[_best_per_group(contribution, because, head)]
-    seen_key = np.unique(seen_rows * size + seen_places)
-    unseen = ~np.isin(key, seen_key, assume_unique=False)
-    key, total, because = key[unseen], total[unseen], because[unseen]
-    rows, places = key // size, key % size
-    user_weight = np.bincount(seen_rows, weights=seen_weights, minlength=n_rows)
-    scores = total / user_weight[rows]
-    best, _ = best_per_row(rows, scores, n)
-    return Flat(rows[best], places[best], scores[best], because[best])
+    rows, places, scores, because = _neighbour_top_n(
+        _segments(seen_rows, n_rows),
+        np.ascontiguousarray(seen_places, np.int64),
+        np.ascontiguousarray(seen_weights, np.float64),
+        lists.ptr,
+        lists.places,
+        lists.sims,
+        size,
+        n,
+    )
+    return Flat(rows, places, scores, because)
+
+
+@njit_cached()
+def _neighbour_top_n(seen_bounds, seen_places, seen_weights, ptr, nb_places, nb_sims, size, n):
+    """``by_neighbours`` one row at a time: the row's neighbour contributions are summed
+    into item-sized arrays (only the places touched are reset), so the cost is the
+    row's seen items times their neighbours, with no sort; the row's ``n`` best unseen
+    (score desc, place asc) come from a bounded heap."""
+    n_rows = len(seen_bounds) - 1
+    total = np.zeros(size)
+    lead = np.zeros(size)
+    because = np.full(size, -1, np.int64)
+    touched = np.zeros(size, np.bool_)
+    seen = np.zeros(size, np.bool_)
+    touched_at = np.empty(size, np.int64)
+    out_rows = np.empty(n_rows * n, np.int64)
+    out_places = np.empty(n_rows * n, np.int64)
+    out_scores = np.empty(n_rows * n)
+    out_because = np.empty(n_rows * n, np.int64)
+    hs, ht, hi = np.empty(n), np.empty(n, np.int64), np.empty(n, np.int64)
+    at = 0
+    for r in range(n_rows):
+        lo, hi_ = seen_bounds[r], seen_bounds[r + 1]
+        weight = 0.0
+        for e in range(lo, hi_):
+            weight += seen_weights[e]
+            seen[seen_places[e]] = True
+        m = 0
+        for e in range(lo, hi_):
+            p, w = seen_places[e], seen_weights[e]
+            for a in range(ptr[p], ptr[p + 1]):
+                j, c = nb_places[a], w * nb_sims[a]
+                if not touched[j]:
+                    touched[j] = True
+                    touched_at[m] = j
+                    m += 1
+                    total[j], lead[j], because[j] = c, c, p
+                else:
+                    total[j] += c
+                    if c > lead[j] or (c == lead[j] and p < because[j]):
+                        lead[j], because[j] = c, p
+        size_h = 0
+        for t in range(m):
+            j = touched_at[t]
+            if not seen[j]:
+                size_h = _heap_push_pop(hs, ht, hi, size_h, total[j] / weight, j, j, n)
+            touched[j] = False
+        for e in range(lo, hi_):
+            seen[seen_places[e]] = False
+        count = _drain(hs, ht, hi, size_h, out_places[at:])
+        for q in range(at, at + count):
+            j = out_places[q]
+            out_rows[q], out_scores[q], out_because[q] = r, total[j] / weight, because[j]
+        at += count
+    return out_rows[:at], out_places[:at], out_scores[:at], out_because[:at]
 
 
 def _walk(n_rows: int, order: np.ndarray, seen_rows, seen_places, n: int, starts: np.ndarray) -> Flat:
@@ -637,15 +686,57 @@ def _blend(
     if not parts:
         return Flat.empty(), np.empty(0, dtype=object)
     rows, places, contribution, because, code = (np.concatenate(p) for p in zip(*parts, strict=True))
-    order, head, key = _group_by_key(rows * (int(places.max()) + 1) + places)
-    contribution, because, code = contribution[order], because[order], code[order]
-    fused = np.add.reduceat(contribution, head)
-    # The leading model: the largest contribution, on a tie the greater name (the larger code).
-    lead = _best_per_group(contribution, -code, head)
-    rows, places, because, code = rows[order][head], places[order][head], because[lead], code[lead]
-    best, _ = best_per_row(rows, fused, k)
+    # Each part is by row: part p's entries of row r are bounds[p, r]:bounds[p, r + 1].
+    offsets = np.cumsum([0] + [len(p[0]) for p in parts])
+    bounds = np.stack([at + _segments(p[0], n_rows) for at, p in zip(offsets, parts, strict=False)])
+    chosen = _fuse_top_k(bounds, places, contribution, code, len(trust), k)
     names = np.asarray(COMPONENTS, dtype=object)
-    return Flat(rows[best], places[best], fused[best], because[best]), names[code[best]]
+    lead = chosen[1]
+    return Flat(rows[lead], places[lead], chosen[0], because[lead]), names[code[lead]]
+
+
+@njit_cached()
+def _fuse_top_k(bounds, places, contribution, code, size, k):
+    """``_blend``'s fusion one row at a time: each place's contributions summed over the
+    parts (in part order) into item-sized arrays; the leading entry is the largest
+    contribution, on a tie the larger ``code``. Returns each row's ``k`` best places
+    (fused score desc, place asc) in (row, rank) order: (their fused scores, the index
+    of their leading entry)."""
+    n_parts, n_rows = bounds.shape[0], bounds.shape[1] - 1
+    fused = np.zeros(size)
+    lead = np.empty(size, np.int64)
+    touched = np.zeros(size, np.bool_)
+    touched_at = np.empty(size, np.int64)
+    out_scores = np.empty(n_rows * k)
+    out_lead = np.empty(n_rows * k, np.int64)
+    chosen = np.empty(k, np.int64)
+    hs, ht, hi = np.empty(k), np.empty(k, np.int64), np.empty(k, np.int64)
+    at = 0
+    for r in range(n_rows):
+        m = 0
+        for p in range(n_parts):
+            for e in range(bounds[p, r], bounds[p, r + 1]):
+                j, c = places[e], contribution[e]
+                if not touched[j]:
+                    touched[j] = True
+                    touched_at[m] = j
+                    m += 1
+                    fused[j], lead[j] = c, e
+                else:
+                    fused[j] += c
+                    best = contribution[lead[j]]
+                    if c > best or (c == best and code[e] > code[lead[j]]):
+                        lead[j] = e
+        size_h = 0
+        for t in range(m):
+            j = touched_at[t]
+            size_h = _heap_push_pop(hs, ht, hi, size_h, fused[j], j, j, k)
+            touched[j] = False
+        count = _drain(hs, ht, hi, size_h, chosen)
+        for q in range(count):
+            out_scores[at + q], out_lead[at + q] = fused[chosen[q]], lead[chosen[q]]
+        at += count
+    return out_scores[:at], out_lead[:at]
 
 
 def _frame(batch: pd.DataFrame, cat: Catalogue, parts, n_rows: int) -> pd.DataFrame:
