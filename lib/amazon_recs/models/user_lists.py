@@ -11,8 +11,11 @@ Inside ``mapInPandas`` everything is numpy over flat arrays for a whole Arrow
 batch: the item-sized arrays (ALS item factors, the content and item-kNN
 neighbours as sparse matrices, the popularity and random orders) are broadcast once; a user's
 work is the catalogue's ALS scores (a BLAS product, in blocks) plus their own
-seen items times a constant. No model's candidates ever leave the worker, and
-nobody's list depends on the heaviest user's history.
+seen items times a constant. Where scores are summed per (user, item), over a
+user's seen items' neighbours or over the hybrid's models, two numba kernels go
+through the batch one user at a time, summing into item-sized arrays: no sort.
+No model's candidates ever leave the worker, and nobody's list depends on the
+heaviest user's history.
 
 The semantics are those of the Spark reference functions, which tuning still
 uses and the tests compare against: ``recommend_from_factors`` and
