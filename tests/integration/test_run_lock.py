@@ -42,13 +42,14 @@ def test_a_second_run_on_a_locked_warehouse_stops_at_once_naming_the_first(tmp_p
     assert "JVM heap at most" not in output  # refused before the SparkSession was built
 
 
-def submit(tmp_path, root, *settings, env_extra: dict | None = None):
-    """bin/spark-submit jobs/pipeline.py on the test config with everything under ``root``
-    (its own process group: the launcher, the JVM, the driver and its Python workers)."""
+def submit(tmp_path, root, *settings, env_extra: dict | None = None, job: str = "pipeline"):
+    """bin/spark-submit jobs/<job>.py (the whole pipeline by default) on the test config
+    with everything under ``root`` (its own process group: the launcher, the JVM, the
+    driver and its Python workers)."""
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8", **(env_extra or {})}
     if os.environ.get("PYTHONPATH"):
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    command = [str(ROOT / "bin" / "spark-submit"), "jobs/pipeline.py", "--config", "conf/test.yaml"]
+    command = [str(ROOT / "bin" / "spark-submit"), f"jobs/{job}.py", "--config", "conf/test.yaml"]
     for name in ("raw", "warehouse", "models", "reports"):
         command += ["--set", f"paths.{name}={root / name}"]
     command += ["--set", f"spark.checkpoint_dir={root / 'checkpoints'}"]
