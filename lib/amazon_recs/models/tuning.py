@@ -37,10 +37,9 @@ from amazon_recs.models import popular as m_popular
 from amazon_recs.models import user_lists
 from amazon_recs.models import weight_search as ws
 from amazon_recs.models.content import NEIGHBOUR, SIMILARITY
-from amazon_recs.models.topk import collect_columns
-from amazon_recs.models.training import COMPONENTS, Content, ModelParams, candidates, fit_models
+from amazon_recs.models.topk import BLOCK_FLOATS, collect_columns, index_of, top_n_per_row
+from amazon_recs.models.training import COMPONENTS, Content, ModelParams, Models, fit_models
 from amazon_recs.schemas import ITEM_IDX, SCORE, SPLIT, USER, USER_IDX
-from amazon_recs.spark import sharing
 
 log = logging.getLogger(__name__)
 
@@ -134,19 +133,29 @@ def als_grid(grid: Mapping[str, list]) -> list[dict]:
 
 
 def tune_als(
-    fit: DataFrame, validation: DataFrame, als: m_als.AlsParams, grid: Mapping[str, list], k: int
+    fit: DataFrame,
+    validation: DataFrame,
+    als: m_als.AlsParams,
+    grid: Mapping[str, list],
+    k: int,
+    users: UserItems | None = None,
 ) -> tuple[dict, list[dict], ALSModel]:
     """The grid point with the best validation NDCG@k, every point's score, and the
     best point's model fitted on ``fit`` (so that nobody fits it again).
 
     Every point is fitted on all of ``fit`` and scored on the users of
     ``validation`` alone (the only ones NDCG counts): pass a sample of them to
-    bound the scoring. Only the best model so far is kept: a point that loses
-    gives its factors back at once, so memory holds one model, not the grid.
+    bound the scoring. The scoring is in the driver, in numpy, as
+    ``als.recommend_als`` lists (``UserItems.ndcg_factors``): the sampled users'
+    factors and the item factors are collected, which took a third of a point's
+    time at 1M as Spark rows (a top-k job, then a join, a window and sums).
+    ``users``, when given, are ``UserItems.for_validation(fit, validation)``.
+    Only the best model so far is kept: a point that loses gives its factors
+    back at once, so memory holds one model, not the grid.
     """
     spark = fit.sparkSession
-    scored = fit.join(validation.select(USER_IDX).distinct(), USER_IDX, how="left_semi")
-    users = scored.select(USER_IDX).distinct()
+    users = users or UserItems.for_validation(fit, validation)
+    sampled = spark.createDataFrame([(int(u),) for u in users.users], "id int") if len(users.users) else None
     results: list[dict] = []
     best, best_model, best_factors = None, None, {}
     for point in als_grid(grid):
@@ -154,9 +163,13 @@ def tune_als(
         before = _factor_rdds(spark)
         model = m_als.fit_als(fit, trial)
         factors = {i: rdd for i, rdd in _factor_rdds(spark).items() if i not in before}
-        with sharing():  # the item factors go when the point is scored
-            recs = m_als.recommend_als(model, users, scored, k)
-            score = ndcg_by(recs.withColumn(COMBO, F.lit(0)), validation, k, COMBO).get(0, 0.0)
+        score = 0.0
+        if sampled is not None:
+            user_ids, user_factors = collect_columns(
+                model.userFactors.join(F.broadcast(sampled), "id", how="left_semi"), "id", "features"
+            )
+            item_ids, item_factors = collect_columns(model.itemFactors, "id", "features")
+            score = users.ndcg_factors(user_ids, user_factors, item_ids, item_factors, k)
         log.info("tune als %s: validation ndcg@%d = %.4f", point, k, score)
         results.append({**point, "ndcg": score})
         # Strictly better only: the first of equal points wins, as max() chose before.
@@ -302,6 +315,53 @@ class UserItems:
         hit = np.isin(flat.rows * size + flat.places, self.truth_rows * size + self.truth_items)
         return self._mean_ndcg(flat.rows[hit], rank[hit], k)
 
+    def ndcg_factors(
+        self,
+        user_ids: np.ndarray,
+        user_factors: np.ndarray,
+        item_ids: np.ndarray,
+        item_factors: np.ndarray,
+        k: int,
+        block_floats: int = BLOCK_FLOATS,
+    ) -> float:
+        """Mean NDCG@k over the users of ALS's lists from these factors, listed as
+        ``als.recommend_als`` lists them: float32 dot products with every item, the
+        user's seen items left out, score descending then item ascending. A
+        validation user without factors gets no list (counts 0). The work is the
+        sampled users times the catalogue, in blocks of at most ``block_floats`` scores.
+        """
+        n_users = len(self.users)
+        if not n_users or not len(item_ids) or not len(user_ids):
+            return 0.0
+        by_id = np.argsort(item_ids, kind="stable")
+        item_ids = np.asarray(item_ids, np.int64)[by_id]
+        item_matrix = np.ascontiguousarray(np.asarray(item_factors)[by_id], dtype=np.float32)
+        found, rows = index_of(self.users, np.asarray(user_ids, np.int64))
+        user_matrix = np.asarray(user_factors, np.float32)[found]
+        order = np.argsort(rows, kind="stable")
+        rows, user_matrix = rows[order], user_matrix[order]
+        seen_found, seen_at = index_of(item_ids, self.seen_items)
+        seen_rows = self.seen_rows[seen_found]  # ascending: UserItems keeps them by row
+        size = len(item_ids)
+        truth_found, truth_at = index_of(item_ids, self.truth_items)
+        truth_keys = np.sort(self.truth_rows[truth_found] * size + truth_at)
+        block = max(1, block_floats // size)
+        hit_rows, hit_ranks = [], []
+        for start in range(0, len(rows), block):
+            block_rows = rows[start : start + block]
+            scores = user_matrix[start : start + block] @ item_matrix.T
+            lo, hi = np.searchsorted(seen_rows, [block_rows[0], block_rows[-1] + 1])
+            mine = np.searchsorted(block_rows, seen_rows[lo:hi])
+            mine_ok = block_rows[np.minimum(mine, len(block_rows) - 1)] == seen_rows[lo:hi]
+            scores[mine[mine_ok], seen_at[lo:hi][mine_ok]] = -np.inf
+            cols, valid = top_n_per_row(scores, k)
+            row, place = np.nonzero(valid)
+            keys = block_rows[row] * size + cols[row, place]
+            hit = np.isin(keys, truth_keys)
+            hit_rows.append(block_rows[row][hit])
+            hit_ranks.append(place[hit] + 1)
+        return self._mean_ndcg(np.concatenate(hit_rows), np.concatenate(hit_ranks), k)
+
     def ndcg_ranking(self, order: np.ndarray, k: int) -> float:
         """Mean NDCG@k over the users of one ranking shared by all (item ids, best first),
         each user's list its first ``k`` items they have not seen, as
@@ -391,6 +451,33 @@ def candidates_per_user(lists: Mapping[str, DataFrame], validation: DataFrame) -
     return truth.join(per_user, USER_IDX, how="left").select("truth", "items", "scores", "models")
 
 
+def sampled_candidates(
+    models: Models, fit: DataFrame, items: DataFrame, sample: DataFrame, params: TuneParams
+) -> DataFrame:
+    """``candidates_per_user``'s rows for the sampled validation users, from ``models``
+    fitted on ``fit``: each user's candidates made in one pass by
+    ``user_lists.candidate_arrays``, as the recommend stage makes them (ALS scored
+    exactly), instead of one Spark job of rows per model (at 1M, 97 s for 20k users,
+    item-kNN's 53 s of it)."""
+    users = sample.select(USER_IDX).distinct()
+    scored = fit.join(users, USER_IDX, how="left_semi")
+    cat = user_lists.catalogue(
+        items,
+        models.als.itemFactors,
+        models.neighbours,
+        models.popularity,
+        params.split.seed,
+        n=params.candidates,
+        item_knn=models.item_knn,
+    )
+    per_user = user_lists.per_user(
+        scored, models.als.userFactors, scored.select(USER, USER_IDX).distinct(), params.split.seed
+    )
+    candidates = user_lists.candidate_arrays(per_user, cat, params.candidates)
+    truth = sample.groupBy(USER_IDX).agg(F.collect_set(ITEM_IDX).alias("truth"))
+    return truth.join(candidates, USER_IDX, how="left").select("truth", "items", "scores", "models")
+
+
 def interactions_by_item(popularity: DataFrame) -> np.ndarray:
     """The training interactions that ``popularity`` counts, indexed by item id
     (item-sized; 0 for an id it does not list)."""
@@ -417,25 +504,30 @@ def tune_weights(
     ``item_trust`` (by item id, see ``weight_search.ndcg_sums``) blends as the
     recommend stage does. ``spark`` is kept for callers; the frames carry their session.
     """
+    return search_weights(candidates_per_user(lists, validation), k, step, item_trust)
+
+
+def search_weights(
+    per_user: DataFrame, k: int, step: float, item_trust: np.ndarray | None = None
+) -> tuple[dict[str, float], list[dict]]:
+    """``tune_weights`` on its per-user rows: ``truth`` (the validation items), and the
+    candidates as aligned ``items``, ``scores`` and ``models`` (``candidates_per_user``'s
+    layout, or ``user_lists.candidate_arrays`` joined with the truth)."""
     grid = weight_grid(step)
     weights = np.array([[w[name] for w in grid] for name in COMPONENTS])  # models x W
-    sums = (
-        candidates_per_user(lists, validation)
-        .mapInPandas(
-            functools.partial(
-                ws.partition_sums,
-                weights=weights,
-                k=k,
-                col_truth="truth",
-                col_items="items",
-                col_scores="scores",
-                col_models="models",
-                item_trust=item_trust,
-            ),
-            "ndcg_sum array<double>, users long",
-        )
-        .collect()
-    )
+    sums = per_user.mapInPandas(
+        functools.partial(
+            ws.partition_sums,
+            weights=weights,
+            k=k,
+            col_truth="truth",
+            col_items="items",
+            col_scores="scores",
+            col_models="models",
+            item_trust=item_trust,
+        ),
+        "ndcg_sum array<double>, users long",
+    ).collect()
     users = sum(r.users for r in sums)
     # Averaged over every validation user, as metrics.per_user_metrics does.
     ndcg = np.sum([r.ndcg_sum for r in sums], axis=0) / users if users else np.zeros(len(grid))
@@ -463,8 +555,8 @@ def tune(
     k = params.k
     fit, validation = carve_validation(train, params.split)
     sample = filter_sampled_users(validation, params.max_validation_users, params.split.seed).cache()
-    als_params, als_results, als_model = tune_als(fit, sample, models.als, params.als_grid, k)
-    users = UserItems.for_validation(fit, sample)  # collected once, for item-kNN and popularity
+    users = UserItems.for_validation(fit, sample)  # collected once, for every model's grid
+    als_params, als_results, als_model = tune_als(fit, sample, models.als, params.als_grid, k, users)
     knn_params, knn_results, knn_neighbours = tune_item_knn(
         fit, sample, models.item_knn, params.item_knn_grid, k, users
     )
@@ -487,15 +579,15 @@ def tune(
         item_knn=knn_neighbours,
         popularity=popularity,
     )
-    # Candidates for the sampled users only; the models saw every fit row.
-    scored = fit.join(sample.select(USER_IDX).distinct(), USER_IDX, how="left_semi")
-    lists = candidates(fitted, scored, params.candidates, k)
+    # Candidates for the sampled users only, made as the recommend stage makes them (one
+    # pass, numpy per user); the models saw every fit row. Searched under every setting.
+    per_user = sampled_candidates(fitted, fit, items, sample, params).cache()
     # Each trust setting with its best weights; on a tie the one moving less weight wins.
     best, weight_results = None, []
     interactions = interactions_by_item(fitted.popularity)  # collected once for every setting
     for half_trust in sorted(params.als_half_trust):
         trust = rc.item_trust(interactions, half_trust) if half_trust > 0 else None
-        weights, results = tune_weights(spark, lists, sample, k, params.weight_step, trust)
+        weights, results = search_weights(per_user, k, params.weight_step, trust)
         top = max(r["ndcg"] for r in results)
         log.info(
             "tune hybrid als_half_trust %g: weights %s, validation ndcg@%d = %.4f",
@@ -507,6 +599,7 @@ def tune(
         weight_results += [{**r, "als_half_trust": half_trust} for r in results]
         if best is None or round(top, 12) > round(best[2], 12):
             best = (half_trust, weights, top)
+    per_user.unpersist()
     half_trust, weights, top = best
     log.info(
         "tuned als %s, item_knn %s, popular half_life_days %g, hybrid weights %s and als_half_trust %g "

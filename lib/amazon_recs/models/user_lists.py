@@ -17,12 +17,13 @@ through the batch one user at a time, summing into item-sized arrays: no sort.
 No model's candidates ever leave the worker, and nobody's list depends on the
 heaviest user's history.
 
-The semantics are those of the Spark reference functions, which tuning still
-uses and the tests compare against: ``recommend_from_factors`` and
+The semantics are those of the Spark reference functions, which the tests
+compare against: ``recommend_from_factors`` and
 ``because_item`` (ALS), ``recommend_content``, ``recommend_item_knn``, ``recommend_popular``,
 ``recommend_random``, and ``lists.fill_to_k`` / ``lists.blend``. A position in
 the catalogue stands for an item everywhere: the catalogue is sorted by item,
-so "item ascending" breaks ties here as it does there.
+so "item ascending" breaks ties here as it does there. Tuning's weight search
+reads the same candidates, before fusion (``candidate_arrays``).
 """
 
 from __future__ import annotations
@@ -343,18 +344,8 @@ def lists_for_batch(
 ) -> tuple[pd.DataFrame, float]:
     """Every model's list for the users of one batch, and the seconds ALS scoring took."""
     n_rows = len(batch)
-    seen_rows, seen_places, seen_weights = seen_entries(batch, cat)
-    started = time.perf_counter()
-    als = _als(batch, cat, seen_rows, seen_places, n, block_floats)
-    als_seconds = time.perf_counter() - started
-    content = by_neighbours(n_rows, cat.content, cat.size, seen_rows, seen_places, seen_weights, n)
-    # Item-kNN counts each seen item once, whatever its weight (``item_knn.recommend_item_knn``).
-    pairs = np.unique(seen_rows * cat.size + seen_places)
-    item_knn = by_neighbours(
-        n_rows, cat.item_knn, cat.size, pairs // cat.size, pairs % cat.size, np.ones(len(pairs)), n
-    )
-    popular = _walk(n_rows, cat.popular_order, seen_rows, seen_places, n, np.zeros(n_rows, np.int64))
-    popular.scores = cat.popular_scores[popular.scores.astype(np.int64)]
+    candidates, (seen_rows, seen_places, _), als_seconds = candidates_for_batch(batch, cat, n, block_floats)
+    popular = candidates["popular"]
     starts = batch[START].to_numpy().astype(np.int64)
     random = _walk(
         n_rows, cat.random_order, seen_rows, seen_places, k, np.mod(starts, max(len(cat.random_order), 1))
@@ -362,7 +353,6 @@ def lists_for_batch(
     ranks = _ranks(random.rows, n_rows)
     random.scores = 1.0 - (ranks - 1) / k
 
-    candidates = {"als": als, "content": content, "item_knn": item_knn, "popular": popular}
     hybrid, hybrid_source = _blend(candidates, weights, n_rows, k, cat.als_trust)
     parts = []
     for name, flat in (*candidates.items(), (RANDOM_SOURCE, random)):
@@ -376,6 +366,83 @@ def lists_for_batch(
             mine = source == "als"
             flat.because[mine] = _als_because(flat.take(mine), cat, seen_rows, seen_places)
     return _frame(batch, cat, parts, n_rows), als_seconds
+
+
+def candidates_for_batch(
+    batch: pd.DataFrame, cat: Catalogue, n: int, block_floats: int
+) -> tuple[dict[str, Flat], tuple, float]:
+    """Each model's ``n`` candidates for the users of one batch (what the hybrid fuses),
+    the batch's seen entries (``seen_entries``), and the seconds ALS scoring took."""
+    n_rows = len(batch)
+    seen_rows, seen_places, seen_weights = seen_entries(batch, cat)
+    started = time.perf_counter()
+    als = _als(batch, cat, seen_rows, seen_places, n, block_floats)
+    als_seconds = time.perf_counter() - started
+    content = by_neighbours(n_rows, cat.content, cat.size, seen_rows, seen_places, seen_weights, n)
+    # Item-kNN counts each seen item once, whatever its weight (``item_knn.recommend_item_knn``).
+    pairs = np.unique(seen_rows * cat.size + seen_places)
+    item_knn = by_neighbours(
+        n_rows, cat.item_knn, cat.size, pairs // cat.size, pairs % cat.size, np.ones(len(pairs)), n
+    )
+    popular = _walk(n_rows, cat.popular_order, seen_rows, seen_places, n, np.zeros(n_rows, np.int64))
+    popular.scores = cat.popular_scores[popular.scores.astype(np.int64)]
+    candidates = {"als": als, "content": content, "item_knn": item_knn, "popular": popular}
+    return candidates, (seen_rows, seen_places, seen_weights), als_seconds
+
+
+CANDIDATES_SCHEMA = T.StructType(
+    [
+        T.StructField(USER_IDX, T.IntegerType(), False),
+        T.StructField("items", T.ArrayType(T.IntegerType(), False), False),
+        T.StructField("scores", T.ArrayType(T.DoubleType(), False), False),
+        T.StructField("models", T.ArrayType(T.IntegerType(), False), False),
+    ]
+)
+
+
+def candidate_arrays(
+    users: DataFrame, shared: Catalogue, n: int, block_floats: int = BLOCK_FLOATS
+) -> DataFrame:
+    """Each user of ``per_user`` with every model's ``n`` candidates, before fusion, as
+    aligned arrays: ``items`` (item_idx), ``scores`` (the model's raw score) and
+    ``models`` (the model's index in COMPONENTS). Tuning's weight search reads this
+    (``tuning.search_weights``): the candidates the recommend stage blends, made the
+    way it makes them, one row per user."""
+    spark = users.sparkSession
+    broadcast = share(spark, shared)
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        cat = broadcast.value
+        for batch in batches:
+            if len(batch):
+                yield _candidate_frame(batch, cat, n, block_floats)
+
+    return users.mapInPandas(run, CANDIDATES_SCHEMA)
+
+
+def _candidate_frame(batch: pd.DataFrame, cat: Catalogue, n: int, block_floats: int) -> pd.DataFrame:
+    n_rows = len(batch)
+    candidates, _, _ = candidates_for_batch(batch, cat, n, block_floats)
+    flats = [candidates[name] for name in COMPONENTS]
+    rows = np.concatenate([f.rows for f in flats])
+    order = np.argsort(rows, kind="stable")  # by user, models in COMPONENTS order, each by rank
+    items = np.concatenate([f.places for f in flats])[order]
+    items = cat.items[items].astype(np.int32) if len(items) else items.astype(np.int32)
+    scores = np.concatenate([f.scores for f in flats])[order].astype(np.float64)
+    models = np.concatenate([np.full(len(f.rows), m, np.int32) for m, f in enumerate(flats)])[order]
+    bounds = _segments(rows[order], n_rows)
+
+    def per_row(values: np.ndarray) -> list[np.ndarray]:
+        return [values[bounds[i] : bounds[i + 1]] for i in range(n_rows)]
+
+    return pd.DataFrame(
+        {
+            USER_IDX: batch[USER_IDX].to_numpy().astype(np.int32),
+            "items": per_row(items),
+            "scores": per_row(scores),
+            "models": per_row(models),
+        }
+    )
 
 
 def seen_entries(batch: pd.DataFrame, cat: Catalogue):

@@ -286,6 +286,43 @@ def test_item_knn_validation_ndcg_in_numpy_equals_the_spark_metric(spark):
         assert got > 0
 
 
+def test_als_validation_ndcg_in_numpy_equals_the_spark_metric(spark):
+    """tune_als scores each grid point in numpy; the figure must be the one
+    metrics.per_user_metrics gives on recommend_als's Spark lists, with a heavy user
+    who has seen all but three items, validation items without factors or already
+    seen, a validation user without fit rows (no list: 0), factors of users outside
+    the validation set, duplicated rows, and the catalogue scored in small blocks."""
+    rng = random.Random(7)
+    fit_rows = [
+        (u, i, float(1 + (u + i) % 3)) for u in range(40) for i in rng.sample(range(30), rng.randint(1, 9))
+    ]
+    fit_rows += [(41, i, 1.0) for i in range(27)]  # items 27-29 are all it has left
+    fit_rows += fit_rows[:5]
+    fit = spark.createDataFrame(fit_rows, "user_idx int, item_idx int, weight double")
+    truth = [(u, i) for u in range(0, 40, 2) for i in rng.sample(range(32), rng.randint(1, 4))]
+    truth += [(41, 28), (41, 5), (42, 3), (42, 4)]  # (41, 5) was seen; user 42 has no fit rows
+    validation = spark.createDataFrame(truth + truth[:3], "user_idx int, item_idx int")
+    scored = fit.join(validation.select("user_idx").distinct(), "user_idx", "left_semi")
+    users = tuning.UserItems.of(scored, validation)
+    model = m_als.fit_als(fit, m_als.AlsParams(rank=4, max_iter=5))
+    user_ids, user_factors = tuning.collect_columns(model.userFactors, "id", "features")
+    item_ids, item_factors = tuning.collect_columns(model.itemFactors, "id", "features")
+    assert len(user_ids) == 41 and len(item_ids) == 30  # items 30 and 31: validation only
+    for k in (1, 3, 10):
+        expected = tuning.ndcg_by(
+            m_als.recommend_als(model, scored.select("user_idx").distinct(), scored, k).withColumn(
+                "combo", F.lit(0)
+            ),
+            validation,
+            k,
+            "combo",
+        )[0]
+        for block_floats in (tuning.BLOCK_FLOATS, 2 * 30):
+            got = users.ndcg_factors(user_ids, user_factors, item_ids, item_factors, k, block_floats)
+            assert got == pytest.approx(expected, abs=1e-12), (k, block_floats)
+        assert expected > 0
+
+
 def test_popular_validation_ndcg_in_numpy_equals_the_spark_metric(spark):
     """tune_popular scores a ranking in numpy; the figure must be the one
     metrics.per_user_metrics gives on recommend_popular's Spark lists, with tied

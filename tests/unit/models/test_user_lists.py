@@ -216,3 +216,30 @@ def test_walk_is_the_first_unseen_steps_of_each_row():
             if int(order[(starts[r] + s) % length]) not in seen[r]
         ][:n]
         assert flat.places[flat.rows == r].tolist() == expected, r
+
+
+def test_candidate_arrays_are_the_spark_candidates(fitted):
+    """Tuning's weight search reads ``candidate_arrays``: every model's N candidates per
+    user, item for item and score for score, as ``training.candidates`` makes them as
+    Spark rows, and in rank order within each model."""
+    spark, train, items, neighbours, user_ids, models = fitted
+    cat = ul.catalogue(
+        items, models.als.itemFactors, neighbours, models.popularity, SEED, n=N, item_knn=models.item_knn
+    )
+    users = ul.per_user(train, models.als.userFactors, user_ids, SEED)
+    got = {}
+    for r in ul.candidate_arrays(users, cat, N).collect():
+        assert len(r["items"]) == len(r["scores"]) == len(r["models"])
+        for item, score, m in zip(r["items"], r["scores"], r["models"], strict=True):
+            got.setdefault((rc.COMPONENTS[m], r.user_idx), []).append((item, score))
+    expected = {}
+    for name, df in training.candidates(models, train, N, K).items():
+        for r in df.collect():
+            expected.setdefault((name, r.user_idx), []).append((r.item_idx, r.score))
+    assert got.keys() == expected.keys()
+    assert {name for name, _ in got} == set(rc.COMPONENTS)
+    for key, rows in expected.items():
+        ranked = sorted(rows, key=lambda r: (-r[1], r[0]))
+        assert [i for i, _ in got[key]] == [i for i, _ in ranked], key
+        assert [s for _, s in got[key]] == pytest.approx([s for _, s in ranked], rel=1e-9), key
+    assert len(got["popular", ALMOST_ALL]) == 1  # only item 22 is rated and unseen
