@@ -66,7 +66,7 @@ from amazon_recs.features.split import TEST, TRAIN
 from amazon_recs.models.als import fit_als
 from amazon_recs.models.tuning import carve_validation
 from amazon_recs.pipeline.params import als_params, split_params
-from amazon_recs.pipeline.versions import VERSION_SECTIONS, model_dir, model_version
+from amazon_recs.pipeline.versions import VERSION_SECTIONS, current_version, model_dir, model_version
 from amazon_recs.schemas import ITEM, ITEM_IDX, MODEL, MODELS, RANK, SPLIT, USER, USER_IDX, WEIGHT
 from amazon_recs.spark import get_spark
 
@@ -384,7 +384,7 @@ def read_gold_metrics(spark: SparkSession, config: Config, k: int) -> pd.DataFra
     if not io.table_exists(spark, path):
         return None
     return (
-        io.read_table(spark, config, "gold/metrics")
+        io.read_version(spark, config, "gold/metrics", current_version(spark, config))
         .filter((F.col("k") == k) & F.col("metric").isin(*METRICS))
         .toPandas()
     )
@@ -421,7 +421,7 @@ def our_lists(
 ) -> dict[int, list[int]]:
     """Our ``model``'s top-k of gold/recommendations, in the split's user and item indices."""
     recs = (
-        io.read_table(spark, config, "gold/recommendations")
+        io.read_version(spark, config, "gold/recommendations", current_version(spark, config))
         .filter((F.col(MODEL) == model) & (F.col(RANK) <= k))
         .select(USER, ITEM, RANK)
         .toPandas()
@@ -441,7 +441,7 @@ def gold_ndcg(
 ) -> tuple[float, float]:
     """NDCG@k of our als rows of gold/recommendations: recomputed here, and as gold/metrics has it."""
     recs = (
-        io.read_table(spark, config, "gold/recommendations")
+        io.read_version(spark, config, "gold/recommendations", current_version(spark, config))
         .filter((F.col(MODEL) == "als") & (F.col(RANK) <= k))
         .select(USER, ITEM, RANK)
         .toPandas()

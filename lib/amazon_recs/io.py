@@ -236,6 +236,56 @@ def overwrite_table(df: DataFrame, config: Config, name: str, partition_by: list
     return path
 
 
+MODEL_VERSION = "model_version"
+
+
+def write_version(
+    df: DataFrame, config: Config, name: str, version: str, partition_by: list[str] | None = None
+) -> str:
+    """Replace ``version``'s rows of a table kept per model version, in one Delta commit,
+    leaving every other version's rows as they are (``replaceWhere`` on the version's
+    partition). ``df`` holds that version's rows only. The table is partitioned by
+    model_version, then ``partition_by``; one that does not exist yet, or that was
+    written in another layout (before gold tables were kept per version), is created
+    afresh. Old versions go with ``drop_versions``.
+    """
+    spark = df.sparkSession
+    path = table_path(config, name)
+    layout = [MODEL_VERSION, *(partition_by or [])]
+    writer = df.write.format("delta").mode("overwrite").partitionBy(*layout)
+    if table_exists(spark, path) and partition_columns(spark, path) == layout:
+        quoted = version.replace("'", "''")
+        writer = writer.option("replaceWhere", f"{MODEL_VERSION} = '{quoted}'")
+    else:
+        writer = writer.option("overwriteSchema", "true")
+    writer.save(path)
+    return path
+
+
+def read_version(spark: SparkSession, config: Config, name: str, version: str) -> DataFrame:
+    """``version``'s rows of a table kept per model version (only its partition is read)."""
+    return read_table(spark, config, name).filter(F.col(MODEL_VERSION) == version)
+
+
+def drop_versions(spark: SparkSession, config: Config, name: str, keep: list[str]) -> list[str]:
+    """Delete the rows of every version but ``keep`` from a table kept per model version,
+    and say which versions went: whole partitions, so a metadata-only commit (none when
+    nothing goes). A reader of an earlier snapshot keeps its files until ``VACUUM``
+    removes them (not before its retention period)."""
+    path = table_path(config, name)
+    if not keep or not table_exists(spark, path):
+        return []
+    held = [r[0] for r in spark.read.format("delta").load(path).select(MODEL_VERSION).distinct().collect()]
+    gone = sorted(v for v in held if v not in keep)
+    if gone:
+        DeltaTable.forPath(spark, path).delete(F.col(MODEL_VERSION).isin(*gone))
+    return gone
+
+
+def partition_columns(spark: SparkSession, path: str) -> list[str]:
+    return list(DeltaTable.forPath(spark, path).detail().select("partitionColumns").first()[0])
+
+
 def merge_table(
     spark: SparkSession,
     df: DataFrame,

@@ -3,7 +3,8 @@ recovered by the next run, and readers never see a mixed or missing list.
 
 Four ``bin/spark-submit jobs/pipeline.py`` runs on the test sample, publishing to a
 table of the local DynamoDB server, while a reader polls a few users' lists (every
-served model) through ``ServingStore`` the whole time:
+served model) through ``ServingStore``, and the same lists from the gold tables through
+``GoldTableStore`` (a new snapshot each round), the whole time:
 
 A. an uninterrupted run publishes version v1;
 B. a run of new settings (version v2) is killed (``kill -9`` of its process group)
@@ -16,8 +17,8 @@ D. the same run again, to the end.
 After B and C the pointer is still v1 and every reader got v1's lists whole. After D
 the pointer is v2, every v2 item in DynamoDB equals its row of
 ``gold/user_recommendations`` (what an uninterrupted export writes), and the replaced
-v1's items carry their TTL: its rows are found in the serving table's history behind
-the two overwrites the killed runs made.
+v1's items carry their TTL. The gold tables hold v1's partitions as A wrote them and
+v2's beside them; gold/versions names v1, then v2 once D completes.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import pytest
 from deltalake import DeltaTable
 
 from amazon_recs.serving import dynamodb
+from amazon_recs.serving.gold_tables import GoldTableStore
 from amazon_recs.serving.validation import SERVED_MODELS
 from tests.conftest import LOCAL_AWS_ENV
 from tests.integration.test_run_lock import submit as launch
@@ -95,15 +97,31 @@ class Reader(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            for user in self.users:
-                for model in SERVED_MODELS:
-                    try:
-                        recs = self.store.get_recommendations(user, model)
-                        self.seen.append(
-                            (user, model, recs.model_version, [i["item_id"] for i in recs.items])
-                        )
-                    except Exception as exc:  # every failure counts: none is allowed
-                        self.errors.append(f"{user} {model}: {exc!r}")
+            self.run_once()
+            time.sleep(0.2)
+
+    def run_once(self) -> None:
+        for user in self.users:
+            for model in SERVED_MODELS:
+                try:
+                    recs = self.store.get_recommendations(user, model)
+                    self.seen.append((user, model, recs.model_version, [i["item_id"] for i in recs.items]))
+                except Exception as exc:  # every failure counts: none is allowed
+                    self.errors.append(f"{user} {model}: {exc!r}")
+
+
+class GoldReader(Reader):
+    """Polls the same lists from the gold tables without Spark, a new ``GoldTableStore``
+    (one snapshot) per round, as the app and Athena read them while exports run."""
+
+    def __init__(self, warehouse, users: list[str]):
+        super().__init__(None, users)
+        self.warehouse = str(warehouse)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.store = GoldTableStore(self.warehouse)
+            super().run_once()
             time.sleep(0.2)
 
 
@@ -127,7 +145,9 @@ def crashes(tmp_path_factory, local_aws):
     v1_lists = serving_lists(root, v1)
     users = sorted({u for u, _ in v1_lists})[:3]
     reader = Reader(dynamodb.ServingStore(client, table), users)
+    gold_reader = GoldReader(root / "warehouse", users)
     reader.start()
+    gold_reader.start()
     try:
         b = kill_at(submit(home, root, "dynamodb.batch_written", *v2), "dynamodb.batch_written")
         after_b = dynamodb.current_version(client, table)["model_version"]
@@ -136,8 +156,9 @@ def crashes(tmp_path_factory, local_aws):
         d = finish(submit(home, root, None, *v2))
         time.sleep(1.0)  # the reader sees the switch
     finally:
-        reader.stop.set()
-        reader.join(timeout=30)
+        for r in (reader, gold_reader):
+            r.stop.set()
+            r.join(timeout=30)
     v2_version = dynamodb.current_version(client, table)["model_version"]
     return {
         "client": client,
@@ -150,6 +171,7 @@ def crashes(tmp_path_factory, local_aws):
         "after_c": after_c,
         "logs": {"B": b, "C": c, "D": d},
         "reader": reader,
+        "gold_reader": gold_reader,
     }
 
 
@@ -173,8 +195,12 @@ def test_a_killed_publish_leaves_the_pointer_on_the_old_version(crashes):
     assert "took over the lock" in crashes["logs"]["C"] and "took over the lock" in crashes["logs"]["D"]
 
 
-def test_readers_saw_whole_lists_of_one_version_or_the_other_and_no_error(crashes):
-    reader = crashes["reader"]
+@pytest.mark.parametrize("which", ["reader", "gold_reader"])
+def test_readers_saw_whole_lists_of_one_version_or_the_other_and_no_error(crashes, which):
+    """DynamoDB's reader and the gold tables' reader alike: the killed exports wrote v2's
+    partitions of the gold tables beside v1's, but v2 is served only once the export
+    that completes records it in gold/versions."""
+    reader = crashes[which]
     assert reader.errors == []
     v2_lists = serving_lists(crashes["root"], crashes["v2"])
     expected = {crashes["v1"]: crashes["v1_lists"], crashes["v2"]: v2_lists}
@@ -182,7 +208,7 @@ def test_readers_saw_whole_lists_of_one_version_or_the_other_and_no_error(crashe
     assert set(versions) == {crashes["v1"], crashes["v2"]}, "the reader saw both versions"
     for user, model, version, items in reader.seen:
         assert items == expected[version][(user, model)], (user, model, version)
-    # Once v2 was served, never v1 again (the reader reads the pointer on every call).
+    # Once v2 was served, never v1 again (each reads the pointer on every round).
     first_v2 = versions.index(crashes["v2"])
     assert crashes["v1"] not in versions[first_v2:]
 
@@ -202,3 +228,27 @@ def test_the_replaced_version_gets_its_ttl_despite_the_killed_overwrites(crashes
     assert set(old) == set(crashes["v1_lists"])
     assert all("expires_at" in item for item in old.values())
     assert "keep no TTL" not in crashes["logs"]["D"]
+
+
+def test_the_gold_tables_keep_the_replaced_version_whole(crashes):
+    """v1's partitions were never rewritten by v2's exports, killed or not, and gold/versions
+    records one publish of each (the killed exports recorded nothing)."""
+    root = crashes["root"]
+    table = DeltaTable(str(root / "warehouse" / "gold" / "user_recommendations"))
+    rows = table.to_pyarrow_table().to_pylist()
+    assert {r["model_version"] for r in rows} == {crashes["v1"], crashes["v2"]}
+    v1_now = {
+        (r["user_id"], r["model"]): [i["item_id"] for i in r["items"]]
+        for r in rows
+        if r["model_version"] == crashes["v1"] and r["model"] in SERVED_MODELS
+    }
+    assert v1_now == crashes["v1_lists"]
+    assert table.metadata().partition_columns == ["model_version", "model"]
+    published = DeltaTable(str(root / "warehouse" / "gold" / "versions")).to_pyarrow_table().to_pylist()
+    assert [r["model_version"] for r in sorted(published, key=lambda r: r["published_at"])] == [
+        crashes["v1"],
+        crashes["v2"],
+    ]
+    store = GoldTableStore(str(root / "warehouse"))
+    assert store.current_version()["model_version"] == crashes["v2"]
+    assert {r["model_version"] for r in store.metrics()} == {crashes["v2"]}

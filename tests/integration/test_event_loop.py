@@ -209,8 +209,18 @@ def test_the_next_run_ingests_the_events_exactly_once_and_leaves_nothing_to_refr
     # The new version's features run saw every event file: none is opened again.
     assert (again["event_files"], again["event_files_read"], again["events_read"]) == (6, 0, 0)
     assert again["events_new"] == 0 and again["users"] == 0
-    # The export of the new version emptied the refreshed lists of the old one.
-    assert io.read_table(spark, config, "gold/refreshed_recommendations").count() == 0
+    # The new version has no refreshed lists; the old one's stay in its own partition,
+    # for its readers, until export.keep_versions publishes later.
+    refreshed = io.read_table(spark, config, "gold/refreshed_recommendations")
+    new_version = again["model_version"]
+    assert new_version != loop["summary"]["model_version"]
+    assert refreshed.filter(F.col("model_version") == new_version).count() == 0
+    assert {r[0] for r in refreshed.select("model_version").distinct().collect()} == {
+        loop["summary"]["model_version"]
+    }
+    store = GoldTableStore.from_config(config)
+    assert store.current_version()["model_version"] == new_version
+    assert not store.get_recommendations(loop["user"], "hybrid").fallback
 
     # One more event: refresh opens its file alone and re-scores its user alone.
     post({"event_id": "view-9", "event_type": "view", "user_id": NEW_USER, "item_id": loop["bought"]})

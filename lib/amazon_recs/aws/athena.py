@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from amazon_recs.config import Config
 
-# refreshed_recommendations: the lists refresh recomputed since the export (which
-# creates it empty); a reader takes a user's row there before user_recommendations.
+# refreshed_recommendations: the lists refresh recomputed since the export; a reader
+# takes a user's row there before user_recommendations. Every table but versions holds
+# one partition per model_version (the last export.keep_versions publishes): filter on
+# the newest model_version of versions, e.g.
+#   WHERE model_version = (SELECT model_version FROM versions ORDER BY published_at DESC LIMIT 1)
 GOLD_TABLES = (
     "recommendations",
     "user_recommendations",
     "refreshed_recommendations",
     "popular_fallback",
     "metrics",
+    "versions",
 )
 
 

@@ -8,7 +8,7 @@ from pyspark.sql import functions as F
 
 from amazon_recs import io, schemas
 from amazon_recs.config import Config
-from amazon_recs.errors import ConfigError
+from amazon_recs.errors import ConfigError, StageOrderError
 from amazon_recs.evaluation import intervals, report
 from amazon_recs.evaluation import metrics as ev
 from amazon_recs.features.split import GLOBAL_TEMPORAL, TEST, TRAIN
@@ -23,8 +23,13 @@ SEGMENTS = ("light", "heavy")
 @stage
 def run_evaluate(spark: SparkSession, config: Config) -> dict:
     k = config.require("evaluate.k")
-    recs = io.read_table(spark, config, "gold/recommendations")
-    version = recs.select("model_version").first()[0]
+    version = versions.current_version(spark, config)
+    recs = io.read_version(spark, config, "gold/recommendations", version)
+    if not recs.limit(1).count():
+        raise StageOrderError(
+            f"gold/recommendations has no lists of the current version {version}: "
+            "run the recommend stage before evaluate"
+        )
     info = versions.model_info(spark, config, version)
     interactions = versions.read_input(spark, config, version, "silver/interactions", info)
     truth = interactions.filter(F.col(SPLIT) == TEST)
@@ -66,7 +71,7 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
     frame = spark.createDataFrame(
         [tuple(r.get(f.name) for f in schemas.METRICS) for r in rows], schemas.METRICS
     )
-    io.overwrite_table(frame, config, "gold/metrics")
+    io.write_version(frame, config, "gold/metrics", version)
     paired = paired_differences(everyone, models, level)
     cold = {
         "max_train": cold_max,

@@ -15,12 +15,13 @@ from pyspark.sql import functions as F
 from amazon_recs import failpoints, io
 from amazon_recs.aws import athena
 from amazon_recs.config import Config
+from amazon_recs.errors import StageOrderError
 from amazon_recs.models import lists as rc
 from amazon_recs.pipeline import versions
 from amazon_recs.pipeline.base import stage
 from amazon_recs.schemas import ITEM, ITEM_IDX, MODEL, RANK, SCORE, USER
 from amazon_recs.serving import dynamodb, interface, writer
-from amazon_recs.serving.gold_tables import FALLBACK_TABLE, REFRESHED_TABLE
+from amazon_recs.serving.gold_tables import FALLBACK_TABLE, REFRESHED_TABLE, VERSIONED_TABLES, VERSIONS_TABLE
 from amazon_recs.serving.validation import SERVED_MODELS
 
 log = logging.getLogger(__name__)
@@ -40,24 +41,62 @@ def _latest_commit(spark: SparkSession, config: Config, name: str) -> int | None
 def run_export(spark: SparkSession, config: Config) -> dict:
     """Serving layout: one row per (user, model) holding the ordered top-k with titles,
     and the popular list for users the version does not know; the Athena DDL beside
-    the gold tables; and, when enabled, the DynamoDB serving store."""
-    recs = io.read_table(spark, config, "gold/recommendations")
-    version = recs.select("model_version").first()[0]
+    the gold tables; and, when enabled, the DynamoDB serving store.
+
+    Each gold table holds one partition per model version: this export replaces its
+    version's partitions (a re-export of the same version included), never another's,
+    so a reader of the version served until now reads it whole. Once everything is
+    written, the version is recorded in ``gold/versions`` (what the gold-table reader
+    serves), and the versions of all but the last ``export.keep_versions`` publishes
+    are deleted from the gold tables.
+    """
+    version = versions.current_version(spark, config)
+    recs = io.read_version(spark, config, "gold/recommendations", version)
+    if not recs.limit(1).count():
+        raise StageOrderError(
+            f"gold/recommendations has no lists of the current version {version}: "
+            "run the recommend stage before export"
+        )
     items = versions.read_input(spark, config, version, "silver/items").select(ITEM, "title", "category")
     # The commits holding the version served until now: its DynamoDB items get their TTL
     # from these rows once the new version is live.
     before = {name: _latest_commit(spark, config, name) for name in (SERVING_TABLE, FALLBACK_TABLE)}
-    path = io.overwrite_table(serving_rows(recs, items), config, SERVING_TABLE, partition_by=[MODEL])
-    served = io.read_table(spark, config, SERVING_TABLE)
-    # The lists refresh recomputed belong to the version before: readers start afresh.
-    io.overwrite_table(served.limit(0), config, REFRESHED_TABLE, partition_by=[MODEL])
-    io.overwrite_table(popular_fallback(spark, config, version), config, FALLBACK_TABLE)
+    path = io.write_version(serving_rows(recs, items), config, SERVING_TABLE, version, [MODEL])
+    served = io.read_version(spark, config, SERVING_TABLE, version)
+    # Lists refresh wrote under this version before a re-export of it are older than these.
+    io.write_version(served.limit(0), config, REFRESHED_TABLE, version, [MODEL])
+    io.write_version(popular_fallback(spark, config, version), config, FALLBACK_TABLE, version)
     ddl_path = f"{config.require('paths.warehouse').rstrip('/')}/gold/athena_ddl.sql"
     io.write_text(spark, ddl_path, athena.athena_ddl(config))
-    summary = {"serving_table": path, "athena_ddl": ddl_path}
+    summary = {"serving_table": path, "athena_ddl": ddl_path, "model_version": version}
     if config.require("export.dynamodb.enabled"):
         summary["dynamodb"] = publish(spark, config, served, version, before=before)
+    summary["versions_kept"] = record_version(spark, config, version)
     return summary
+
+
+def record_version(spark: SparkSession, config: Config, version: str) -> list[str]:
+    """Append ``version`` to ``gold/versions`` (it is now the one readers serve), then
+    delete from every gold table the versions of all but the last ``export.keep_versions``
+    publishes; returns the versions kept, newest first."""
+    row = spark.createDataFrame(
+        [(version, datetime.now(tz=UTC))], "model_version string, published_at timestamp"
+    )
+    row.write.format("delta").mode("append").save(io.table_path(config, VERSIONS_TABLE))
+    latest = (
+        io.read_table(spark, config, VERSIONS_TABLE)
+        .groupBy("model_version")
+        .agg(F.max("published_at").alias("published_at"))
+        .orderBy(F.desc("published_at"), F.desc("model_version"))
+        .limit(max(1, int(config.require("export.keep_versions"))))
+        .collect()
+    )
+    keep = [r["model_version"] for r in latest]
+    for name in VERSIONED_TABLES:
+        dropped = io.drop_versions(spark, config, name, keep)
+        if dropped:
+            log.info("%s: deleted the rows of replaced version(s) %s", name, ", ".join(dropped))
+    return keep
 
 
 def serving_rows(recs: DataFrame, items: DataFrame) -> DataFrame:
@@ -104,9 +143,11 @@ def popular_fallback(spark: SparkSession, config: Config, version: str) -> DataF
     )
 
 
-def fallback_items(spark: SparkSession, config: Config) -> list[dict]:
-    """``gold/popular_fallback`` in rank order, in the serving layout's fields."""
-    rows = io.read_table(spark, config, FALLBACK_TABLE).orderBy(RANK).drop("model_version").collect()
+def fallback_items(spark: SparkSession, config: Config, version: str) -> list[dict]:
+    """``version``'s ``gold/popular_fallback`` in rank order, in the serving layout's fields."""
+    rows = (
+        io.read_version(spark, config, FALLBACK_TABLE, version).orderBy(RANK).drop("model_version").collect()
+    )
     return [r.asDict() for r in rows]
 
 
@@ -145,7 +186,7 @@ def publish(
     if stats.items != expected:
         raise interface.ServingError(f"wrote {stats.items} lists to DynamoDB but the version has {expected}")
     fallback = writer.list_item(
-        dynamodb.FALLBACK_PK, version, fallback_items(spark, config), generated_at, None
+        dynamodb.FALLBACK_PK, version, fallback_items(spark, config, version), generated_at, None
     )
     stats += writer.write_items(client, settings, [fallback])
     failpoints.reached("export.before_switch")

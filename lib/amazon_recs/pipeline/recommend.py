@@ -103,13 +103,13 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
     gold = rc.to_gold(rc.with_reason(lists, items), version, item_ids)
 
     started = time.perf_counter()
-    io.overwrite_table(gold, config, "gold/recommendations", partition_by=[MODEL])
+    io.write_version(gold, config, "gold/recommendations", version, [MODEL])
     seconds = round(time.perf_counter() - started, 2)
     progress(
         f"every user's lists in {seconds:.1f}s (of which ALS scores and top-{n}: "
         f"{timer.value:.1f}s of worker time over {spark.sparkContext.defaultParallelism} workers)"
     )
-    counts = io.read_table(spark, config, "gold/recommendations").groupBy(MODEL).count().collect()
+    counts = io.read_version(spark, config, "gold/recommendations", version).groupBy(MODEL).count().collect()
     return {
         "model_version": version,
         **{f"rows_{r[MODEL]}": r["count"] for r in counts},

@@ -50,7 +50,7 @@ from amazon_recs.models import user_lists
 from amazon_recs.models.fold_in import fold_in
 from amazon_recs.pipeline import versions
 from amazon_recs.pipeline.base import progress, stage
-from amazon_recs.pipeline.export import SERVING_TABLE, serving_rows, write_lists
+from amazon_recs.pipeline.export import serving_rows, write_lists
 from amazon_recs.pipeline.ingest import event_files
 from amazon_recs.pipeline.recommend import als_half_trust, als_search, hybrid_weights, item_knn_neighbours
 from amazon_recs.schemas import (
@@ -66,7 +66,7 @@ from amazon_recs.schemas import (
     WEIGHT,
 )
 from amazon_recs.serving import dynamodb
-from amazon_recs.serving.gold_tables import REFRESHED_TABLE
+from amazon_recs.serving.gold_tables import REFRESHED_TABLE, VERSIONS_TABLE
 from amazon_recs.serving.validation import SERVED_MODELS
 from amazon_recs.spark import share
 
@@ -114,7 +114,9 @@ def run_refresh(spark: SparkSession, config: Config) -> dict:
     summary.update(users=counts[0], new_users=counts[1] or 0, lists=rows.count())
     progress(f"{summary['lists']:,} lists in {time.perf_counter() - step:.1f}s")
     step = time.perf_counter()
-    io.merge_table(spark, rows, config, REFRESHED_TABLE, [USER, MODEL], update_when_changed="items")
+    io.merge_table(
+        spark, rows, config, REFRESHED_TABLE, [MODEL_VERSION, USER, MODEL], update_when_changed="items"
+    )
     progress(f"merged into {REFRESHED_TABLE} in {time.perf_counter() - step:.1f}s")
     if served_version is not None:
         step = time.perf_counter()
@@ -132,15 +134,20 @@ def _check_served(spark: SparkSession, config: Config, version: str) -> str | No
     Raises:
         StageOrderError: the export has not run for ``version``.
     """
-    path = io.table_path(config, SERVING_TABLE)
-    table = io.read_table(spark, config, SERVING_TABLE) if io.table_exists(spark, path) else None
-    # One version by construction (an export overwrites it whole, refresh merges its own
-    # version's rows): one row says which, without scanning every user's lists.
-    held = [r[0] for r in table.select(MODEL_VERSION).limit(1).collect()] if table is not None else []
-    if held != [version]:
+    path = io.table_path(config, VERSIONS_TABLE)
+    # The version the export published last (the gold tables keep a few: one partition each).
+    latest = (
+        io.read_table(spark, config, VERSIONS_TABLE)
+        .orderBy(F.desc("published_at"))
+        .select(MODEL_VERSION)
+        .first()
+        if io.table_exists(spark, path)
+        else None
+    )
+    if latest is None or latest[0] != version:
         raise StageOrderError(
-            f"{SERVING_TABLE} holds version(s) {held or 'none'}, not the current version {version}: "
-            "run the export stage before refresh"
+            f"the gold tables serve version {latest[0] if latest else 'none'} ({VERSIONS_TABLE}), not the "
+            f"current version {version}: run the export stage before refresh"
         )
     if not config.require("export.dynamodb.enabled"):
         return None

@@ -3,9 +3,12 @@ of every input file, the metrics, and where the outputs are."""
 
 from __future__ import annotations
 
+from pyspark.sql import functions as F
+
 from amazon_recs import io
 from amazon_recs.config import Config
 from amazon_recs.evaluation import report
+from amazon_recs.serving.gold_tables import VERSIONED_TABLES
 
 SUMMARY_TABLES = (
     "bronze/reviews",
@@ -23,10 +26,16 @@ SUMMARY_TABLES = (
 
 def pipeline_summary(spark, config: Config, summaries: dict) -> str:
     """What ``make run`` prints at the end: table sizes, metrics, where things are."""
-    lines = ["", "== amazon-recs: pipeline finished ==", "", "Rows per table:"]
+    version = summaries.get("evaluate", {}).get("model_version")
+    lines = ["", "== amazon-recs: pipeline finished ==", "", f"Rows per table (gold: version {version}):"]
     for name in SUMMARY_TABLES:
         path = io.table_path(config, name)
-        rows = spark.read.format("delta").load(path).count() if io.table_exists(spark, path) else "-"
+        rows = "-"
+        if io.table_exists(spark, path):
+            table = spark.read.format("delta").load(path)
+            if name in VERSIONED_TABLES and version is not None:  # the gold tables keep a few versions
+                table = table.filter(F.col(io.MODEL_VERSION) == version)
+            rows = table.count()
         lines.append(f"  {name:<28} {rows:>9}  {path}")
     for f in summaries.get("ingest", {}).get("files", []):
         lines.append(
@@ -72,13 +81,10 @@ def pipeline_summary(spark, config: Config, summaries: dict) -> str:
             f"({d['lists']} lists in {d['batches']} batches, {d['retries']} retries; "
             f"previous version {d['previous_version'] or 'none'})"
         )
-    sample_user = (
-        spark.read.format("delta")
-        .load(io.table_path(config, "gold/recommendations"))
-        .select("user_id")
-        .orderBy("user_id")
-        .first()[0]
-    )
+    recs = spark.read.format("delta").load(io.table_path(config, "gold/recommendations"))
+    if version is not None:
+        recs = recs.filter(F.col(io.MODEL_VERSION) == version)
+    sample_user = recs.select("user_id").orderBy("user_id").first()[0]
     lines.append(
         f"See one user's top-10:  .venv/bin/amazon-recs show --config {config.source} "
         f"--user {sample_user} --model hybrid"

@@ -21,8 +21,19 @@ SERVED_TABLE = "gold/user_recommendations"
 FALLBACK_TABLE = "gold/popular_fallback"
 # The lists ``refresh`` recomputed since the export, in SERVED_TABLE's layout: read first.
 # A small table of its own, so a refresh of a thousand users does not rewrite every
-# user's lists; the export empties it when it publishes a version.
+# user's lists. Kept per version like the others: an export empties its own version's.
 REFRESHED_TABLE = "gold/refreshed_recommendations"
+# One row per publish (model_version, published_at, run_id), appended by the export once
+# the version's tables are whole: the last row names the version readers serve.
+VERSIONS_TABLE = "gold/versions"
+# The gold tables that hold one partition per model version (export.keep_versions kept).
+VERSIONED_TABLES = (
+    "gold/recommendations",
+    SERVED_TABLE,
+    REFRESHED_TABLE,
+    FALLBACK_TABLE,
+    "gold/metrics",
+)
 UNNAMED = {"title": None, "category": None}  # an interaction with a product silver/items lacks
 
 
@@ -76,6 +87,28 @@ class GoldTableStore:
     # The store interface.
 
     def current_version(self) -> dict | None:
+        """The version the export published last (``gold/versions``' newest row), with
+        when; a warehouse exported before that table existed holds one version, stamped
+        with its serving table's last commit."""
+        key = ("current",)
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = self._current_version()
+            return self._cache[key]
+
+    def _current_version(self) -> dict | None:
+        if self._exists(VERSIONS_TABLE):
+            rows = self._table(VERSIONS_TABLE, ["model_version", "published_at"]).to_pylist()
+            if not rows:
+                return None
+            latest = max(rows, key=lambda r: (r["published_at"], r["model_version"]))
+            published = latest["published_at"]
+            if published.tzinfo is None:
+                published = published.replace(tzinfo=UTC)
+            return {
+                "model_version": latest["model_version"],
+                "generated_at": published.astimezone(UTC).isoformat(timespec="seconds"),
+            }
         versions = self._table(SERVED_TABLE, ["model_version"]).column("model_version").unique().to_pylist()
         if not versions:
             return None
@@ -97,7 +130,7 @@ class GoldTableStore:
         rows = []
         refreshed = [REFRESHED_TABLE] if self._exists(REFRESHED_TABLE) else []
         for name in (*refreshed, SERVED_TABLE):
-            table = self._table(name, ["user_id", "model_version", "items"], model)
+            table = self._table(name, ["user_id", "model_version", "items"], model, pointer["model_version"])
             mine = pc.and_(
                 pc.equal(table["user_id"], user_id),
                 pc.equal(table["model_version"], pointer["model_version"]),
@@ -119,7 +152,7 @@ class GoldTableStore:
         """``version``'s popular list, as the export wrote it to ``gold/popular_fallback``."""
         import pyarrow.compute as pc
 
-        fallback = self._table(FALLBACK_TABLE, None)
+        fallback = self._table(FALLBACK_TABLE, None, version=version)
         rows = fallback.filter(pc.equal(fallback["model_version"], version)).to_pylist()
         if not rows:
             raise ServingError(f"{self._path(FALLBACK_TABLE)} has no list for version {version}")
@@ -140,13 +173,26 @@ class GoldTableStore:
         ]
 
     def metrics(self) -> list[dict]:
-        """``gold/metrics`` rows (model, metric, k, value, users, model_version)."""
-        rows = self._table("gold/metrics", None).to_pylist()
+        """The served version's ``gold/metrics`` rows (model, metric, k, value, users,
+        model_version)."""
+        pointer = self.current_version()
+        version = pointer["model_version"] if pointer else None
+        rows = [
+            r
+            for r in self._table("gold/metrics", None, version=version).to_pylist()
+            if r["model_version"] == version
+        ]
         return sorted(rows, key=lambda r: (r["model"], r["metric"]))
 
     def sample_users(self, n: int) -> list[str]:
-        """Up to ``n`` user ids with lists, spread evenly over the sorted ids."""
-        users = sorted(self._table(SERVED_TABLE, ["user_id"]).column("user_id").unique().to_pylist())
+        """Up to ``n`` user ids with lists of the served version, spread evenly over the sorted ids."""
+        import pyarrow.compute as pc
+
+        pointer = self.current_version()
+        table = self._table(SERVED_TABLE, ["user_id", "model_version"])
+        if pointer is not None:
+            table = table.filter(pc.equal(table["model_version"], pointer["model_version"]))
+        users = sorted(table.column("user_id").unique().to_pylist())
         step = max(1, len(users) // max(n, 1))
         return users[::step][:n]
 
@@ -155,12 +201,19 @@ class GoldTableStore:
     def _path(self, name: str) -> str:
         return f"{self.warehouse}/{name}"
 
-    def _table(self, name: str, columns: list[str] | None, model: str | None = None):
+    def _table(
+        self, name: str, columns: list[str] | None, model: str | None = None, version: str | None = None
+    ):
+        """Table ``name`` (its ``columns``), only ``model``'s and ``version``'s rows when
+        given: partitions, so only their files are read."""
         path = self._path(name)
-        key = ("table", path, tuple(columns or ()), model)
+        key = ("table", path, tuple(columns or ()), model, version)
         with self._lock:
             if key not in self._cache:
-                filters = [("model", "=", model)] if model else None
+                filters = [("model", "=", model)] if model else []
+                if version is not None:
+                    filters.append(("model_version", "=", version))
+                filters = filters or None
                 self._cache[key] = self._reading(
                     path, lambda t: t.to_pyarrow_table(columns=columns, filters=filters)
                 )

@@ -1018,6 +1018,75 @@ def test_a_store_is_one_snapshot_and_a_new_store_sees_a_new_run(gold, tmp_path):
     assert unknown.items == gold.popular
 
 
+def test_the_store_serves_the_version_published_last_among_those_kept(gold, tmp_path):
+    """The gold tables keep a partition per version; gold/versions says which one the export
+    published last. A store serves that one, with its own lists, fallback, metrics and
+    users, whatever else the tables hold; publishing an older version again serves it."""
+    import shutil
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+
+    from tests.gold_tables import USERS, VERSION
+
+    root = tmp_path / "copy"
+    shutil.copytree(gold.root, root)
+    warehouse = root / "warehouse" / "gold"
+
+    def add_version(name, change):
+        table = DeltaTable(str(warehouse / name)).to_pyarrow_table()
+        rows = [change({**r, "model_version": "next"}) for r in table.to_pylist()]
+        rows = [r for r in rows if r is not None]
+        partitions = ["model"] if name == "user_recommendations" else None
+        write_deltalake(
+            str(warehouse / name),
+            type(table).from_pylist(rows, schema=table.schema),
+            mode="append",
+            partition_by=partitions,
+        )
+
+    # "next": every list reversed, user 0 unknown to it, other metrics and fallback scores.
+    add_version(
+        "user_recommendations",
+        lambda r: None if r["user_id"] == USERS[0] else {**r, "items": r["items"][::-1]},
+    )
+    add_version("popular_fallback", lambda r: {**r, "score": r["score"] + 100})
+    add_version("metrics", lambda r: {**r, "value": r["value"] / 2})
+
+    def publish(*versions):
+        rows = [
+            {"model_version": v, "published_at": datetime(2026, 1, 1 + n, tzinfo=UTC)}
+            for n, v in enumerate(versions)
+        ]
+        schema = pa.schema([("model_version", pa.string()), ("published_at", pa.timestamp("us", tz="UTC"))])
+        write_deltalake(
+            str(warehouse / "versions"), pa.Table.from_pylist(rows, schema=schema), mode="overwrite"
+        )
+
+    publish(VERSION, "next")
+    store = gold_tables.GoldTableStore(str(root / "warehouse"))
+    assert store.current_version() == {"model_version": "next", "generated_at": "2026-01-02T00:00:00+00:00"}
+    user = USERS[1]
+    got = store.get_recommendations(user, "als")
+    assert (got.fallback, got.model_version) == (False, "next")
+    assert got.items == gold.lists[(user, "als")][::-1]
+    unknown = store.get_recommendations(USERS[0], "als")
+    assert unknown.fallback and [i["score"] for i in unknown.items] == [
+        p["score"] + 100 for p in gold.popular
+    ]
+    assert {r["model_version"] for r in store.metrics()} == {"next"}
+    assert len(store.metrics()) == len(gold.metrics)
+    assert USERS[0] not in store.sample_users(len(USERS))
+
+    publish(VERSION, "next", VERSION)  # the older version published again
+    again = gold_tables.GoldTableStore(str(root / "warehouse"))
+    assert again.current_version()["model_version"] == VERSION
+    assert again.get_recommendations(user, "als").items == gold.lists[(user, "als")]
+    assert again.get_recommendations(USERS[0], "als").items == gold.lists[(USERS[0], "als")]
+    assert sorted(r["value"] for r in again.metrics()) == sorted(r["value"] for r in gold.metrics)
+
+
 def test_missing_tables_are_messages_naming_them(gold, tmp_path):
     import shutil
 
