@@ -23,7 +23,7 @@ FALLBACK_TABLE = "gold/popular_fallback"
 # A small table of its own, so a refresh of a thousand users does not rewrite every
 # user's lists. Kept per version like the others: an export empties its own version's.
 REFRESHED_TABLE = "gold/refreshed_recommendations"
-# One row per publish (model_version, published_at, run_id), appended by the export once
+# One row per publish (model_version, published_at), appended by the export once
 # the version's tables are whole: the last row names the version readers serve.
 VERSIONS_TABLE = "gold/versions"
 # The gold tables that hold one partition per model version (export.keep_versions kept).
