@@ -22,8 +22,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-# Fused-score tensors are built for this many elements at most (float64: 32 MB).
-BLOCK_ELEMENTS = 1 << 22
+from amazon_recs.models.jit import njit_cached
 
 
 def discounts(k: int) -> np.ndarray:
@@ -131,33 +130,63 @@ def ndcg_sums(
     per_user = np.bincount(pair_user, minlength=n_users)
     first = np.cumsum(per_user) - per_user
     hit_user = pair_user[hits]
-    hit_pos = hits - first[hit_user]
-    width = int(per_user[hit_user].max())
-    block = max(1, BLOCK_ELEMENTS // (width * n_points))
-    columns = np.arange(width)
-    for lo in range(0, len(hits), block):
-        u, pos = hit_user[lo : lo + block], hit_pos[lo : lo + block]
-        valid = columns[None, :] < per_user[u][:, None]
-        at = np.minimum(first[u][:, None] + columns[None, :], len(matrix) - 1)
-        rows = matrix[at]
-        # Summed model by model, in Spark's order: bit-identical scores, identical ties.
-        if item_trust is None:
-            fused = rows[:, :, 0, None] * weights[0]
-            for m in range(1, n_models):
-                fused += rows[:, :, m, None] * weights[m]
-        else:
-            trust = pair_trust[at][:, :, None]
-            fused = rows[:, :, 0, None] * (weights[0] * trust)
-            fused += rows[:, :, 1, None] * (weights[1] + weights[0] * (1 - trust))
-            for m in range(2, n_models):
-                fused += rows[:, :, m, None] * (weights[m] + 0 * trust)
-        fused[~valid] = -np.inf
-        own = fused[np.arange(len(u)), pos][:, None, :]
-        ahead = (fused > own).sum(axis=1)
-        ahead += ((fused == own) & (columns[None, :, None] < pos[:, None, None])).sum(axis=1)
-        rank = np.minimum(ahead + 1, k + 1)
-        sums += (gains[rank] / ideal[u][:, None]).sum(axis=0)
+    if item_trust is None:
+        pair_trust = np.ones(len(pair_user))
+    _hit_ranks_into(
+        sums,
+        np.ascontiguousarray(matrix),
+        np.ascontiguousarray(pair_trust, np.float64),
+        first[hit_user],
+        per_user[hit_user],
+        hits,
+        ideal[hit_user],
+        np.ascontiguousarray(weights, np.float64),
+        gains,
+        k,
+        item_trust is not None,
+    )
     return sums
+
+
+@njit_cached()
+def _hit_ranks_into(sums, matrix, trust, starts, counts, hits, ideal, weights, gains, k, trusted):
+    """Each hit's rank among its user's candidates under every weight vector, its gain
+    added to ``sums``. A user's candidates are ``matrix[start:start + count]`` (their
+    normalised model scores, items ascending); the fused score is summed model by model
+    in Spark's order (bit-identical scores, identical ties: an equal score ranks ahead
+    when its item is smaller). Counting stops once k candidates are ahead: the hit is
+    then out of the top k, whatever else follows."""
+    n_models, n_points = weights.shape
+    for h in range(len(hits)):
+        start, count, own_at = starts[h], counts[h], hits[h]
+        for w in range(n_points):
+            own = _fused(matrix, trust, own_at, weights, w, n_models, trusted)
+            ahead = 0
+            for j in range(start, start + count):
+                if j == own_at:
+                    continue
+                fused = _fused(matrix, trust, j, weights, w, n_models, trusted)
+                if fused > own or (fused == own and j < own_at):
+                    ahead += 1
+                    if ahead >= k:
+                        break
+            if ahead < k:
+                sums[w] += gains[ahead + 1] / ideal[h]
+
+
+@njit_cached()
+def _fused(matrix, trust, row, weights, w, n_models, trusted):
+    if trusted:
+        t = trust[row]
+        fused = matrix[row, 0] * (weights[0, w] * t)
+        fused += matrix[row, 1] * (weights[1, w] + weights[0, w] * (1 - t))
+        for m in range(2, n_models):
+            fused += matrix[row, m] * (weights[m, w] + 0 * t)
+        return fused
+    fused = matrix[row, 0] * weights[0, w]
+    for m in range(1, n_models):
+        fused += matrix[row, m] * weights[m, w]
+    return fused
 
 
 def partition_sums(
