@@ -1034,6 +1034,9 @@ def test_the_store_serves_the_version_published_last_among_those_kept(gold, tmp_
     shutil.copytree(gold.root, root)
     warehouse = root / "warehouse" / "gold"
 
+    def reranked(items):
+        return [{**item, "rank": rank} for rank, item in enumerate(items, start=1)]
+
     def add_version(name, change):
         table = DeltaTable(str(warehouse / name)).to_pyarrow_table()
         rows = [change({**r, "model_version": "next"}) for r in table.to_pylist()]
@@ -1049,7 +1052,7 @@ def test_the_store_serves_the_version_published_last_among_those_kept(gold, tmp_
     # "next": every list reversed, user 0 unknown to it, other metrics and fallback scores.
     add_version(
         "user_recommendations",
-        lambda r: None if r["user_id"] == USERS[0] else {**r, "items": r["items"][::-1]},
+        lambda r: None if r["user_id"] == USERS[0] else {**r, "items": reranked(r["items"][::-1])},
     )
     add_version("popular_fallback", lambda r: {**r, "score": r["score"] + 100})
     add_version("metrics", lambda r: {**r, "value": r["value"] / 2})
@@ -1070,7 +1073,7 @@ def test_the_store_serves_the_version_published_last_among_those_kept(gold, tmp_
     user = USERS[1]
     got = store.get_recommendations(user, "als")
     assert (got.fallback, got.model_version) == (False, "next")
-    assert got.items == gold.lists[(user, "als")][::-1]
+    assert got.items == reranked(gold.lists[(user, "als")][::-1])
     unknown = store.get_recommendations(USERS[0], "als")
     assert unknown.fallback and [i["score"] for i in unknown.items] == [
         p["score"] + 100 for p in gold.popular
@@ -1182,6 +1185,7 @@ def test_gold_tables_in_a_bucket_read_the_same_as_on_disk(gold, config, local_aw
     )
     with pytest.raises(
         interface.BackendUnavailable,
-        match=r"cannot read s3://.*/gold/metrics \(S3 endpoint http://127.0.0.1:9\)",
+        # The served version is looked up first (gold/versions, or the serving table here).
+        match=r"cannot read s3://.*/gold/user_recommendations \(S3 endpoint http://127.0.0.1:9\)",
     ):
         unreachable.metrics()
