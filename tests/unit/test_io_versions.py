@@ -79,3 +79,15 @@ def test_old_versions_are_dropped_by_partition_and_named(spark, config):
     history = DeltaTable.forPath(spark, io.table_path(config, name)).history(1).first()
     assert history["operation"] == "DELETE"
     assert io.drop_versions(spark, config, "gold/absent", ["v3"]) == []
+
+
+def test_a_stage_reading_lists_the_current_version_lacks_is_told_to_run_recommend(spark, config):
+    from amazon_recs.errors import StageOrderError
+    from amazon_recs.pipeline import versions
+
+    io.write_version(rows(spark, "v1", ["a"]), config, "gold/recommendations", "v1", ["model"])
+    assert versions.read_lists(spark, config, "v1", "evaluate").count() == 5
+    with pytest.raises(
+        StageOrderError, match="no lists of the current version v2: run the recommend stage before export"
+    ):
+        versions.read_lists(spark, config, "v2", "export")

@@ -8,7 +8,7 @@ from pyspark.sql import functions as F
 
 from amazon_recs import io, schemas
 from amazon_recs.config import Config
-from amazon_recs.errors import ConfigError, StageOrderError
+from amazon_recs.errors import ConfigError
 from amazon_recs.evaluation import intervals, report
 from amazon_recs.evaluation import metrics as ev
 from amazon_recs.features.split import GLOBAL_TEMPORAL, TEST, TRAIN
@@ -24,12 +24,7 @@ SEGMENTS = ("light", "heavy")
 def run_evaluate(spark: SparkSession, config: Config) -> dict:
     k = config.require("evaluate.k")
     version = versions.current_version(spark, config)
-    recs = io.read_version(spark, config, "gold/recommendations", version)
-    if not recs.limit(1).count():
-        raise StageOrderError(
-            f"gold/recommendations has no lists of the current version {version}: "
-            "run the recommend stage before evaluate"
-        )
+    recs = versions.read_lists(spark, config, version, "evaluate")
     info = versions.model_info(spark, config, version)
     interactions = versions.read_input(spark, config, version, "silver/interactions", info)
     truth = interactions.filter(F.col(SPLIT) == TEST)

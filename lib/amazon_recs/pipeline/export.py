@@ -15,7 +15,6 @@ from pyspark.sql import functions as F
 from amazon_recs import failpoints, io
 from amazon_recs.aws import athena
 from amazon_recs.config import Config
-from amazon_recs.errors import StageOrderError
 from amazon_recs.models import lists as rc
 from amazon_recs.pipeline import versions
 from amazon_recs.pipeline.base import stage
@@ -51,12 +50,7 @@ def run_export(spark: SparkSession, config: Config) -> dict:
     are deleted from the gold tables.
     """
     version = versions.current_version(spark, config)
-    recs = io.read_version(spark, config, "gold/recommendations", version)
-    if not recs.limit(1).count():
-        raise StageOrderError(
-            f"gold/recommendations has no lists of the current version {version}: "
-            "run the recommend stage before export"
-        )
+    recs = versions.read_lists(spark, config, version, "export")
     items = versions.read_input(spark, config, version, "silver/items").select(ITEM, "title", "category")
     # The commits holding the version served until now: its DynamoDB items get their TTL
     # from these rows once the new version is live.

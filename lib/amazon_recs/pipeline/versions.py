@@ -93,6 +93,22 @@ def read_input(spark: SparkSession, config: Config, version: str, name: str, inf
     return io.read_table(spark, config, name, info.get("inputs", {}).get(name))
 
 
+def read_lists(spark: SparkSession, config: Config, version: str, reader: str) -> DataFrame:
+    """``version``'s rows of ``gold/recommendations`` (the table keeps a few versions).
+
+    Raises:
+        StageOrderError: the recommend stage has not written them; ``reader`` names the
+            stage that needs them.
+    """
+    recs = io.read_version(spark, config, "gold/recommendations", version)
+    if not recs.limit(1).count():
+        raise StageOrderError(
+            f"gold/recommendations has no lists of the current version {version}: "
+            f"run the recommend stage before {reader}"
+        )
+    return recs
+
+
 def model_dir(config: Config, version: str) -> str:
     return f"{config.require('paths.models').rstrip('/')}/{version}"
 
