@@ -31,6 +31,7 @@ from pyspark.sql import functions as F
 from amazon_recs import io
 from amazon_recs.aws import athena
 from amazon_recs.config import load_config
+from amazon_recs.pipeline import versions
 from amazon_recs.pipeline.export import publish
 from amazon_recs.pipeline.registry import STAGE_ORDER, stage_function
 from amazon_recs.serving import dynamodb, stores
@@ -103,9 +104,11 @@ def store(config) -> dynamodb.ServingStore:
     return dynamodb.ServingStore.from_config(config)
 
 
-def gold_lists(spark, config) -> dict[tuple[str, str], list[str]]:
-    """(user, served model) -> the gold table's item ids in rank order."""
-    recs = io.read_table(spark, config, "gold/recommendations").filter(F.col("model").isin(*SERVED_MODELS))
+def gold_lists(spark, config, version: str) -> dict[tuple[str, str], list[str]]:
+    """(user, served model) -> the item ids of ``version``'s lists in the gold table, in
+    rank order (the table keeps a partition per version)."""
+    recs = io.read_version(spark, config, "gold/recommendations", version)
+    recs = recs.filter(F.col("model").isin(*SERVED_MODELS))
     recs = recs.collect()
     lists: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
     for r in recs:
@@ -156,7 +159,8 @@ def test_gold_tables_in_the_bucket_read_the_same_without_spark(spark, aws_config
 
     ddl = io.read_text(session, f"{warehouse}/gold/athena_ddl.sql")
     assert f"LOCATION '{warehouse}/gold/recommendations'" in ddl
-    assert ddl.count("TBLPROPERTIES ('table_type'='DELTA')") == len(athena.GOLD_TABLES) == 5
+    assert ddl.count("TBLPROPERTIES ('table_type'='DELTA')") == len(athena.GOLD_TABLES) == 6
+    assert f"LOCATION '{warehouse}/gold/versions'" in ddl
     metrics_md = io.read_text(session, f"{aws_config.require('paths.reports')}/metrics.md")
     assert "| hybrid |" in metrics_md
 
@@ -166,7 +170,7 @@ def test_dynamodb_holds_every_users_ten_products_in_order(spark, aws_config, fir
     version = first_run["train"]["model_version"]
     assert published["model_version"] == version and published["previous_version"] is None
 
-    expected = gold_lists(get_spark(aws_config), aws_config)
+    expected = gold_lists(get_spark(aws_config), aws_config, version)
     stored = dynamodb_lists(aws_config, version)
     assert {model for _, model in stored} == set(SERVED_MODELS)  # random is not published
     assert all(len(items) == K for items in stored.values())
@@ -216,7 +220,7 @@ class Poller(threading.Thread):
 def test_a_new_version_switches_over_atomically_while_a_reader_polls(spark, aws_config, first_run):
     session = get_spark(aws_config)
     old_version = first_run["train"]["model_version"]
-    old_lists = gold_lists(session, aws_config)
+    old_lists = gold_lists(session, aws_config, old_version)
     keys = random.Random(1).sample(sorted(k for k in old_lists if k[1] in ("als", "hybrid")), 12)
 
     poller = Poller(aws_config, keys)
@@ -232,7 +236,7 @@ def test_a_new_version_switches_over_atomically_while_a_reader_polls(spark, aws_
     new_version = summaries["train"]["model_version"]
     assert new_version != old_version
     assert summaries["export"]["dynamodb"]["previous_version"] == old_version
-    new_lists = gold_lists(session, config_v2)
+    new_lists = gold_lists(session, config_v2, new_version)
     expected = {old_version: old_lists, new_version: new_lists}
 
     assert poller.errors == []
@@ -301,12 +305,12 @@ def test_throttling_and_unprocessed_items_lose_nothing(spark, aws_config, first_
             "export.dynamodb.max_attempts=40",
         ]
     )
-    served = io.read_table(session, config, "gold/user_recommendations")
-    version = served.select("model_version").first()[0]
+    version = versions.current_version(session, config)
+    served = io.read_version(session, config, "gold/user_recommendations", version)
     summary = publish(session, config, served, version, client_factory=throttling_client)
 
     assert summary["throttled"] > 0 and summary["unprocessed_retried"] > 0
-    expected = gold_lists(session, config)
+    expected = gold_lists(session, config, version)
     assert summary["lists"] == len(expected)
     assert dynamodb_lists(config, version) == expected
     assert store(config).current_version()["model_version"] == version
