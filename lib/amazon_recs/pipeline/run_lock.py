@@ -386,10 +386,18 @@ class DynamoLease(_Lock):
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs. A zombie does not: a run killed
+    with its parent is reparented to PID 1, and where PID 1 does not reap (a container's
+    init) it stays in the process table, dead, for as long as the container lives."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's process: alive
+    except PermissionError:  # someone else's process: alive unless a zombie
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (macOS) or it went in between: kill() said it was there
         return True
-    return True
+    # "pid (comm) state ...": comm may hold spaces and parentheses, the state follows the last ")".
+    return stat[stat.rindex(")") + 2 :][:1] != "Z"

@@ -175,6 +175,26 @@ def test_the_lock_of_a_pid_gone_from_this_host_is_taken_over_at_once(backend):
     assert taken.run_id == "run-dead" and taken.pid == int(child.stdout)
 
 
+def test_a_zombie_holder_counts_as_gone(backend):
+    """A run killed with its parent is reparented to PID 1; a container's init may never
+    reap it, so it stays in the process table as a zombie: dead, and its lock taken over."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while not Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].startswith(" Z"):
+        assert time.monotonic() < deadline, "the child did not exit"
+        time.sleep(0.05)
+    try:
+        os.kill(child.pid, 0)  # still in the process table: kill() alone calls it alive
+        assert not rl._alive(child.pid)
+        assert rl._alive(os.getpid())
+        dead = backend.lock("run-zombie")
+        dead.me.pid = child.pid
+        assert dead._create()
+        assert backend.lock("run-b").acquire().run_id == "run-zombie"
+    finally:
+        child.wait()
+
+
 def test_a_live_holder_renews_and_keeps_its_lock(backend):
     holder = backend.lock("run-a", ttl_s=1.0, heartbeat_s=0.05)
     holder.acquire()
