@@ -131,11 +131,7 @@ class GoldTableStore:
         refreshed = [REFRESHED_TABLE] if self._exists(REFRESHED_TABLE) else []
         for name in (*refreshed, SERVED_TABLE):
             table = self._table(name, ["user_id", "model_version", "items"], model, pointer["model_version"])
-            mine = pc.and_(
-                pc.equal(table["user_id"], user_id),
-                pc.equal(table["model_version"], pointer["model_version"]),
-            )
-            rows = table.filter(mine).to_pylist()
+            rows = table.filter(pc.equal(table["user_id"], user_id)).to_pylist()
             if rows:
                 break
         if rows:
@@ -150,10 +146,8 @@ class GoldTableStore:
 
     def popular(self, version: str) -> list[dict]:
         """``version``'s popular list, as the export wrote it to ``gold/popular_fallback``."""
-        import pyarrow.compute as pc
 
-        fallback = self._table(FALLBACK_TABLE, None, version=version)
-        rows = fallback.filter(pc.equal(fallback["model_version"], version)).to_pylist()
+        rows = self._table(FALLBACK_TABLE, None, version=version).to_pylist()
         if not rows:
             raise ServingError(f"{self._path(FALLBACK_TABLE)} has no list for version {version}")
         ranked = sorted(rows, key=lambda r: r["rank"])
@@ -176,23 +170,18 @@ class GoldTableStore:
         """The served version's ``gold/metrics`` rows (model, metric, k, value, users,
         model_version)."""
         pointer = self.current_version()
-        version = pointer["model_version"] if pointer else None
-        rows = [
-            r
-            for r in self._table("gold/metrics", None, version=version).to_pylist()
-            if r["model_version"] == version
-        ]
+        if pointer is None:
+            return []
+        rows = self._table("gold/metrics", None, version=pointer["model_version"]).to_pylist()
         return sorted(rows, key=lambda r: (r["model"], r["metric"]))
 
     def sample_users(self, n: int) -> list[str]:
         """Up to ``n`` user ids with lists of the served version, spread evenly over the sorted ids."""
-        import pyarrow.compute as pc
-
         pointer = self.current_version()
-        table = self._table(SERVED_TABLE, ["user_id", "model_version"])
-        if pointer is not None:
-            table = table.filter(pc.equal(table["model_version"], pointer["model_version"]))
-        users = sorted(table.column("user_id").unique().to_pylist())
+        version = pointer["model_version"] if pointer else None
+        users = sorted(
+            self._table(SERVED_TABLE, ["user_id"], version=version).column("user_id").unique().to_pylist()
+        )
         step = max(1, len(users) // max(n, 1))
         return users[::step][:n]
 
