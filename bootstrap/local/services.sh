@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Local AWS stand-ins on 127.0.0.1 for tests and local runs:
-#   S3       -> moto's standalone server (moto_server from .venv).
+#   S3       -> bootstrap/local/s3server (gofakes3 with its bolt backend, Go, pinned by
+#               its go.sum and built on first use), objects in one file on disk.
 #   DynamoDB -> dynalite (npm, pinned in bootstrap/local/dynalite/), LevelDB data on disk.
-# MinIO is not used because its server is licensed AGPL-3.0.
+# Both keep their data across `down`/`up`, a restart and a kill -9. MinIO is not used
+# because its server is licensed AGPL-3.0.
 #
 # Usage: bootstrap/local/services.sh up|down|status|env
 #   up      start both (idempotent: a service already healthy on its port is left alone)
@@ -13,7 +15,8 @@
 # Environment:
 #   AWS_LOCAL_HOME            state root (default <repo>/.cache/aws-local):
 #                             dynamodb/ (dynalite LevelDB data, persists across restarts),
-#                             s3/ (moto's working folder), run/ (pid files), logs/
+#                             s3/objects.db (the S3 server's bolt file, persists too),
+#                             run/ (pid files), logs/
 #   AWS_LOCAL_S3_PORT         default 9000
 #   AWS_LOCAL_DYNAMODB_PORT   default 8000
 #   AWS_LOCAL_WAIT_SECONDS    health-check timeout on `up` (default 30)
@@ -30,8 +33,10 @@ WAIT_SECONDS=${AWS_LOCAL_WAIT_SECONDS:-30}
 HOST=127.0.0.1
 
 VENV=$REPO/.venv
-MOTO_SERVER=$VENV/bin/moto_server
 PYTHON=$VENV/bin/python
+S3_SERVER_SRC=$REPO/bootstrap/local/s3server
+S3_SERVER_DIR=$REPO/.cache/s3server
+S3_SERVER_BIN=$S3_SERVER_DIR/s3server
 DYNALITE_SRC=$REPO/bootstrap/local/dynalite
 DYNALITE_DIR=$REPO/.cache/dynalite
 DYNALITE_BIN=$DYNALITE_DIR/node_modules/.bin/dynalite
@@ -52,7 +57,7 @@ port_of() { if [[ $1 == s3 ]]; then echo "$S3_PORT"; else echo "$DDB_PORT"; fi; 
 pid_file() { echo "$HOME_DIR/run/$1.pid"; }
 log_file() { echo "$HOME_DIR/logs/$1.log"; }
 # A word the process command line must contain, so a reused pid is never signalled.
-cmd_marker() { if [[ $1 == s3 ]]; then echo "moto_server"; else echo "dynalite"; fi; }
+cmd_marker() { if [[ $1 == s3 ]]; then echo "s3server"; else echo "dynalite"; fi; }
 
 # Everything below talks to 127.0.0.1 directly: no proxies, no AWS profile or config files.
 local_env() {
@@ -82,7 +87,7 @@ port_open() {
 }
 
 healthy_s3() {
-  # moto answers an unsigned ListBuckets (GET /) with the bucket list.
+  # The server answers an unsigned ListBuckets (GET /) with the bucket list.
   curl -sf --noproxy '*' --max-time 3 "http://$HOST:$S3_PORT/" 2>/dev/null | grep -q 'ListAllMyBucketsResult'
 }
 
@@ -101,7 +106,45 @@ boto3.client("dynamodb", endpoint_url=sys.argv[1],
 healthy() { "healthy_$1"; }
 
 require_python() {
-  [[ -x $MOTO_SERVER && -x $PYTHON ]] || die "$MOTO_SERVER not found: run make setup first"
+  [[ -x $PYTHON ]] || die "$PYTHON not found: run make setup first"
+}
+
+require_go() {
+  command -v go >/dev/null 2>&1 || die "go not found: install Go (1.24+) to build the local S3 server"
+}
+
+# The sources the S3 server is built from; a change to any of them rebuilds it.
+s3server_fingerprint() {
+  cat "$S3_SERVER_SRC"/go.mod "$S3_SERVER_SRC"/go.sum "$S3_SERVER_SRC"/*.go | sha256sum | cut -d' ' -f1
+}
+
+# Build the S3 server into .cache/s3server when missing or when its sources changed.
+# Modules come from the Go module proxy and are checked against the committed go.sum.
+install_s3server() {
+  local stamp=$S3_SERVER_DIR/.fingerprint fingerprint log
+  fingerprint=$(s3server_fingerprint)
+  if [[ -x $S3_SERVER_BIN && "$(cat "$stamp" 2>/dev/null)" == "$fingerprint" ]]; then
+    return 0
+  fi
+  require_go
+  mkdir -p "$S3_SERVER_DIR"
+  # Several state roots share this build: one at a time.
+  if command -v flock >/dev/null 2>&1; then
+    exec 7>"$REPO/.cache/.s3server-build.lock"
+    flock 7
+  fi
+  if ! [[ -x $S3_SERVER_BIN && "$(cat "$stamp" 2>/dev/null)" == "$fingerprint" ]]; then
+    log=$(log_file go-build)
+    echo "building the local S3 server into $S3_SERVER_DIR (log: $log)"
+    rm -f "$stamp"
+    if ! (cd "$S3_SERVER_SRC" && go build -mod=readonly -trimpath -o "$S3_SERVER_BIN.tmp" .) >"$log" 2>&1; then
+      tail -n 20 "$log" >&2
+      die "go build of bootstrap/local/s3server failed (log: $log)"
+    fi
+    mv -f "$S3_SERVER_BIN.tmp" "$S3_SERVER_BIN"
+    echo "$fingerprint" >"$stamp"
+  fi
+  exec 7>&-
 }
 
 require_node() {
@@ -182,15 +225,14 @@ start_service() {
   workdir=$HOME_DIR/$name
   local -a cmd
   if [[ $name == s3 ]]; then
-    # moto keeps S3 buckets and objects in memory: they are gone after `down`.
-    cmd=("$MOTO_SERVER" -H "$HOST" -p "$port")
+    cmd=("$S3_SERVER_BIN" -addr "$HOST:$port" -db "$HOME_DIR/s3/objects.db")
   else
     cmd=("$DYNALITE_BIN" --host "$HOST" --port "$port" --path "$HOME_DIR/dynamodb")
   fi
   echo "--- $(date -u +%Y-%m-%dT%H:%M:%SZ) starting: ${cmd[*]}" >>"$log"
   # setsid: own session, so the server outlives this shell and a Ctrl-C in it; the
   # lock fds are closed so the server does not hold the locks.
-  (cd "$workdir" && exec nohup setsid "${cmd[@]}" >>"$log" 2>&1 </dev/null 8>&- 9>&-) &
+  (cd "$workdir" && exec nohup setsid "${cmd[@]}" >>"$log" 2>&1 </dev/null 7>&- 8>&- 9>&-) &
   pid=$!
   echo "$pid" >"$(pid_file "$name")"
 
@@ -214,6 +256,7 @@ cmd_up() {
   require_node
   mkdir -p "$HOME_DIR"/{dynamodb,s3,run,logs}
   install_dynalite
+  install_s3server
   local name
   for name in "${SERVICES[@]}"; do start_service "$name"; done
 }

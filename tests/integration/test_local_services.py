@@ -1,4 +1,4 @@
-"""bootstrap/local/services.sh: local S3 (moto) and DynamoDB (dynalite) on 127.0.0.1.
+"""bootstrap/local/services.sh: local S3 (s3server) and DynamoDB (dynalite) on 127.0.0.1.
 
 Runs under its own temporary AWS_LOCAL_HOME and on its own ports, so it cannot
 disturb the services another test or a local run uses (default home, 9000/8000).
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -121,7 +122,7 @@ def listeners(port: int) -> list[str]:
     return [f[3] for f in (line.split() for line in out.splitlines()) if f[3].endswith(f":{port}")]
 
 
-def test_up_down_and_dynamodb_persists(services: Services, clients) -> None:
+def test_up_down_and_both_keep_their_data(services: Services, clients) -> None:
     exported, make = clients
     assert exported["AWS_LOCAL_S3_ENDPOINT"] == f"http://127.0.0.1:{services.ports['s3']}"
     assert exported["AWS_LOCAL_DYNAMODB_ENDPOINT"] == f"http://127.0.0.1:{services.ports['dynamodb']}"
@@ -163,11 +164,69 @@ def test_up_down_and_dynamodb_persists(services: Services, clients) -> None:
     second = services.pids()
     assert all(second.values()) and second != first
     s3, ddb = make()
-    # dynalite kept the table and the item on disk under AWS_LOCAL_HOME/dynamodb.
+    # dynalite kept the table and the item on disk under AWS_LOCAL_HOME/dynamodb,
+    # the S3 server the bucket and the object in AWS_LOCAL_HOME/s3/objects.db.
     assert TABLE in ddb.list_tables()["TableNames"]
     assert ddb.get_item(TableName=TABLE, Key={"user_id": {"S": "u1"}}, ConsistentRead=True)["Item"] == item
-    # moto keeps S3 in memory: a restart starts empty.
-    assert s3.list_buckets()["Buckets"] == []
+    assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == [BUCKET]
+    assert s3.get_object(Bucket=BUCKET, Key="a/b.txt")["Body"].read() == b"hello local s3"
+
+    # A kill -9 loses no acknowledged write either: bolt commits each one with an fsync.
+    s3.put_object(Bucket=BUCKET, Key="a/c.txt", Body=b"written just before the kill")
+    os.kill(int(second["s3"]), signal.SIGKILL)
+    services.run("up")
+    assert services.pids()["s3"] != second["s3"]
+    s3, _ = make()
+    assert s3.get_object(Bucket=BUCKET, Key="a/c.txt")["Body"].read() == b"written just before the kill"
+
+
+def test_the_s3_server_serves_what_spark_and_boto3_ask_for(services: Services, clients) -> None:
+    """The calls S3A and boto3 make beyond put and get: directory markers beside
+    their folder, listings past one page, ranged reads (boto3 checks checksums),
+    copies (S3A's rename), bulk deletes, multipart uploads and a conditional put."""
+    _, make = clients
+    services.run("up")
+    s3, _ = make()
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_object(Bucket=BUCKET, Key="t/", Body=b"")
+    s3.put_object(Bucket=BUCKET, Key="t/part-0.parquet", Body=b"0123456789")
+    s3.put_object(Bucket=BUCKET, Key="t/_delta_log/00000.json", Body=b"{}")
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="t/", Delimiter="/")
+    assert [c["Key"] for c in listed["Contents"]] == ["t/", "t/part-0.parquet"]
+    assert listed["CommonPrefixes"] == [{"Prefix": "t/_delta_log/"}]
+
+    assert s3.get_object(Bucket=BUCKET, Key="t/part-0.parquet", Range="bytes=2-4")["Body"].read() == b"234"
+
+    s3.copy_object(
+        Bucket=BUCKET, Key="u/part-0.parquet", CopySource={"Bucket": BUCKET, "Key": "t/part-0.parquet"}
+    )
+    deleted = s3.delete_objects(
+        Bucket=BUCKET, Delete={"Objects": [{"Key": "t/part-0.parquet"}, {"Key": "t/"}]}
+    )
+    assert sorted(d["Key"] for d in deleted["Deleted"]) == ["t/", "t/part-0.parquet"]
+    assert s3.get_object(Bucket=BUCKET, Key="u/part-0.parquet")["Body"].read() == b"0123456789"
+
+    with pytest.raises(s3.exceptions.ClientError, match="PreconditionFailed"):
+        s3.put_object(Bucket=BUCKET, Key="u/part-0.parquet", Body=b"again", IfNoneMatch="*")
+
+    upload = s3.create_multipart_upload(Bucket=BUCKET, Key="big")["UploadId"]
+    parts = [
+        {
+            "PartNumber": n,
+            "ETag": s3.upload_part(Bucket=BUCKET, Key="big", UploadId=upload, PartNumber=n, Body=body)[
+                "ETag"
+            ],
+        }
+        for n, body in ((1, b"a" * (5 << 20)), (2, b"b" * 10))
+    ]
+    s3.complete_multipart_upload(Bucket=BUCKET, Key="big", UploadId=upload, MultipartUpload={"Parts": parts})
+    assert s3.head_object(Bucket=BUCKET, Key="big")["ContentLength"] == (5 << 20) + 10
+
+    for i in range(1_203):
+        s3.put_object(Bucket=BUCKET, Key=f"many/{i:05d}", Body=b"1")
+    pages = list(s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="many/"))
+    assert len(pages) == 2
+    assert [c["Key"] for page in pages for c in page["Contents"]] == [f"many/{i:05d}" for i in range(1_203)]
 
 
 def test_env_prints_the_contract(tmp_path: Path) -> None:
