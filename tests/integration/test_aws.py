@@ -314,3 +314,22 @@ def test_throttling_and_unprocessed_items_lose_nothing(spark, aws_config, first_
     assert summary["lists"] == len(expected)
     assert dynamodb_lists(config, version) == expected
     assert store(config).current_version()["model_version"] == version
+
+
+def test_publishing_the_live_version_again_rewrites_nothing(spark, aws_config, first_run):
+    """A re-run with the same settings and data gives the same (immutable) version: its
+    export leaves DynamoDB as it is, lists refreshed since included."""
+    session = get_spark(aws_config)
+    version = store(aws_config).current_version()["model_version"]
+    client = dynamodb.make_client(dynamodb.StoreSettings.from_config(aws_config))
+    table = aws_config.require("export.dynamodb.table")
+
+    def everything():
+        pages = client.get_paginator("scan").paginate(TableName=table)
+        return sorted(repr(sorted(item.items())) for page in pages for item in page["Items"])
+
+    before = everything()
+    served = io.read_version(session, aws_config, "gold/user_recommendations", version)
+    summary = publish(session, aws_config, served, version)
+    assert summary["already_live"] and summary["lists"] == 0
+    assert everything() == before

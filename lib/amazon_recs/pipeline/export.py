@@ -173,6 +173,17 @@ def publish(
         dynamodb.ensure_table(client, settings.table)
     previous = dynamodb.current_version(client, settings.table)
     previous_version = previous["model_version"] if previous else None
+    if previous_version == version:
+        # Readers are on these very lists already (a version is immutable), and refresh
+        # may have replaced some users' lists under it since: rewriting would undo that.
+        log.info("version %s is already live in DynamoDB %s: nothing rewritten", version, settings.table)
+        return {
+            "table": settings.table,
+            "model_version": version,
+            "previous_version": previous_version,
+            "already_live": True,
+            "lists": 0,
+        }
     now = time.time()
     generated_at = datetime.fromtimestamp(now, tz=UTC).isoformat(timespec="seconds")
     stats = write_lists(config, served, settings, version, generated_at, None, client_factory)

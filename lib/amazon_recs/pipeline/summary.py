@@ -76,11 +76,16 @@ def pipeline_summary(spark, config: Config, summaries: dict) -> str:
         lines.append(f"Athena:  {export['athena_ddl']}")
     if export.get("dynamodb"):
         d = export["dynamodb"]
-        lines.append(
-            f"DynamoDB: version {d['model_version']} published to table {d['table']} "
-            f"({d['lists']} lists in {d['batches']} batches, {d['retries']} retries; "
-            f"previous version {d['previous_version'] or 'none'})"
-        )
+        if d.get("already_live"):
+            lines.append(
+                f"DynamoDB: version {d['model_version']} already live in {d['table']}: nothing rewritten"
+            )
+        else:
+            lines.append(
+                f"DynamoDB: version {d['model_version']} published to table {d['table']} "
+                f"({d['lists']} lists in {d['batches']} batches, {d['retries']} retries; "
+                f"previous version {d['previous_version'] or 'none'})"
+            )
     recs = spark.read.format("delta").load(io.table_path(config, "gold/recommendations"))
     if version is not None:
         recs = recs.filter(F.col(io.MODEL_VERSION) == version)
