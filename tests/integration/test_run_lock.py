@@ -12,6 +12,7 @@ import uuid
 import boto3
 import pytest
 
+from amazon_recs.failpoints import ENV as FAILPOINT_ENV
 from amazon_recs.pipeline import run_lock as rl
 from amazon_recs.serving import dynamodb
 from tests.conftest import LOCAL_AWS_ENV, ROOT, shared_data
@@ -73,27 +74,35 @@ def gold(root) -> list[tuple]:
     return sorted((r["model"], r["user_id"], r["rank"], r["item_id"], r["model_version"]) for r in rows)
 
 
-def test_a_run_killed_in_training_is_recovered_by_the_next_run(tmp_path):
-    """kill -9 the driver while ALS is being fitted: its lock and half a model are left
-    behind. The next run takes the lock over at once (the pid is gone) and ends with
-    the same tables as a run that was never interrupted."""
+def test_a_run_killed_while_saving_its_model_is_recovered_by_the_next_run(tmp_path):
+    """kill -9 the whole run half-way through saving the model (ALS written, the
+    neighbour tables not yet): its lock and half a version are left behind, hidden in
+    a staging directory, with no CURRENT. The next run takes the lock over at once (the
+    pid is gone), removes the half version, and ends with the same tables and the same
+    current version as a run that was never interrupted."""
     crashed = tmp_path / "crashed"
-    first = submit(tmp_path, crashed)
+    first = submit(tmp_path, crashed, env_extra={FAILPOINT_ENV: "train.model_half_saved"})
     output = []
     for line in first.stdout:
         output.append(line)
-        if "stage train: fitting ALS" in line:
+        if "failpoint train.model_half_saved reached" in line:
             os.killpg(first.pid, signal.SIGKILL)  # the whole run, the Python driver included
             break
     first.wait(timeout=120)
-    assert any("stage train: fitting ALS" in line for line in output), "".join(output)[-3000:]
+    assert any("failpoint train.model_half_saved reached" in line for line in output), "".join(output)[-3000:]
     holder = rl.RunLock(crashed / "warehouse", "probe", []).read()
     assert holder is not None  # the dead run's lock is still there
+    models = crashed / "models"
+    (half,) = models.glob(".staging-*")
+    assert (half / "als").is_dir() and not (half / "item_neighbours").exists()
+    assert sorted(p.name for p in models.iterdir()) == [half.name]  # nothing visible, no CURRENT
 
     again = submit(tmp_path, crashed)
     log = again.communicate(timeout=900)[0]
     assert again.returncode == 0, log[-3000:]
     assert f"took over the lock of run {holder.run_id}" in log and "is gone from this host" in log
+    assert f"removed 1 unfinished model version(s) of dead runs: {half.name}" in log
+    assert not half.exists()
     assert not (crashed / "warehouse" / rl.LOCK_NAME).exists()
 
     clean = tmp_path / "clean"

@@ -10,7 +10,7 @@ import time
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from amazon_recs import io
+from amazon_recs import failpoints, io
 from amazon_recs.config import Config
 from amazon_recs.errors import ConfigError
 from amazon_recs.features.split import TRAIN
@@ -82,6 +82,7 @@ def run_train(spark: SparkSession, config: Config) -> dict:
     models.als.write().overwrite().save(f"{out}/als")
     if models.tfidf is not None:
         models.tfidf.write().overwrite().save(f"{out}/tfidf")
+    failpoints.reached("train.model_half_saved")
     models.neighbours.write.format("delta").mode("overwrite").save(f"{out}/item_neighbours")
     models.item_knn.write.format("delta").mode("overwrite").save(f"{out}/{versions.ITEM_KNN_NEIGHBOURS}")
     models.popularity.write.format("delta").mode("overwrite").save(f"{out}/popularity")
