@@ -101,11 +101,12 @@ TEST_DYNAMODB_PORT = int(os.environ.get("AMAZON_RECS_TEST_DYNAMODB_PORT", "18100
 
 @pytest.fixture(scope="session")
 def local_aws(tmp_path_factory):
-    """Local S3 (moto) and DynamoDB (dynalite) servers on 127.0.0.1 for this test
+    """Local S3 (s3server) and DynamoDB (dynalite) servers on 127.0.0.1 for this test
     session, started and stopped by bootstrap/local/services.sh: their endpoints."""
+    home = tmp_path_factory.mktemp("aws-local")
     env = {
         **os.environ,
-        "AWS_LOCAL_HOME": str(tmp_path_factory.mktemp("aws-local")),
+        "AWS_LOCAL_HOME": str(home),
         "AWS_LOCAL_S3_PORT": str(TEST_S3_PORT),
         "AWS_LOCAL_DYNAMODB_PORT": str(TEST_DYNAMODB_PORT),
     }
@@ -117,5 +118,10 @@ def local_aws(tmp_path_factory):
 
     started = services("up")
     assert started.returncode == 0, f"services.sh up failed:\n{started.stdout}{started.stderr}"
-    yield {"s3": f"http://127.0.0.1:{TEST_S3_PORT}", "dynamodb": f"http://127.0.0.1:{TEST_DYNAMODB_PORT}"}
+    yield {
+        "s3": f"http://127.0.0.1:{TEST_S3_PORT}",
+        "dynamodb": f"http://127.0.0.1:{TEST_DYNAMODB_PORT}",
+        "home": home,  # AWS_LOCAL_HOME: pid files, logs, the servers' data
+        "services": services,  # run services.sh up|down|status on these servers
+    }
     services("down")
