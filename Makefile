@@ -70,10 +70,10 @@ run: setup ## run the whole pipeline (DATA=gift_cards|all_beauty|ml-latest-small
 test: setup ## run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-up: setup ## start local S3 (moto) and DynamoDB (dynalite) on 127.0.0.1:9000 and :8000
+up: setup ## start local S3 (gofakes3, on disk) and DynamoDB (dynalite) on 127.0.0.1:9000 and :8000
 	$(SERVICES) up
 
-down: ## stop them (DynamoDB's data stays under .cache/aws-local)
+down: ## stop them (their data stays under .cache/aws-local)
 	$(SERVICES) down
 
 run-aws-local: up ## the pipeline on s3:// against the local servers, gift_cards uploaded to the bucket
