@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from amazon_recs import io
 from amazon_recs.config import Config
@@ -38,14 +38,37 @@ def event_files(spark: SparkSession, config: Config) -> list[io.InputFile]:
     return io.list_files(spark, glob, allow_none=True) if glob else []
 
 
+def files_not_in(files: list[io.InputFile], read_whole: DataFrame) -> list[io.InputFile]:
+    """``files`` but those ``read_whole`` (an event-files table: source_file, bytes)
+    lists at their present size: every line of those is in bronze already. A file
+    written to since it was read (another size) is read again; its events merge on
+    their ids."""
+    if not files:
+        return files
+    # One row per file ever ingested: the driver holds their names as it holds the listing.
+    done = {
+        (r["source_file"], r["bytes"]) for r in read_whole.select("source_file", "bytes").toLocalIterator()
+    }
+    return [f for f in files if (f.uri, f.size) not in done]
+
+
+def unread_event_files(spark: SparkSession, config: Config, files: list[io.InputFile]) -> list[io.InputFile]:
+    """The listed event files a previous ingest has not read whole (``bronze/event_files``):
+    a full run reads what arrived since the last one, not every event file ever written."""
+    if not files or not io.table_exists(spark, io.table_path(config, EVENT_FILES_TABLE)):
+        return files
+    return files_not_in(files, io.read_table(spark, config, EVENT_FILES_TABLE))
+
+
 @stage
 def run_ingest(spark: SparkSession, config: Config) -> dict:
     config = movielens.configured(spark, config)  # input.movielens: the release's own settings
     sources = {kind: io.list_files(spark, glob) for kind, glob in input_globs(config).items()}
-    events = event_files(spark, config)
+    listed = event_files(spark, config)
+    run_id = io.fingerprint([f for files in sources.values() for f in files] + listed)
+    events = unread_event_files(spark, config, listed)
     if events:
         sources["events"] = events
-    run_id = io.fingerprint([f for files in sources.values() for f in files])
 
     logs = []
     for kind, files in sources.items():
@@ -62,4 +85,9 @@ def run_ingest(spark: SparkSession, config: Config) -> dict:
             files_done = log.select("source_file", "bytes", "ingest_run_id")
             io.merge_table(spark, files_done, config, EVENT_FILES_TABLE, ["source_file", "bytes"])
         logs.extend(log_rows)
-    return {"ingest_run_id": run_id, "files": logs}
+    return {
+        "ingest_run_id": run_id,
+        "files": logs,
+        "event_files": len(listed),
+        "event_files_read": len(events),
+    }

@@ -51,7 +51,7 @@ from amazon_recs.models.fold_in import fold_in
 from amazon_recs.pipeline import versions
 from amazon_recs.pipeline.base import progress, stage
 from amazon_recs.pipeline.export import serving_rows, write_lists
-from amazon_recs.pipeline.ingest import event_files
+from amazon_recs.pipeline.ingest import event_files, files_not_in
 from amazon_recs.pipeline.recommend import als_half_trust, als_search, hybrid_weights, item_knn_neighbours
 from amazon_recs.schemas import (
     ITEM,
@@ -205,10 +205,7 @@ def unseen_files(
     seen = "silver/event_files"
     if not files or seen not in info.get("inputs", {}):
         return files
-    table = io.read_table(spark, config, seen, info["inputs"][seen])
-    # One row per file ever ingested: the driver holds their names as it holds the listing.
-    done = {(r["source_file"], r["bytes"]) for r in table.select("source_file", "bytes").toLocalIterator()}
-    return [f for f in files if (f.uri, f.size) not in done]
+    return files_not_in(files, io.read_table(spark, config, seen, info["inputs"][seen]))
 
 
 def acting_users(

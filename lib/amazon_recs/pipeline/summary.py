@@ -37,10 +37,16 @@ def pipeline_summary(spark, config: Config, summaries: dict) -> str:
                 table = table.filter(F.col(io.MODEL_VERSION) == version)
             rows = table.count()
         lines.append(f"  {name:<28} {rows:>9}  {path}")
-    for f in summaries.get("ingest", {}).get("files", []):
+    ingest = summaries.get("ingest", {})
+    for f in ingest.get("files", []):
+        if f["kind"] != "events":
+            lines.append(f"  ingest {f['kind']:<8} {f['source_file']}: {_line_counts(f)}")
+    if ingest.get("event_files"):  # one object per event: one line for them all
+        events = [f for f in ingest["files"] if f["kind"] == "events"]
+        totals = {key: sum(f[key] for f in events) for key in ("lines_read", "accepted", "rejected", "blank")}
         lines.append(
-            f"  ingest {f['kind']:<8} {f['source_file']}: read {f['lines_read']} = accepted {f['accepted']}"
-            f" + rejected {f['rejected']} + blank {f['blank']}"
+            f"  ingest events   {ingest['event_files_read']:,} of {ingest['event_files']:,} event files "
+            f"(the others read whole by an earlier run): {_line_counts(totals)}"
         )
     cleaning = summaries.get("features", {}).get("text_cleaning") or {}
     if any(any(counts.values()) for counts in cleaning.values()):
@@ -95,6 +101,12 @@ def pipeline_summary(spark, config: Config, summaries: dict) -> str:
         f"--user {sample_user} --model hybrid"
     )
     return "\n".join(lines)
+
+
+def _line_counts(f: dict) -> str:
+    return (
+        f"read {f['lines_read']} = accepted {f['accepted']} + rejected {f['rejected']} + blank {f['blank']}"
+    )
 
 
 def cleaning_line(cleaning: dict) -> str:

@@ -107,6 +107,33 @@ def test_reingesting_events_adds_nothing(spark, ingested):
     )
 
 
+def test_a_later_ingest_reads_only_the_event_files_no_ingest_has_read_whole(spark, ingested, tmp_path):
+    config, first, again = ingested
+    assert (first["event_files"], first["event_files_read"]) == (5, 5)
+    assert (again["event_files"], again["event_files_read"]) == (5, 0)
+    assert not [f for f in again["files"] if f["kind"] == "events"]
+
+    # Its own warehouse: a file that grew since it was read, and a new one.
+    from amazon_recs.config import load_config
+    from tests.conftest import TEST_CONFIG
+
+    raw = tmp_path / "raw"
+    config = load_config(TEST_CONFIG, [f"paths.raw={raw}", f"paths.warehouse={tmp_path / 'warehouse'}"])
+    day = raw / "events" / "dt=2023-11-14"
+    day.mkdir(parents=True)
+    (day / "a.json").write_text(landed("a1", "view", "U1", "A1", T1) + "\n")
+    (day / "b.json").write_text(landed("b1", "view", "U2", "A1", T1) + "\n")
+    assert run_ingest(spark, config)["event_files_read"] == 2
+    with (day / "b.json").open("a") as grown:
+        grown.write(landed("b2", "purchase", "U2", "A2", T1 + 1) + "\n")
+    (day / "c.json").write_text(landed("c1", "view", "U3", "A1", T1) + "\n")
+    later = run_ingest(spark, config)
+    read = sorted(f["source_file"].rsplit("/", 1)[1] for f in later["files"] if f["kind"] == "events")
+    assert (later["event_files"], read) == (3, ["b.json", "c.json"])
+    events = io.read_table(spark, config, "bronze/events")
+    assert sorted(r["event_id"] for r in events.collect()) == ["a1", "b1", "b2", "c1"]  # b1 once
+
+
 def test_one_bad_event_among_many_files_does_not_stop_ingest(spark, ingested):
     # Each event is a file of its own: the reject rate is judged over all event files.
     from amazon_recs.ingest import sources as ig
