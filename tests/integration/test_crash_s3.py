@@ -32,8 +32,9 @@ import pytest
 from deltalake import DeltaTable
 
 from amazon_recs.serving import dynamodb
-from tests.conftest import LOCAL_AWS_ENV, ROOT, shared_data
+from tests.conftest import LOCAL_AWS_ENV, shared_data
 from tests.integration.test_aws import FAST, GIFT_CARDS
+from tests.integration.test_run_lock import spark_submit
 
 pytestmark = pytest.mark.integration
 
@@ -67,9 +68,6 @@ class Shop:
         return boto3.client("s3", endpoint_url=self.local_aws["s3"], region_name=REGION)
 
     def submit(self) -> subprocess.Popen:
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(self.tmp), "LANG": "C.UTF-8", **LOCAL_AWS_ENV}
-        if os.environ.get("PYTHONPATH"):
-            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         settings = [
             f"aws.bucket={self.bucket}",
             f"aws.s3_endpoint={self.local_aws['s3']}",
@@ -78,18 +76,7 @@ class Shop:
             f"spark.checkpoint_dir={self.tmp / 'checkpoints'}",
             *FAST,
         ]
-        command = [str(ROOT / "bin" / "spark-submit"), "jobs/pipeline.py", "--config", "conf/local-aws.yaml"]
-        for setting in settings:
-            command += ["--set", setting]
-        return subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        return spark_submit(self.tmp, "conf/local-aws.yaml", settings, LOCAL_AWS_ENV)
 
     def objects(self, prefix: str) -> list[dict]:
         pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)

@@ -43,17 +43,13 @@ def test_a_second_run_on_a_locked_warehouse_stops_at_once_naming_the_first(tmp_p
     assert "JVM heap at most" not in output  # refused before the SparkSession was built
 
 
-def submit(tmp_path, root, *settings, env_extra: dict | None = None, job: str = "pipeline"):
-    """bin/spark-submit jobs/<job>.py (the whole pipeline by default) on the test config
-    with everything under ``root`` (its own process group: the launcher, the JVM, the
-    driver and its Python workers)."""
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8", **(env_extra or {})}
+def spark_submit(home, config: str, settings, env_extra: dict | None = None, job: str = "pipeline"):
+    """bin/spark-submit jobs/<job>.py --config <config> --set <setting>... in its own process
+    group (the launcher, the JVM, the driver and its Python workers), output in one pipe."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8", **(env_extra or {})}
     if os.environ.get("PYTHONPATH"):
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    command = [str(ROOT / "bin" / "spark-submit"), f"jobs/{job}.py", "--config", "conf/test.yaml"]
-    for name in ("raw", "warehouse", "models", "reports"):
-        command += ["--set", f"paths.{name}={root / name}"]
-    command += ["--set", f"spark.checkpoint_dir={root / 'checkpoints'}"]
+    command = [str(ROOT / "bin" / "spark-submit"), f"jobs/{job}.py", "--config", config]
     for setting in settings:
         command += ["--set", setting]
     return subprocess.Popen(
@@ -63,8 +59,15 @@ def submit(tmp_path, root, *settings, env_extra: dict | None = None, job: str = 
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,  # its own process group: the launcher, the JVM and the driver
+        start_new_session=True,  # its own process group: killpg reaches all of it
     )
+
+
+def submit(tmp_path, root, *settings, env_extra: dict | None = None, job: str = "pipeline"):
+    """The test config with everything under ``root``."""
+    folders = [f"paths.{name}={root / name}" for name in ("raw", "warehouse", "models", "reports")]
+    folders.append(f"spark.checkpoint_dir={root / 'checkpoints'}")
+    return spark_submit(tmp_path, "conf/test.yaml", [*folders, *settings], env_extra, job)
 
 
 def gold(root) -> list[tuple]:
@@ -74,12 +77,13 @@ def gold(root) -> list[tuple]:
     return sorted((r["model"], r["user_id"], r["rank"], r["item_id"], r["model_version"]) for r in rows)
 
 
-def test_a_run_killed_while_saving_its_model_is_recovered_by_the_next_run(tmp_path):
+def test_a_run_killed_while_saving_its_model_is_recovered_and_a_concurrent_run_refused(tmp_path):
     """kill -9 the whole run half-way through saving the model (ALS written, the
     neighbour tables not yet): its lock and half a version are left behind, hidden in
     a staging directory, with no CURRENT. The next run takes the lock over at once (the
     pid is gone), removes the half version, and ends with the same tables and the same
-    current version as a run that was never interrupted."""
+    current version as a run that was never interrupted; a run started beside that
+    uninterrupted one, on its warehouse, is refused at once."""
     crashed = tmp_path / "crashed"
     first = submit(tmp_path, crashed, env_extra={FAILPOINT_ENV: "train.model_half_saved"})
     output = []
@@ -105,9 +109,22 @@ def test_a_run_killed_while_saving_its_model_is_recovered_by_the_next_run(tmp_pa
     assert not half.exists()
     assert not (crashed / "warehouse" / rl.LOCK_NAME).exists()
 
+    # The uninterrupted run, with a second run started on its warehouse while it works:
+    # the second is refused at once, naming it, and the first ends untouched (its tables
+    # equal the recovered ones).
     clean = tmp_path / "clean"
     reference = submit(tmp_path, clean)
-    reference_log = reference.communicate(timeout=900)[0]
+    head = []
+    for line in reference.stdout:
+        head.append(line)
+        if "stage ingest: starting" in line:
+            break
+    (holder_id,) = re.findall(r"run (\S+): holding the lock", "".join(head))
+    second = submit(tmp_path, clean)
+    second_log = second.communicate(timeout=300)[0]
+    assert second.returncode == 4, second_log[-3000:]
+    assert f"is in use by run {holder_id}" in second_log and "stage ingest: starting" not in second_log
+    reference_log = "".join(head) + reference.communicate(timeout=900)[0]
     assert reference.returncode == 0, reference_log[-3000:]
     assert gold(crashed) == gold(clean)
     assert (crashed / "models" / "CURRENT").read_text() == (clean / "models" / "CURRENT").read_text()
