@@ -118,14 +118,17 @@ s3server_fingerprint() {
   cat "$S3_SERVER_SRC"/go.mod "$S3_SERVER_SRC"/go.sum "$S3_SERVER_SRC"/*.go | sha256sum | cut -d' ' -f1
 }
 
+# Is the binary there, built from sources with this fingerprint?
+s3server_built() {
+  [[ -x $S3_SERVER_BIN && "$(cat "$S3_SERVER_DIR/.fingerprint" 2>/dev/null)" == "$1" ]]
+}
+
 # Build the S3 server into .cache/s3server when missing or when its sources changed.
 # Modules come from the Go module proxy and are checked against the committed go.sum.
 install_s3server() {
   local stamp=$S3_SERVER_DIR/.fingerprint fingerprint log
   fingerprint=$(s3server_fingerprint)
-  if [[ -x $S3_SERVER_BIN && "$(cat "$stamp" 2>/dev/null)" == "$fingerprint" ]]; then
-    return 0
-  fi
+  s3server_built "$fingerprint" && return 0
   require_go
   mkdir -p "$S3_SERVER_DIR"
   # Several state roots share this build: one at a time.
@@ -133,7 +136,7 @@ install_s3server() {
     exec 7>"$REPO/.cache/.s3server-build.lock"
     flock 7
   fi
-  if ! [[ -x $S3_SERVER_BIN && "$(cat "$stamp" 2>/dev/null)" == "$fingerprint" ]]; then
+  if ! s3server_built "$fingerprint"; then  # another `up` may have built it meanwhile
     log=$(log_file go-build)
     echo "building the local S3 server into $S3_SERVER_DIR (log: $log)"
     rm -f "$stamp"

@@ -43,8 +43,6 @@ def files_not_in(files: list[io.InputFile], read_whole: DataFrame) -> list[io.In
     lists at their present size: every line of those is in bronze already. A file
     written to since it was read (another size) is read again; its events merge on
     their ids."""
-    if not files:
-        return files
     # One row per file ever ingested: the driver holds their names as it holds the listing.
     done = {
         (r["source_file"], r["bytes"]) for r in read_whole.select("source_file", "bytes").toLocalIterator()

@@ -146,7 +146,6 @@ class GoldTableStore:
 
     def popular(self, version: str) -> list[dict]:
         """``version``'s popular list, as the export wrote it to ``gold/popular_fallback``."""
-
         rows = self._table(FALLBACK_TABLE, None, version=version).to_pylist()
         if not rows:
             raise ServingError(f"{self._path(FALLBACK_TABLE)} has no list for version {version}")
