@@ -72,6 +72,14 @@ def list_files(spark: SparkSession, pattern: str, allow_none: bool = False) -> l
     return sorted(files, key=lambda f: f.path)
 
 
+def list_folder_names(spark: SparkSession, pattern: str) -> list[str]:
+    """The names (last path segment) of the folders matching a glob, sorted; none is []."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(pattern)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return sorted(s.getPath().getName() for s in (fs.globStatus(path) or []) if s.isDirectory())
+
+
 def fingerprint(files: list[InputFile]) -> str:
     """A short id that changes when any file is added, removed or rewritten."""
     digest = hashlib.sha1()

@@ -3,9 +3,12 @@ counted), merged on natural keys so a re-run changes nothing."""
 
 from __future__ import annotations
 
+import re
+from datetime import date, timedelta
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from amazon_recs import io
 from amazon_recs.config import Config
@@ -32,39 +35,80 @@ def input_globs(config: Config) -> dict[str, str]:
     return {kind: glob for kind, glob in globs.items() if glob}
 
 
-def event_files(spark: SparkSession, config: Config) -> list[io.InputFile]:
-    """The activity event files under ``input.events``; none yet is no events."""
+def event_files(spark: SparkSession, config: Config, since: str | None = None) -> list[io.InputFile]:
+    """The activity event files under ``input.events``; none yet is no events.
+
+    With ``since`` (a day, YYYY-MM-DD) and a glob with a ``dt=*`` folder, only the
+    day folders from ``since`` on are listed (and any not named by a day): the
+    activity function lands each event in the folder of the day it arrived, so
+    an older folder gets no new files, and a listing costs the recent days, not
+    every day since the shop opened.
+    """
     glob = config.require("input.events")
-    return io.list_files(spark, glob, allow_none=True) if glob else []
+    if not glob:
+        return []
+    head, folder, tail = glob.partition(f"/{DAY_FOLDER}=*/")
+    if since is not None and folder:
+        names = io.list_folder_names(spark, f"{head}/{DAY_FOLDER}=*")
+        days = [n for n in names if not _day_of(n) or _day_of(n) >= since]
+        if not days:
+            return []
+        # A Hadoop glob alternative, {a,b}: one listing of the parent, one per kept day.
+        glob = f"{head}/{{{','.join(days)}}}/{tail}"
+    return io.list_files(spark, glob, allow_none=True)
 
 
-def files_not_in(files: list[io.InputFile], read_whole: DataFrame) -> list[io.InputFile]:
-    """``files`` but those ``read_whole`` (an event-files table: source_file, bytes)
-    lists at their present size: every line of those is in bronze already. A file
-    written to since it was read (another size) is read again; its events merge on
-    their ids."""
-    # One row per file ever ingested: the driver holds their names as it holds the listing.
+DAY_FOLDER = "dt"
+_DAY = re.compile(rf"{DAY_FOLDER}=(\d{{4}}-\d{{2}}-\d{{2}})")
+
+
+def _day_of(name: str) -> str | None:
+    match = _DAY.fullmatch(name)
+    return match.group(1) if match else None
+
+
+def unread_event_files(
+    spark: SparkSession, config: Config, read_whole: DataFrame | None
+) -> tuple[list[io.InputFile], list[io.InputFile], str | None]:
+    """The event files listed, those of them not read whole before, and the first day
+    listed (None: every folder).
+
+    ``read_whole`` is an event-files table (``source_file``, ``bytes``: every line of
+    those is in bronze), or None when there is none yet. The folders listed are
+    those from ``events.relisted_days`` days before the newest day it holds: a file
+    landed up to that late in a folder already read is still found. A file in that
+    table at its present size is not read again; one written to since (another
+    size) is; its events merge on their ids.
+    """
+    since = None
+    if read_whole is not None:
+        day = F.regexp_extract("source_file", rf"/{_DAY.pattern}/[^/]*$", 1)
+        newest = read_whole.agg(F.max(F.when(day != "", day))).first()[0]
+        if newest is not None:
+            back = timedelta(days=int(config.require("events.relisted_days")))
+            since = (date.fromisoformat(newest) - back).isoformat()
+            # One row per file of the days listed: the driver holds them as it holds the listing.
+            read_whole = read_whole.filter((day == "") | (day >= since))
+    listed = event_files(spark, config, since)
+    if read_whole is None or not listed:
+        return listed, listed, since
     done = {
         (r["source_file"], r["bytes"]) for r in read_whole.select("source_file", "bytes").toLocalIterator()
     }
-    return [f for f in files if (f.uri, f.size) not in done]
-
-
-def unread_event_files(spark: SparkSession, config: Config, files: list[io.InputFile]) -> list[io.InputFile]:
-    """The listed event files a previous ingest has not read whole (``bronze/event_files``):
-    a full run reads what arrived since the last one, not every event file ever written."""
-    if not files or not io.table_exists(spark, io.table_path(config, EVENT_FILES_TABLE)):
-        return files
-    return files_not_in(files, io.read_table(spark, config, EVENT_FILES_TABLE))
+    return listed, [f for f in listed if (f.uri, f.size) not in done], since
 
 
 @stage
 def run_ingest(spark: SparkSession, config: Config) -> dict:
     config = movielens.configured(spark, config)  # input.movielens: the release's own settings
     sources = {kind: io.list_files(spark, glob) for kind, glob in input_globs(config).items()}
-    listed = event_files(spark, config)
+    read_whole = (
+        io.read_table(spark, config, EVENT_FILES_TABLE)
+        if io.table_exists(spark, io.table_path(config, EVENT_FILES_TABLE))
+        else None
+    )
+    listed, events, since = unread_event_files(spark, config, read_whole)
     run_id = io.fingerprint([f for files in sources.values() for f in files] + listed)
-    events = unread_event_files(spark, config, listed)
     if events:
         sources["events"] = events
 
@@ -88,4 +132,5 @@ def run_ingest(spark: SparkSession, config: Config) -> dict:
         "files": logs,
         "event_files": len(listed),
         "event_files_read": len(events),
+        "event_files_since": since,
     }

@@ -51,7 +51,7 @@ from amazon_recs.models.fold_in import fold_in
 from amazon_recs.pipeline import versions
 from amazon_recs.pipeline.base import progress, stage
 from amazon_recs.pipeline.export import serving_rows, write_lists
-from amazon_recs.pipeline.ingest import event_files, files_not_in
+from amazon_recs.pipeline.ingest import unread_event_files
 from amazon_recs.pipeline.recommend import als_half_trust, als_search, hybrid_weights, item_knn_neighbours
 from amazon_recs.schemas import (
     ITEM,
@@ -168,11 +168,12 @@ def new_events(spark: SparkSession, config: Config, version: str, info: dict) ->
     reason) or a duplicate.
 
     Only the event files the version has not seen are read: those not in its
-    ``silver/event_files`` as they are now (same path and size), so a refresh reads
-    what arrived since the version's features run, not every event file ever written.
+    ``silver/event_files`` as they are now (same path and size), and only the day
+    folders from shortly before the newest it had are listed
+    (``ingest.unread_event_files``), so a refresh reads what arrived since the
+    version's features run, not every event file ever written.
     """
-    listed = event_files(spark, config)
-    files = unseen_files(spark, config, listed, info)
+    listed, files, since = unread_event_files(spark, config, seen_event_files(spark, config, info))
     counts = {
         "event_files": len(listed),
         "event_files_read": len(files),
@@ -180,6 +181,8 @@ def new_events(spark: SparkSession, config: Config, version: str, info: dict) ->
         "events_rejected": 0,
         "events_duplicate": 0,
     }
+    if since is not None:
+        progress(f"event folders from {since} on listed: {len(listed):,} files, {len(files):,} not seen")
     if not files:
         return spark.createDataFrame([], schemas.BRONZE_EVENTS), {**counts, "events_new": 0}
     accepted, _, log = ig.ingest_source(spark, config, "events", files, f"refresh-{version}")
@@ -198,14 +201,11 @@ def new_events(spark: SparkSession, config: Config, version: str, info: dict) ->
     return accepted, counts
 
 
-def unseen_files(
-    spark: SparkSession, config: Config, files: list[io.InputFile], info: dict
-) -> list[io.InputFile]:
-    """``files`` but those whose every line the version's features run had in bronze."""
+def seen_event_files(spark: SparkSession, config: Config, info: dict) -> DataFrame | None:
+    """The event files the version's features run had read whole (``silver/event_files``
+    at the commit the version recorded); None for a version from before they were recorded."""
     seen = "silver/event_files"
-    if not files or seen not in info.get("inputs", {}):
-        return files
-    return files_not_in(files, io.read_table(spark, config, seen, info["inputs"][seen]))
+    return io.read_table(spark, config, seen, info["inputs"][seen]) if seen in info.get("inputs", {}) else None
 
 
 def acting_users(

@@ -44,8 +44,10 @@ def pipeline_summary(spark, config: Config, summaries: dict) -> str:
     if ingest.get("event_files"):  # one object per event: one line for them all
         events = [f for f in ingest["files"] if f["kind"] == "events"]
         totals = {key: sum(f[key] for f in events) for key in ("lines_read", "accepted", "rejected", "blank")}
+        since = ingest.get("event_files_since")
+        listed = f"event files in the folders from {since} on" if since else "event files"
         lines.append(
-            f"  ingest events   {ingest['event_files_read']:,} of {ingest['event_files']:,} event files "
+            f"  ingest events   {ingest['event_files_read']:,} of {ingest['event_files']:,} {listed} "
             f"(the others read whole by an earlier run): {_line_counts(totals)}"
         )
     cleaning = summaries.get("features", {}).get("text_cleaning") or {}

@@ -12,10 +12,10 @@ or the event itself when invoked directly (an EventBridge ``detail`` too)::
      "timestamp": 1700000000000, "rating": 5, "event_id": "..."}   # the last three optional
 
 It lands the event as one JSON object under
-``s3://<bucket>/<api.events_prefix>/dt=YYYY-MM-DD/`` for the next batch run, then
+``s3://<bucket>/<api.events_prefix>/dt=<day received>/`` for the next batch run, then
 takes a purchased or rated product out of the user's stored lists
-(``list_edits.remove_from_lists``). With an ``event_id`` (and ``timestamp``) a retried
-delivery writes the same object again instead of a second one.
+(``list_edits.remove_from_lists``). With an ``event_id`` (and ``timestamp``) a
+delivery retried the same day writes the same object again instead of a second one.
 
 Every answer is JSON with CORS headers. A bad request is a 400 with
 ``{"error": "..."}``; an unknown path 404; another method 405; an unreachable or
@@ -396,9 +396,16 @@ def _rating(value: object, required: bool) -> float | None:
     return float(value)
 
 
-def event_key(prefix: str, activity: Activity) -> str:
-    """``<prefix>/dt=<event day, UTC>/<timestamp>-<event_id>.json``: the same event, the same key."""
-    day = datetime.fromtimestamp(activity.timestamp_ms / 1000, tz=UTC).strftime("%Y-%m-%d")
+def event_key(prefix: str, activity: Activity, received_ms: int) -> str:
+    """``<prefix>/dt=<day received, UTC>/<timestamp>-<event_id>.json``.
+
+    The folder is the day the event arrived, not the day it happened (which the
+    caller may set years back): a folder older than the newest one ingest has
+    read gets no new files, so ingest and refresh list only the recent folders.
+    A delivery retried the same day writes the same key; one retried after
+    midnight writes a second file, whose event ingest counts as a duplicate.
+    """
+    day = datetime.fromtimestamp(received_ms / 1000, tz=UTC).strftime("%Y-%m-%d")
     return f"{prefix.strip('/')}/dt={day}/{activity.timestamp_ms}-{activity.event_id}.json"
 
 
@@ -420,7 +427,7 @@ def _record_activity(event: object, request: Request | None, settings: ApiSettin
     activity = parse_activity(activity_payload(request, event), now_ms)
     if not settings.bucket:
         raise ConfigError("no bucket for activity events: set AMAZON_RECS_BUCKET or aws.bucket")
-    key = event_key(settings.events_prefix, activity)
+    key = event_key(settings.events_prefix, activity, now_ms)
     # The event lands first: it is the record the next batch run learns from, and
     # a failure below is retried by the caller without losing it.
     line = json.dumps(event_record(activity, now_ms), sort_keys=True) + "\n"

@@ -134,6 +134,36 @@ def test_a_later_ingest_reads_only_the_event_files_no_ingest_has_read_whole(spar
     assert sorted(r["event_id"] for r in events.collect()) == ["a1", "b1", "b2", "c1"]  # b1 once
 
 
+def test_a_later_ingest_lists_only_the_day_folders_from_shortly_before_the_newest_read(spark, tmp_path):
+    from amazon_recs.config import load_config
+    from tests.conftest import TEST_CONFIG
+
+    raw = tmp_path / "raw"
+    config = load_config(TEST_CONFIG, [f"paths.raw={raw}", f"paths.warehouse={tmp_path / 'warehouse'}"])
+
+    def land(folder: str, name: str, event_id: str) -> None:
+        (raw / "events" / folder).mkdir(parents=True, exist_ok=True)
+        (raw / "events" / folder / name).write_text(landed(event_id, "view", "U1", "A1", T1) + "\n")
+
+    land("dt=2023-11-01", "a.json", "a1")
+    land("dt=2023-11-14", "b.json", "b1")
+    first = run_ingest(spark, config)
+    assert (first["event_files"], first["event_files_read"], first["event_files_since"]) == (2, 2, None)
+
+    land("dt=2023-11-01", "late.json", "late1")  # far older than the newest day read: not listed
+    land("dt=2023-11-13", "c.json", "c1")  # within events.relisted_days (1) of it
+    land("dt=2023-11-15", "d.json", "d1")
+    land("dt=unknown", "e.json", "e1")  # not a day: always listed
+    later = run_ingest(spark, config)
+
+    assert later["event_files_since"] == "2023-11-13"
+    read = sorted(f["source_file"].split("/events/")[1] for f in later["files"] if f["kind"] == "events")
+    assert read == ["dt=2023-11-13/c.json", "dt=2023-11-15/d.json", "dt=unknown/e.json"]
+    assert (later["event_files"], later["event_files_read"]) == (4, 3)  # b.json listed, read before
+    events = io.read_table(spark, config, "bronze/events")
+    assert sorted(r["event_id"] for r in events.collect()) == ["a1", "b1", "c1", "d1", "e1"]
+
+
 def test_one_bad_event_among_many_files_does_not_stop_ingest(spark, ingested):
     # Each event is a file of its own: the reject rate is judged over all event files.
     from amazon_recs.ingest import sources as ig
