@@ -114,6 +114,7 @@ def read_lines(spark: SparkSession, files: list[InputFile]) -> DataFrame:
 # locally; a request each on S3), and numbering their lines costs a pass of its own.
 MAX_LISTED_PATHS = 64
 WHOLE_FILE_MAX_BYTES = 4 * 2**20
+WHOLE_FILES_PER_TASK = 64 * 2**20  # bytes of small files one task reads
 _LINE_BREAK = r"\r\n|\r|\n"
 
 
@@ -121,7 +122,10 @@ def _many_small_files(spark: SparkSession, files: list[InputFile]) -> DataFrame:
     """``read_lines`` for many small files: their folders listed once each, every file read
     whole as one row (kept only when listed in ``files``), and split into numbered lines."""
     folders = sorted({f.path.rsplit("/", 1)[0] for f in files})
-    whole = spark.read.text(folders, wholetext=True).select(_source_file(), "value")
+    # Spark plans a file as at least spark.sql.files.openCostInBytes (4 MiB): 3,000 event
+    # files of a hundred bytes would be 94 tasks, and every later stage as many.
+    parts = max(spark.sparkContext.defaultParallelism, -(-sum(f.size for f in files) // WHOLE_FILES_PER_TASK))
+    whole = spark.read.text(folders, wholetext=True).coalesce(parts).select(_source_file(), "value")
     # A broadcast semi-join, not isin(): a literal per file would cost a call into the JVM each.
     listed = spark.createDataFrame([(f.uri,) for f in files], "source_file string")
     whole = whole.join(F.broadcast(listed), "source_file", "left_semi")
