@@ -32,6 +32,8 @@ def spark_conf(config: Config) -> dict[str, str]:
         "spark.databricks.delta.properties.defaults.enableChangeDataFeed": "false",
         **DELTA_CONF,
     }
+    if config.get("spark.buffer_page_size"):
+        conf["spark.buffer.pageSize"] = str(config.require("spark.buffer_page_size"))
     packages = config.require("spark.packages")
     if packages:
         conf["spark.jars.packages"] = ",".join(packages)

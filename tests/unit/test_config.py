@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from pyspark.sql import functions as F
 
 from amazon_recs.config import Config, load_config, parse_override
 from amazon_recs.errors import ConfigError
@@ -300,3 +301,17 @@ def test_the_spark_ui_is_off_locally_and_on_for_emr(local):
     assert spark_conf(local)["spark.ui.enabled"] == "false"
     assert spark_conf(load_config(CONF / "emr.yaml"))["spark.ui.enabled"] == "true"
     assert spark_conf(local.with_overrides(["spark.ui=true"]))["spark.ui.enabled"] == "true"
+
+
+def test_the_suites_broadcast_joins_hold_small_pages(spark, local):
+    # Each broadcast hash join keeps a whole memory page in the driver's storage until the
+    # JVM collects it: at Spark's default for a 2g driver (32 MiB), the suite's pipelines
+    # filled the storage memory and a task was refused execution memory.
+    assert "spark.buffer.pageSize" not in spark_conf(local)
+    assert spark.sparkContext.getConf().get("spark.buffer.pageSize") == "2m"
+    memory = spark.sparkContext._jvm.org.apache.spark.SparkEnv.get().memoryManager()
+    before = memory.storageMemoryUsed()
+    rows = spark.range(1000).select(F.concat(F.lit("k"), (F.col("id") % 10).cast("string")).alias("key"))
+    keys = spark.createDataFrame([(f"k{i}", i) for i in range(10)], "key string, n int")
+    assert rows.join(F.broadcast(keys), "key").count() == 1000
+    assert memory.storageMemoryUsed() - before < 8 * 2**20

@@ -239,9 +239,10 @@ def test_the_validation_sample_is_a_deterministic_subset_of_the_right_size(spark
         return {r.user_idx for r in df.select("user_idx").distinct().collect()}
 
     sample = tuning.filter_sampled_users(validation, 7, seed=42)
-    assert len(users(sample)) == 7
+    chosen = users(sample)
+    assert len(chosen) == 7
     # every row of a chosen user, nothing else (the duplicate row stays a duplicate)
-    expected = sorted(tuple(r) for r in validation.collect() if r.user_idx in users(sample))
+    expected = sorted(tuple(r) for r in validation.collect() if r.user_idx in chosen)
     assert sorted(tuple(r) for r in sample.collect()) == expected
     # the same users whatever the partitioning; another seed, other users
     again = tuning.filter_sampled_users(validation.repartition(5, "item_idx"), 7, seed=42)
