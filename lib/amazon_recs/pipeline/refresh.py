@@ -31,7 +31,6 @@ import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import numpy as np
@@ -115,17 +114,14 @@ def run_refresh(spark: SparkSession, config: Config) -> dict:
     summary.update(users=counts[0], new_users=counts[1] or 0, lists=rows.count())
     progress(f"{summary['lists']:,} lists in {time.perf_counter() - step:.1f}s")
     step = time.perf_counter()
-    # The two writes are independent (each replaces whole lists, by key; a re-run writes
-    # both again): DynamoDB's round trips run beside the MERGE's Delta work.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        published = pool.submit(publish_lists, config, rows, served_version) if served_version else None
-        io.merge_table(
-            spark, rows, config, REFRESHED_TABLE, [MODEL_VERSION, USER, MODEL], update_when_changed="items"
-        )
-        progress(f"merged into {REFRESHED_TABLE} in {time.perf_counter() - step:.1f}s")
-        if published is not None:
-            written = summary["dynamodb_lists"] = published.result()
-            progress(f"{written:,} lists written to DynamoDB in {time.perf_counter() - step:.1f}s")
+    io.merge_table(
+        spark, rows, config, REFRESHED_TABLE, [MODEL_VERSION, USER, MODEL], update_when_changed="items"
+    )
+    progress(f"merged into {REFRESHED_TABLE} in {time.perf_counter() - step:.1f}s")
+    if served_version is not None:
+        step = time.perf_counter()
+        written = summary["dynamodb_lists"] = publish_lists(config, rows, served_version)
+        progress(f"{written:,} lists written to DynamoDB in {time.perf_counter() - step:.1f}s")
     rows.unpersist()
     users.unpersist()
     return _logged(spark, config, summary, started)
