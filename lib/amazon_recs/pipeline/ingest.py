@@ -3,7 +3,6 @@ counted), merged on natural keys so a re-run changes nothing."""
 
 from __future__ import annotations
 
-import re
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from pyspark.sql import functions as F
 
 from amazon_recs import io
 from amazon_recs.config import Config
+from amazon_recs.events import DAY_FOLDER, DAY_FOLDER_PATTERN, day_of
 from amazon_recs.ingest import movielens
 from amazon_recs.ingest import sources as ig
 from amazon_recs.ingest.sample import META_FILE, REVIEWS_FILE, generate_sample
@@ -50,21 +50,12 @@ def event_files(spark: SparkSession, config: Config, since: str | None = None) -
     head, folder, tail = glob.partition(f"/{DAY_FOLDER}=*/")
     if since is not None and folder:
         names = io.list_folder_names(spark, f"{head}/{DAY_FOLDER}=*")
-        days = [n for n in names if not _day_of(n) or _day_of(n) >= since]
+        days = [n for n in names if (day := day_of(n)) is None or day >= since]
         if not days:
             return []
         # A Hadoop glob alternative, {a,b}: one listing of the parent, one per kept day.
         glob = f"{head}/{{{','.join(days)}}}/{tail}"
     return io.list_files(spark, glob, allow_none=True)
-
-
-DAY_FOLDER = "dt"
-_DAY = re.compile(rf"{DAY_FOLDER}=(\d{{4}}-\d{{2}}-\d{{2}})")
-
-
-def _day_of(name: str) -> str | None:
-    match = _DAY.fullmatch(name)
-    return match.group(1) if match else None
 
 
 def unread_event_files(
@@ -82,7 +73,7 @@ def unread_event_files(
     """
     since = None
     if read_whole is not None:
-        day = F.regexp_extract("source_file", rf"/{_DAY.pattern}/[^/]*$", 1)
+        day = F.regexp_extract("source_file", rf"/{DAY_FOLDER_PATTERN}/[^/]*$", 1)
         newest = read_whole.agg(F.max(F.when(day != "", day))).first()[0]
         if newest is not None:
             back = timedelta(days=int(config.require("events.relisted_days")))

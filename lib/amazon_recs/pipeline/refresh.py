@@ -205,7 +205,9 @@ def seen_event_files(spark: SparkSession, config: Config, info: dict) -> DataFra
     """The event files the version's features run had read whole (``silver/event_files``
     at the commit the version recorded); None for a version from before they were recorded."""
     seen = "silver/event_files"
-    return io.read_table(spark, config, seen, info["inputs"][seen]) if seen in info.get("inputs", {}) else None
+    return (
+        io.read_table(spark, config, seen, info["inputs"][seen]) if seen in info.get("inputs", {}) else None
+    )
 
 
 def acting_users(

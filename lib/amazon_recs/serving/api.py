@@ -62,7 +62,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from amazon_recs.config import Config, load_config
 from amazon_recs.errors import ConfigError, RecsError, RequestError
-from amazon_recs.events import EVENT_FIELDS, EVENT_ID, EVENT_TYPES, REMOVING_EVENTS
+from amazon_recs.events import EVENT_FIELDS, EVENT_ID, EVENT_TYPES, REMOVING_EVENTS, day_folder
 from amazon_recs.serving import dynamodb, interface, list_edits, validation
 
 log = logging.getLogger(__name__)
@@ -406,7 +406,7 @@ def event_key(prefix: str, activity: Activity, received_ms: int) -> str:
     midnight writes a second file, whose event ingest counts as a duplicate.
     """
     day = datetime.fromtimestamp(received_ms / 1000, tz=UTC).strftime("%Y-%m-%d")
-    return f"{prefix.strip('/')}/dt={day}/{activity.timestamp_ms}-{activity.event_id}.json"
+    return f"{prefix.strip('/')}/{day_folder(day)}/{activity.timestamp_ms}-{activity.event_id}.json"
 
 
 def event_record(activity: Activity, received_ms: int) -> dict:

@@ -48,6 +48,10 @@ def test_a_version_trained_before_event_files_were_recorded_reads_every_file(spa
     _land(root, "2026-01-01", "b.json", 20)
     info = {"inputs": {"silver/interactions": 3}}
     listed, unseen, since = unread_event_files(spark, config, seen_event_files(spark, config, info))
-    assert since is None and listed == unseen and _names(unseen) == ["dt=2020-01-01/a.json", "dt=2026-01-01/b.json"]
+    assert (
+        since is None
+        and listed == unseen
+        and _names(unseen) == ["dt=2020-01-01/a.json", "dt=2026-01-01/b.json"]
+    )
     empty = config.with_overrides([f"input.events={tmp_path / 'none'}/dt=*/*.json"])
     assert unread_event_files(spark, empty, None) == ([], [], None)
