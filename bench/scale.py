@@ -44,6 +44,7 @@ from report_block import write_block  # noqa: E402
 from amazon_recs.ingest import shop  # noqa: E402
 
 STAGE_DONE = re.compile(r"stage (\w+): done in ([\d.]+)s")
+STAGE_START = re.compile(r"stage (\w+): starting")
 LISTS = re.compile(
     r"stage recommend: every user's lists in ([\d.]+)s \(of which ALS scores and top-(\d+): "
     r"([\d.]+)s of worker time over (\d+) workers\)"
@@ -64,8 +65,20 @@ NUM_THREADS = 2
 class Peaks:
     java_rss: int = 0
     python_rss: int = 0  # the driver's Python and PySpark's workers, summed at each sample
+    tree_rss: int = 0  # the JVM and every Python process at the same sample
     samples: int = 0
+    stage: str = "start-up"  # the stage running, from the run's own "stage X: starting" lines
+    # stage -> [JVM, Python, whole tree] peaks while it ran
+    by_stage: dict[str, list[int]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, java: int, python: int) -> None:
+        with self.lock:
+            self.java_rss, self.python_rss = max(self.java_rss, java), max(self.python_rss, python)
+            self.tree_rss = max(self.tree_rss, java + python)
+            peak = self.by_stage.setdefault(self.stage, [0, 0, 0])
+            peak[:] = [max(peak[0], java), max(peak[1], python), max(peak[2], java + python)]
+            self.samples += 1
 
 
 def _children() -> dict[int, list[int]]:
@@ -102,9 +115,7 @@ def sample_memory(root_pid: int, peaks: Peaks, stop: threading.Event, every: flo
                 java = max(java, rss)
             elif name.startswith("python"):
                 python += rss
-        with peaks.lock:
-            peaks.java_rss, peaks.python_rss = max(peaks.java_rss, java), max(peaks.python_rss, python)
-            peaks.samples += 1
+        peaks.add(java, python)
         stop.wait(every)
 
 
@@ -158,6 +169,9 @@ def run_pipeline(
         sampler = threading.Thread(target=sample_memory, args=(proc.pid, peaks, stop), daemon=True)
         sampler.start()
         for line in proc.stdout:
+            if started_stage := STAGE_START.search(line):
+                with peaks.lock:
+                    peaks.stage = started_stage.group(1)
             sys.stdout.write(line)
             out.write(line)
             lines.append(line.rstrip("\n"))
@@ -315,7 +329,15 @@ def report(args, summary, gen_seconds, wall, lines, peaks, info, reference, rank
         f"| **whole run** (wall, JVM start included) | **{wall:.1f}** |",
         "",
         f"Peak resident memory: driver JVM {gib(peaks.java_rss)}, Python processes (driver and workers, "
-        f"summed) {gib(peaks.python_rss)}; {peaks.samples} samples.",
+        f"summed) {gib(peaks.python_rss)}, the whole process tree {gib(peaks.tree_rss)} (the JVM and the "
+        f"Python processes at the same sample); {peaks.samples} samples, every 0.5 s.",
+        "",
+        "Peaks while each stage ran (JVM / Python / whole tree): "
+        + ", ".join(
+            f"{stage} {gib(java)} / {gib(python)} / {gib(tree)}"
+            for stage, (java, python, tree) in peaks.by_stage.items()
+        )
+        + ".",
         "",
         "Rows per table: " + ", ".join(f"{name} {rows}" for name, rows in tables) + ".",
         "",
