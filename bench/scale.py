@@ -63,21 +63,33 @@ NUM_THREADS = 2
 
 @dataclass
 class Peaks:
+    """Peak resident memory of the run's processes, by role: the driver's JVM, the
+    driver's Python, and PySpark's daemon with its forked workers (summed)."""
+
     java_rss: int = 0
     python_rss: int = 0  # the driver's Python and PySpark's workers, summed at each sample
     tree_rss: int = 0  # the JVM and every Python process at the same sample
+    driver_rss: int = 0  # the driver's Python alone
+    workers_rss: int = 0  # PySpark's daemon and workers, summed at each sample
     samples: int = 0
     stage: str = "start-up"  # the stage running, from the run's own "stage X: starting" lines
-    # stage -> [JVM, Python, whole tree] peaks while it ran
+    # stage -> [JVM, Python, whole tree, driver's Python, workers] peaks while it ran
     by_stage: dict[str, list[int]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, java: int, python: int) -> None:
+    def add(self, java: int, driver: int, workers: int) -> None:
+        sample = (java, driver + workers, java + driver + workers, driver, workers)
         with self.lock:
-            self.java_rss, self.python_rss = max(self.java_rss, java), max(self.python_rss, python)
-            self.tree_rss = max(self.tree_rss, java + python)
-            peak = self.by_stage.setdefault(self.stage, [0, 0, 0])
-            peak[:] = [max(peak[0], java), max(peak[1], python), max(peak[2], java + python)]
+            (self.java_rss, self.python_rss, self.tree_rss, self.driver_rss, self.workers_rss) = (
+                max(a, b)
+                for a, b in zip(
+                    (self.java_rss, self.python_rss, self.tree_rss, self.driver_rss, self.workers_rss),
+                    sample,
+                    strict=True,
+                )
+            )
+            peak = self.by_stage.setdefault(self.stage, [0] * len(sample))
+            peak[:] = [max(a, b) for a, b in zip(peak, sample, strict=True)]
             self.samples += 1
 
 
@@ -94,28 +106,33 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def _rss_and_name(pid: int) -> tuple[int, str]:
+def _rss_and_role(pid: int) -> tuple[int, str]:
+    """Resident bytes and role ("java", "driver", "workers" or "") of one process."""
     try:
         with open(f"/proc/{pid}/status") as f:
             fields = dict(line.split(":", 1) for line in f if ":" in line)
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            command = f.read()
     except OSError:
         return 0, ""
     rss = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
-    return rss, fields.get("Name", "").strip()
+    name = fields.get("Name", "").strip()
+    if name == "java":
+        return rss, "java"
+    if name.startswith("python"):  # the daemon's forks keep its command line
+        return rss, "workers" if b"pyspark.daemon" in command else "driver"
+    return rss, ""
 
 
 def sample_memory(root_pid: int, peaks: Peaks, stop: threading.Event, every: float = 0.5) -> None:
     while not stop.is_set():
-        tree, todo, java, python = _children(), [root_pid], 0, 0
+        tree, todo, rss = _children(), [root_pid], {"java": 0, "driver": 0, "workers": 0, "": 0}
         while todo:
             pid = todo.pop()
             todo.extend(tree.get(pid, []))
-            rss, name = _rss_and_name(pid)
-            if name == "java":
-                java = max(java, rss)
-            elif name.startswith("python"):
-                python += rss
-        peaks.add(java, python)
+            size, role = _rss_and_role(pid)
+            rss[role] = max(rss[role], size) if role == "java" else rss[role] + size
+        peaks.add(rss["java"], rss["driver"], rss["workers"])
         stop.wait(every)
 
 
@@ -289,13 +306,14 @@ def stage_detail(name: str, content, lists_s: float, fit: float | None, knn_fit:
     return ""
 
 
-def report(args, summary, gen_seconds, wall, lines, peaks, info, reference, rank, iterations) -> str:
+def report(args, summary, gen_seconds, wall, lines, peaks, info, reference, config) -> str:
     stages = [(m.group(1), float(m.group(2))) for m in map(STAGE_DONE.search, lines) if m]
     lists = next((m for m in map(LISTS.search, lines) if m), None)
     content = next((m for m in map(CONTENT.search, lines) if m), None)
     search = next((m for m in map(SEARCH.search, lines) if m), None)
     recall = next((m for m in map(RECALL.search, lines) if m), None)
     tables = [(m.group(1), m.group(2)) for m in map(TABLE_ROWS.match, lines) if m]
+    rank, iterations = config.require("als.rank"), config.require("als.max_iter")
     fit = info.get("als_fit_seconds")
     knn_fit = info.get("item_knn_fit_seconds")
     lists_s, als_n, als_worker_s, workers = (
@@ -311,8 +329,10 @@ def report(args, summary, gen_seconds, wall, lines, peaks, info, reference, rank
         "",
         f"`make bench-scale SIZE={args.size}{' TUNE=1' if args.tune else ''}` "
         f"on {datetime.now(tz=UTC):%Y-%m-%d}, "
-        f"commit {git_commit()}; machine: {machine()}. Driver: `conf/scale.yaml` (local[2], "
-        f"spark.driver_memory 6g) through `bin/spark-submit`.",
+        f"commit {git_commit()}; machine: {machine()}. Driver: `conf/scale.yaml` "
+        f"({config.require('spark.master')}, spark.driver_memory {config.require('spark.driver_memory')}"
+        + "".join(f", {o}" for o in args.overrides)
+        + ") through `bin/spark-submit`.",
         "",
         f"Shop: {summary['review_lines']:,} review lines by {summary['users']:,} users over "
         f"{summary['items']:,} products (heaviest user {summary['heaviest_user_reviews']:,} reviews), "
@@ -332,10 +352,13 @@ def report(args, summary, gen_seconds, wall, lines, peaks, info, reference, rank
         f"summed) {gib(peaks.python_rss)}, the whole process tree {gib(peaks.tree_rss)} (the JVM and the "
         f"Python processes at the same sample); {peaks.samples} samples, every 0.5 s.",
         "",
-        "Peaks while each stage ran (JVM / Python / whole tree): "
+        f"Of the Python processes: the driver's peaked at {gib(peaks.driver_rss)}, PySpark's daemon and "
+        f"workers (summed) at {gib(peaks.workers_rss)}.",
+        "",
+        "Peaks while each stage ran (JVM / driver's Python / workers / whole tree): "
         + ", ".join(
-            f"{stage} {gib(java)} / {gib(python)} / {gib(tree)}"
-            for stage, (java, python, tree) in peaks.by_stage.items()
+            f"{stage} {gib(java)} / {gib(driver)} / {gib(workers)} / {gib(tree)}"
+            for stage, (java, _, tree, driver, workers) in peaks.by_stage.items()
         )
         + ".",
         "",
@@ -408,7 +431,7 @@ def main(argv=None) -> int:
     reference = {**shape, "cholesky_s": chol, "cg_s": cg, "top10_s": top10, "top10_users": timed}
     print(f"reference: cholesky {chol:.1f}s, cg {cg:.1f}s, numpy top-10 {top10:.1f}s", flush=True)
 
-    body = report(args, summary, gen_seconds, wall, lines, peaks, info, reference, rank, iterations)
+    body = report(args, summary, gen_seconds, wall, lines, peaks, info, reference, config)
     marker = f"scale:{args.size}" + (":tuned" if args.tune else "")
     write_block(args.out, marker, body)
     print(f"\n{body}\n\nwritten to {args.out} (block {marker})")
