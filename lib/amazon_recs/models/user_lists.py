@@ -104,7 +104,7 @@ class NeighbourLists:
     ``places[ptr[p]:ptr[p + 1]]`` (ascending) with their ``sims``."""
 
     ptr: np.ndarray  # int64, catalogue size + 1
-    places: np.ndarray  # int64
+    places: np.ndarray  # int32: a third of the catalogue's bytes at 500k items, in every worker
     sims: np.ndarray  # float64
 
     @staticmethod
@@ -113,7 +113,9 @@ class NeighbourLists:
         by_src = np.lexsort((dst, src))
         ptr = np.zeros(size + 1, np.int64)
         np.cumsum(np.bincount(src, minlength=size), out=ptr[1:])
-        return NeighbourLists(ptr, dst[by_src], np.asarray(sims, np.float64)[by_src])
+        return NeighbourLists(
+            ptr, dst[by_src].astype(np.int32, copy=False), np.asarray(sims, np.float64)[by_src]
+        )
 
     def __len__(self) -> int:
         return len(self.places)
@@ -181,21 +183,54 @@ def catalogue(
         ITEM_IDX,
         "_hash",
     )
-    f_ids, factors = collect_columns(item_factors, "id", "features")
-    n_ids, n_items, n_sims = collect_columns(neighbours, ITEM_IDX, "neighbour_idx", "similarity")
-    k_ids, k_items, k_sims = (
-        collect_columns(item_knn, ITEM_IDX, "neighbour_idx", "similarity")
-        if item_knn is not None
-        else (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+    none = [np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0)]
+    return assemble(
+        ids,
+        hashes,
+        *collect_columns(item_factors, "id", "features"),
+        collect_columns(neighbours, ITEM_IDX, "neighbour_idx", "similarity"),
+        collect_columns(item_knn, ITEM_IDX, "neighbour_idx", "similarity") if item_knn is not None else none,
+        collect_columns(popularity, ITEM_IDX, SCORE, "interactions"),
+        seed,
+        half_trust,
+        search,
+        n,
     )
-    p_ids, p_scores, p_counts = collect_columns(popularity, ITEM_IDX, SCORE, "interactions")
-    every = np.unique(
-        np.concatenate([a.astype(np.int64) for a in (ids, f_ids, n_ids, n_items, k_ids, k_items, p_ids)])
-    )
-    cat = np.asarray(every, np.int32)
+
+
+def assemble(
+    ids: np.ndarray,
+    hashes: np.ndarray,
+    f_ids: np.ndarray,
+    factors: np.ndarray,
+    content: list[np.ndarray],
+    item_knn: list[np.ndarray],
+    popularity: list[np.ndarray],
+    seed: int,
+    half_trust: float = 0.0,
+    search: AlsSearch | None = None,
+    n: int = 100,
+) -> Catalogue:
+    """``catalogue`` from its collected columns: items and their hashes, ALS factors,
+    (item, neighbour, similarity) of the content model and of item-kNN, and (item,
+    score, interactions) of popularity. The neighbour columns are the bulk (50M pairs
+    at 500k items): they are never widened to int64, and each is dropped from
+    ``content`` and ``item_knn`` (emptied in place) once it is placed."""
+    p_ids, p_scores, p_counts = popularity
+    cat = np.unique(
+        np.concatenate(
+            [np.unique(a).astype(np.int64) for a in (ids, f_ids, *content[:2], *item_knn[:2], p_ids)]
+        )
+    ).astype(np.int32)
 
     def places(values):
         return np.searchsorted(cat, np.asarray(values, np.int64)).astype(np.int64)
+
+    def neighbour_lists(columns: list[np.ndarray]) -> NeighbourLists:
+        src, dst = (np.searchsorted(cat, columns[i]).astype(np.int32) for i in (0, 1))
+        sims = columns[2]
+        columns.clear()
+        return NeighbourLists.of(src, dst, sims, len(cat))
 
     by_id = np.argsort(f_ids, kind="stable")
     als_places = places(f_ids[by_id])
@@ -211,8 +246,8 @@ def catalogue(
         items=cat,
         als_places=als_places,
         als_factors=als_factors,
-        content=NeighbourLists.of(places(n_ids), places(n_items), n_sims, len(cat)),
-        item_knn=NeighbourLists.of(places(k_ids), places(k_items), k_sims, len(cat)),
+        content=neighbour_lists(content),
+        item_knn=neighbour_lists(item_knn),
         popular_order=places(p_ids[pop_order]),
         popular_scores=np.asarray(p_scores, np.float64)[pop_order],
         random_order=places(ids[np.lexsort((ids, hashes))]),

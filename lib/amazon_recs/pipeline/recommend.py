@@ -99,6 +99,9 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
     users = user_lists.per_user(train, als.userFactors, user_ids, seed)
     timer = spark.sparkContext.accumulator(0.0)
     lists = user_lists.user_lists(users, catalogue, k, n, hybrid_weights(spark, config, version), timer)
+    # The broadcast holds the catalogue now (pickled to a file): at 500k items the driver's
+    # own copy is a gigabyte that nothing reads while the workers make the lists.
+    del catalogue, index
     item_ids = versions.read_input(spark, config, version, "silver/item_ids", info)
     gold = rc.to_gold(rc.with_reason(lists, items), version, item_ids)
 
