@@ -46,8 +46,21 @@ def out_of_memory(
     if not any(sign in text for sign in OOM_SIGNS + JVM_GONE_SIGNS):
         return None
     gone = not any(sign in text for sign in OOM_SIGNS)
-    where = f"stage {stage or '?'}" + (f" ({step})" if step else "")
     what = "the Spark driver stopped answering, most likely out of memory," if gone else "ran out of memory"
+    return memory_error(stage, step, what, memory, log)
+
+
+# spark-submit's exit code when an uncaught OutOfMemoryError (in local mode, one in any
+# task) made Spark end the JVM: the Python driver is stopped with it, before it can say why.
+JVM_OOM_EXIT = 52
+# The file (named by this environment variable) where a run keeps its stage and step, so
+# that bin/spark-submit can name them then (``pipeline.base.progress``).
+STATUS_FILE = "AMAZON_RECS_STATUS_FILE"
+
+
+def memory_error(stage: str | None, step: str | None, what: str, memory: str, log: str | None) -> OutOfMemory:
+    """The one line: where it happened, what happened, the setting and what to raise it to."""
+    where = f"stage {stage or '?'}" + (f" ({step})" if step else "")
     return OutOfMemory(
         f"{where} {what} with spark.driver_memory={memory}: raise it, e.g. --set spark.driver_memory=8g "
         f'(make run SET="spark.driver_memory=8g")' + (f"; Spark's log: {log}" if log else "")

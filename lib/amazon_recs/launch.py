@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from amazon_recs.config import DEFAULT_CONFIG, Config, load_config
-from amazon_recs.errors import ConfigError, RecsError
+from amazon_recs.errors import JVM_OOM_EXIT, STATUS_FILE, ConfigError, RecsError, memory_error
 
 ROOT = Path(__file__).resolve().parents[2]
 LOG4J = ROOT / "conf" / "log4j2.properties"
@@ -98,10 +101,10 @@ def java_options(log_path: str | None, verbose: bool = False) -> str:
     """The driver's JVM options that route Spark's logging (empty when it is left alone)."""
     if not log_path:
         return ""
-    level = "info" if verbose else "off"
+    console, spark = ("info", "info") if verbose else ("off", "warn")
     return (
         f"-Dlog4j2.configurationFile=file:{LOG4J} -Damazon_recs.log_file={log_path} "
-        f"-Damazon_recs.console_level={level}"
+        f"-Damazon_recs.console_level={console} -Damazon_recs.spark_level={spark}"
     )
 
 
@@ -148,8 +151,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         print(f"Spark's log: {path}", file=sys.stderr, flush=True)
-    os.execv(command[0], command)
-    return 0  # not reached
+    return supervise(command, config, path)
+
+
+def supervise(command: Sequence[str], config: Config, log_path: str | None) -> int:
+    """Run spark-submit and pass its exit code on, with one line when Spark ended the JVM
+    for an OutOfMemoryError: the Python driver is stopped with it and cannot say so.
+
+    The driver keeps its stage and step in a status file (``pipeline.base.STATUS_FILE``)
+    for that line. SIGTERM and SIGHUP are passed to spark-submit; SIGINT reaches it from
+    the terminal (same process group), so here it is only waited out.
+    """
+    with tempfile.TemporaryDirectory(prefix="amazon-recs-") as folder:
+        status = Path(folder) / "status.json"
+        proc = subprocess.Popen(command, env={**os.environ, STATUS_FILE: str(status)})
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda number, _frame: proc.send_signal(number))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        code = proc.wait()
+        if code != JVM_OOM_EXIT:
+            return code if code >= 0 else 128 - code
+        try:
+            now = json.loads(status.read_text())
+        except (OSError, ValueError):
+            now = {}
+    what = f"ran out of memory (Spark ended its JVM with exit {JVM_OOM_EXIT}: java.lang.OutOfMemoryError)"
+    memory = config.require("spark.driver_memory")
+    oom = memory_error(now.get("stage"), now.get("step"), what, memory, log_path)
+    print(f"error: {oom}", file=sys.stderr, flush=True)
+    return oom.exit_code
 
 
 if __name__ == "__main__":

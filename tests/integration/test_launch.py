@@ -60,3 +60,41 @@ def test_a_missing_virtualenv_is_one_line(tmp_path):
     )
     assert done.returncode == 1
     assert done.stderr.strip() == f"error: {fake}/.venv is missing: run 'make setup' (or 'make run') first"
+
+
+BOOM = """
+from pyspark.sql import SparkSession
+
+from amazon_recs.pipeline.base import progress, stage
+
+
+@stage
+def run_boom(spark, config):
+    progress("repeating a string past the heap")
+    spark.range(1).selectExpr("length(repeat(cast(id as string), 700000000)) as n").collect()
+    return {}
+
+
+run_boom(SparkSession.builder.getOrCreate(), None)
+"""
+
+
+def test_a_task_out_of_heap_is_one_line_naming_stage_step_and_setting(tmp_path):
+    """A task's OutOfMemoryError makes Spark end the JVM (exit 52), and the Python
+    driver with it: the launcher says where, and Spark's log keeps the error."""
+    job = tmp_path / "boom.py"
+    job.write_text(BOOM)
+    command = [str(ROOT / "bin" / "spark-submit"), str(job), "--config", "conf/local.yaml"]
+    command += ["--set", "spark.driver_memory=512m", "--set", f"spark.log_dir={tmp_path / 'logs'}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: stage boom (repeating a string past the heap) ran out of memory (Spark ended its JVM "
+        "with exit 52: java.lang.OutOfMemoryError) with spark.driver_memory=512m: raise it, e.g. "
+        '--set spark.driver_memory=8g (make run SET="spark.driver_memory=8g"); '
+        f"Spark's log: {next((tmp_path / 'logs').glob('spark-*.log'))}"
+    ], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    (log,) = (tmp_path / "logs").glob("spark-*.log")
+    assert "java.lang.OutOfMemoryError: Java heap space" in log.read_text()

@@ -84,8 +84,10 @@ def test_spark_logs_to_a_file_per_run_unless_the_platform_keeps_them(tmp_path):
     command, path = launch.submit_command(config, "jobs/train.py", [])
     options = option(command, "--driver-java-options")
     assert f"-Damazon_recs.log_file={path}" in options and "console_level=off" in options
+    assert "spark_level=warn" in options  # the console is quiet, Spark's log file is not
     command, _ = launch.submit_command(config, "jobs/train.py", [], verbose=True)
     assert "console_level=info" in option(command, "--driver-java-options")
+    assert "spark_level=info" in option(command, "--driver-java-options")
     quiet = load_config(LOCAL, ["spark.log_dir="])
     command, path = launch.submit_command(quiet, "jobs/train.py", [])
     assert path is None and "--driver-java-options" not in command
