@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -382,10 +383,20 @@ def ingest_source(
     return accepted, rejects, reconcile(statused, files, kind, run_id, unreadable)
 
 
+def _kept(parsed: DataFrame) -> DataFrame:
+    """The parsed lines, kept for the accepted rows, the rejects and the counts.
+
+    On disk, not in memory: every line with its text (3 GB of columns at 10M
+    reviews) would be built in memory in column batches first, which ran the
+    driver out of a 4 GiB heap in a task; written to disk it streams batch by batch.
+    """
+    return parsed.persist(StorageLevel.DISK_ONLY)
+
+
 def _parse_readable(spark, config, kind, files, fmt) -> tuple[DataFrame | None, dict[str, str]]:
     statused = None
     try:
-        statused = with_status(parse(spark, config, kind, files, fmt), kind, config).cache()
+        statused = _kept(with_status(parse(spark, config, kind, files, fmt), kind, config))
         statused.count()  # reads every file once; the cache serves the rest
         return statused, {}
     except Exception:  # a file that cannot be decoded; find which, below
@@ -395,7 +406,7 @@ def _parse_readable(spark, config, kind, files, fmt) -> tuple[DataFrame | None, 
     good = [f for f in files if f.uri not in unreadable]
     if not good:
         return None, unreadable
-    statused = with_status(parse(spark, config, kind, good, fmt), kind, config).cache()
+    statused = _kept(with_status(parse(spark, config, kind, good, fmt), kind, config))
     statused.count()
     return statused, unreadable
 
