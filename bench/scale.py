@@ -331,7 +331,7 @@ def report(args, summary, gen_seconds, wall, lines, peaks, info, reference, conf
         f"on {datetime.now(tz=UTC):%Y-%m-%d}, "
         f"commit {git_commit()}; machine: {machine()}. Driver: `conf/scale.yaml` "
         f"({config.require('spark.master')}, spark.driver_memory {config.require('spark.driver_memory')}"
-        + "".join(f", {o}" for o in args.overrides)
+        + "".join(f", {o}" for o in args.overrides if not o.startswith("spark.driver_memory="))
         + ") through `bin/spark-submit`.",
         "",
         f"Shop: {summary['review_lines']:,} review lines by {summary['users']:,} users over "
