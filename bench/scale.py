@@ -66,11 +66,6 @@ class Peaks:
     """Peak resident memory of the run's processes, by role: the driver's JVM, the
     driver's Python, and PySpark's daemon with its forked workers (summed)."""
 
-    java_rss: int = 0
-    python_rss: int = 0  # the driver's Python and PySpark's workers, summed at each sample
-    tree_rss: int = 0  # the JVM and every Python process at the same sample
-    driver_rss: int = 0  # the driver's Python alone
-    workers_rss: int = 0  # PySpark's daemon and workers, summed at each sample
     samples: int = 0
     stage: str = "start-up"  # the stage running, from the run's own "stage X: starting" lines
     # stage -> [JVM, Python, whole tree, driver's Python, workers] peaks while it ran
@@ -80,17 +75,19 @@ class Peaks:
     def add(self, java: int, driver: int, workers: int) -> None:
         sample = (java, driver + workers, java + driver + workers, driver, workers)
         with self.lock:
-            (self.java_rss, self.python_rss, self.tree_rss, self.driver_rss, self.workers_rss) = (
-                max(a, b)
-                for a, b in zip(
-                    (self.java_rss, self.python_rss, self.tree_rss, self.driver_rss, self.workers_rss),
-                    sample,
-                    strict=True,
-                )
-            )
             peak = self.by_stage.setdefault(self.stage, [0] * len(sample))
             peak[:] = [max(a, b) for a, b in zip(peak, sample, strict=True)]
             self.samples += 1
+
+    def _overall(self, at: int) -> int:
+        """The run's peak of one column: every sample belongs to one stage."""
+        return max((peak[at] for peak in self.by_stage.values()), default=0)
+
+    java_rss = property(lambda self: self._overall(0))
+    python_rss = property(lambda self: self._overall(1))  # the driver's Python and the workers, summed
+    tree_rss = property(lambda self: self._overall(2))  # the JVM and every Python process at one sample
+    driver_rss = property(lambda self: self._overall(3))
+    workers_rss = property(lambda self: self._overall(4))  # PySpark's daemon and workers, summed
 
 
 def _children() -> dict[int, list[int]]:
