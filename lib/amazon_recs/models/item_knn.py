@@ -171,7 +171,7 @@ def fit_item_knn(train: DataFrame, params: ItemKnnParams, block_work: int = BLOC
         work,
         len(starts),
     )
-    shared = share(spark, (ids, matrix, transposed, users, np.r_[starts, len(ids)]))
+    shared = share(spark, (ids, matrix, transposed, users, np.r_[starts, len(ids)]), mapped=True)
 
     def search(batches):
         ids, matrix, transposed, users, bounds = shared.value

@@ -326,7 +326,7 @@ def user_lists(
     ``timer``, an accumulator, receives the worker seconds spent on ALS scores.
     """
     spark = users.sparkSession
-    broadcast = share(spark, shared)
+    broadcast = share(spark, shared, mapped=True)
     weights = {m: float(weights.get(m, 0.0)) for m in COMPONENTS}
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -444,7 +444,7 @@ def candidate_arrays(
     (``tuning.search_weights``): the candidates the recommend stage blends, made the
     way it makes them, one row per user."""
     spark = users.sparkSession
-    broadcast = share(spark, shared)
+    broadcast = share(spark, shared, mapped=True)
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         cat = broadcast.value

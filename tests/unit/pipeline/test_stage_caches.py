@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -98,3 +99,66 @@ def test_a_stage_destroys_the_broadcasts_it_shared_and_keeps_the_older_ones(spar
         assert spark.range(3).rdd.map(lambda r: older.value[r.id + 10]).collect() == [10, 11, 12]
     finally:
         unshare(older)
+
+
+def _mapped_in_worker(shared, column: str):
+    """What a Python worker sees of a mapped share: its arrays' sums, whether they
+    can be written, and whether they are views of a file the worker has mapped."""
+
+    def probe(batches):
+        import pandas as pd
+
+        value = shared.value
+        array = value[column]
+        maps = open("/proc/self/maps").read()  # noqa: SIM115 (read whole, at once)
+        for batch in batches:
+            yield pd.DataFrame(
+                {
+                    "sum": [float(array.sum())] * len(batch),
+                    "writeable": [bool(array.flags.writeable)] * len(batch),
+                    "mapped": [shared.name in maps] * len(batch),
+                    "text": [value["text"]] * len(batch),
+                }
+            )
+
+    return probe
+
+
+def test_a_mapped_share_reaches_the_workers_as_read_only_views_of_one_file(spark):
+    import numpy as np
+
+    factors = np.arange(30_000, dtype=np.float32).reshape(-1, 3)[:, 1]  # not contiguous: pickled in band
+    value = {
+        "ids": np.arange(10_000, dtype=np.int32),
+        "factors": factors,
+        "sims": np.linspace(0.0, 1.0, 7),
+        "empty": np.empty(0, np.int64),
+        "text": "kept as it was",
+    }
+    inside = {}
+
+    @stage
+    def mapping(spark, config):
+        shared = share(spark, value, mapped=True)
+        rows = (
+            spark.range(4, numPartitions=2)
+            .mapInPandas(
+                _mapped_in_worker(shared, "ids"), "sum double, writeable boolean, mapped boolean, text string"
+            )
+            .collect()
+        )
+        inside.update(shared=shared, rows=rows, on_driver=shared.value)
+        return {}
+
+    mapping(spark, None)
+    rows = inside["rows"]
+    assert len(rows) == 4
+    assert {r.sum for r in rows} == {float(np.arange(10_000).sum())}
+    assert not any(r.writeable for r in rows)  # views of the file, which no task may change
+    assert all(r.mapped for r in rows)
+    assert {r.text for r in rows} == {"kept as it was"}
+    seen = inside["on_driver"]
+    for key in ("ids", "factors", "sims", "empty"):
+        assert seen[key].dtype == value[key].dtype and np.array_equal(seen[key], value[key])
+    # The stage's end destroyed it: the driver's file is gone.
+    assert not os.path.exists(inside["shared"]._path)
