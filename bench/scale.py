@@ -64,16 +64,19 @@ NUM_THREADS = 2
 @dataclass
 class Peaks:
     """Peak resident memory of the run's processes, by role: the driver's JVM, the
-    driver's Python, and PySpark's daemon with its forked workers (summed)."""
+    driver's Python, and PySpark's daemon with its forked workers (summed); and the
+    whole tree's proportional set size (PSS), where a page that several processes
+    share (the catalogue file the workers map, the daemon's pages its forks have
+    not written) counts once, split between them, instead of once per process."""
 
     samples: int = 0
     stage: str = "start-up"  # the stage running, from the run's own "stage X: starting" lines
-    # stage -> [JVM, Python, whole tree, driver's Python, workers] peaks while it ran
+    # stage -> [JVM, Python, whole tree, driver's Python, workers, whole tree's PSS] peaks while it ran
     by_stage: dict[str, list[int]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, java: int, driver: int, workers: int) -> None:
-        sample = (java, driver + workers, java + driver + workers, driver, workers)
+    def add(self, java: int, driver: int, workers: int, pss: int = 0) -> None:
+        sample = (java, driver + workers, java + driver + workers, driver, workers, pss)
         with self.lock:
             peak = self.by_stage.setdefault(self.stage, [0] * len(sample))
             peak[:] = [max(a, b) for a, b in zip(peak, sample, strict=True)]
@@ -88,6 +91,7 @@ class Peaks:
     tree_rss = property(lambda self: self._overall(2))  # the JVM and every Python process at one sample
     driver_rss = property(lambda self: self._overall(3))
     workers_rss = property(lambda self: self._overall(4))  # PySpark's daemon and workers, summed
+    tree_pss = property(lambda self: self._overall(5))  # the memory the run really held at one sample
 
 
 def _children() -> dict[int, list[int]]:
@@ -121,15 +125,30 @@ def _rss_and_role(pid: int) -> tuple[int, str]:
     return rss, ""
 
 
+def _pss(pid: int) -> int:
+    """Proportional set size in bytes: each resident page divided by the processes mapping it."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def sample_memory(root_pid: int, peaks: Peaks, stop: threading.Event, every: float = 0.5) -> None:
     while not stop.is_set():
         tree, todo, rss = _children(), [root_pid], {"java": 0, "driver": 0, "workers": 0, "": 0}
+        pss = 0
         while todo:
             pid = todo.pop()
             todo.extend(tree.get(pid, []))
             size, role = _rss_and_role(pid)
             rss[role] = max(rss[role], size) if role == "java" else rss[role] + size
-        peaks.add(rss["java"], rss["driver"], rss["workers"])
+            if role:
+                pss += _pss(pid)
+        peaks.add(rss["java"], rss["driver"], rss["workers"], pss)
         stop.wait(every)
 
 
@@ -345,17 +364,20 @@ def report(args, summary, gen_seconds, wall, lines, peaks, info, reference, conf
         ),
         f"| **whole run** (wall, JVM start included) | **{wall:.1f}** |",
         "",
-        f"Peak resident memory: driver JVM {gib(peaks.java_rss)}, Python processes (driver and workers, "
-        f"summed) {gib(peaks.python_rss)}, the whole process tree {gib(peaks.tree_rss)} (the JVM and the "
-        f"Python processes at the same sample); {peaks.samples} samples, every 0.5 s.",
+        f"Peak memory of the whole process tree (the JVM and the Python processes at the same sample): "
+        f"**{gib(peaks.tree_pss)} proportional** (PSS: a page several processes share counts once), "
+        f"{gib(peaks.tree_rss)} resident summed per process (RSS). Peak resident memory by role: driver "
+        f"JVM {gib(peaks.java_rss)}, Python processes (driver and workers, summed) "
+        f"{gib(peaks.python_rss)}; {peaks.samples} samples, every 0.5 s.",
         "",
         f"Of the Python processes: the driver's peaked at {gib(peaks.driver_rss)}, PySpark's daemon and "
         f"workers (summed) at {gib(peaks.workers_rss)}.",
         "",
-        "Peaks while each stage ran (JVM / driver's Python / workers / whole tree): "
+        "Peaks while each stage ran (resident: JVM / driver's Python / workers / whole tree; "
+        "whole tree's PSS): "
         + ", ".join(
-            f"{stage} {gib(java)} / {gib(driver)} / {gib(workers)} / {gib(tree)}"
-            for stage, (java, _, tree, driver, workers) in peaks.by_stage.items()
+            f"{stage} {gib(java)} / {gib(driver)} / {gib(workers)} / {gib(tree)}; {gib(pss)}"
+            for stage, (java, _, tree, driver, workers, pss) in peaks.by_stage.items()
         )
         + ".",
         "",
