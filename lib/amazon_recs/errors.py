@@ -36,6 +36,9 @@ class OutOfMemory(RecsError):
 # What a Py4J error says when the JVM ran out of heap, or is gone after it did.
 OOM_SIGNS = ("java.lang.OutOfMemoryError", "Java heap space", "GC overhead limit exceeded")
 JVM_GONE_SIGNS = ("Answer from Java side is empty", "Connection refused", "Error while sending or receiving")
+# A task result too large for the driver's heap: fetching it from the block manager ran
+# out of memory, and the job fails saying only this (the OutOfMemoryError is in Spark's log).
+RESULT_LOST_SIGNS = ("TaskResultLost (result lost from block manager)",)
 
 
 def out_of_memory(
@@ -43,10 +46,14 @@ def out_of_memory(
 ) -> OutOfMemory | None:
     """One line for a run that ran out of memory, or None when ``exc`` is something else."""
     text = f"{type(exc).__name__}: {exc}"
-    if not any(sign in text for sign in OOM_SIGNS + JVM_GONE_SIGNS):
+    if any(sign in text for sign in OOM_SIGNS):
+        what = "ran out of memory"
+    elif any(sign in text for sign in RESULT_LOST_SIGNS):
+        what = "lost a task's result, most likely to the driver running out of memory fetching it,"
+    elif any(sign in text for sign in JVM_GONE_SIGNS):
+        what = "the Spark driver stopped answering, most likely out of memory,"
+    else:
         return None
-    gone = not any(sign in text for sign in OOM_SIGNS)
-    what = "the Spark driver stopped answering, most likely out of memory," if gone else "ran out of memory"
     return memory_error(stage, step, what, memory, log)
 
 

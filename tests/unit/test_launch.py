@@ -101,6 +101,13 @@ def test_spark_logs_to_a_file_per_run_unless_the_platform_keeps_them(tmp_path):
             False,
         ),
         ("Answer from Java side is empty", True),
+        (  # the heap ran out fetching a large task result: the job says only this
+            "An error occurred while calling z:org.apache.spark.api.python.PythonRDD.collectAndServe.\n"
+            ": org.apache.spark.SparkException: Job aborted due to stage failure: Task 0 in stage 300.0 "
+            "failed 1 times, most recent failure: Lost task 0.0 in stage 300.0 (TID 870) (localhost executor "
+            "driver): TaskResultLost (result lost from block manager)",
+            False,
+        ),
     ],
 )
 def test_running_out_of_memory_is_one_line_naming_stage_step_and_setting(error, gone):

@@ -50,6 +50,12 @@ log = logging.getLogger(__name__)
 
 BLOCK_SCHEMA = "ids binary, indptr binary, cols binary, vals binary"
 
+# The most solved factors one task sends back. A task result above about 1 MB is
+# fetched from the block manager into the driver's heap, copied once more on the way:
+# at 10M reviews two user blocks of 1M users each (128 MB of factors) ran a 3 GiB
+# heap out of memory.
+RESULT_BYTES = 32 << 20
+
 
 @dataclass(frozen=True)
 class Block:
@@ -79,8 +85,10 @@ def fit_blocked(
         by_user = [_block(frame, USER_IDX, ITEM_IDX)] if len(frame) else []
         by_item = [_block(frame, ITEM_IDX, USER_IDX)] if len(frame) else []
     else:
-        by_user = _blocks(train, USER_IDX, ITEM_IDX, sc.defaultParallelism)
-        by_item = _blocks(train, ITEM_IDX, USER_IDX, sc.defaultParallelism)
+        largest = train.agg(F.max(USER_IDX), F.max(ITEM_IDX)).first()
+        user_parts, item_parts = (_parts((v or 0) + 1, rank, sc.defaultParallelism) for v in largest)
+        by_user = _blocks(train, USER_IDX, ITEM_IDX, user_parts)
+        by_item = _blocks(train, ITEM_IDX, USER_IDX, item_parts)
     try:
         user_ids = _ids(by_user)
         item_ids = _ids(by_item)
@@ -109,6 +117,13 @@ def fit_blocked(
             by_user.unpersist(False)
             by_item.unpersist(False)
     return _model(spark, rank, user_ids, users, item_ids, items)
+
+
+def _parts(rows: int, rank: int, cores: int) -> int:
+    """Blocks for one side: a multiple of the cores, each block's solved factors
+    (the task result the driver collects) at most ``RESULT_BYTES``."""
+    waves = -(-rows * rank * 4 // (RESULT_BYTES * cores))
+    return cores * max(1, waves)
 
 
 def _ids(blocks) -> np.ndarray:
