@@ -155,6 +155,26 @@ def test_blocked_fit_does_not_depend_on_the_partitioning_nor_on_where_it_runs(sp
         assert all(np.array_equal(fa[k], fb[k]) for k in fa)
 
 
+def test_blocks_hold_a_bounded_result_each_and_do_not_change_the_factors(spark, params, monkeypatch):
+    # A multiple of the cores, each block's factors within RESULT_BYTES.
+    assert ab._parts(2_000_000, 32, 2) == 8  # 10M reviews: 256 MB of user factors
+    assert ab._parts(250_000, 32, 2) == 2  # 1M reviews: 32 MB
+    assert ab._parts(1, 32, 4) == 4
+    train, _ = shop(spark, seed=9)
+    blocked = replace(params, solver="blocked")
+    few = m_als.fit_als(train, blocked)
+    made = []
+    real = ab._blocks
+    monkeypatch.setattr(ab, "RESULT_BYTES", 64)  # a few rows of factors per block
+    monkeypatch.setattr(ab, "_blocks", lambda *a: made.append(a[-1]) or real(*a))
+    many = m_als.fit_als(train, blocked)
+    assert min(made) > 2
+    for a, b in ((few.userFactors, many.userFactors), (few.itemFactors, many.itemFactors)):
+        fa, fb = factors_of(a), factors_of(b)
+        assert fa.keys() == fb.keys()
+        assert all(np.array_equal(fa[k], fb[k]) for k in fa)
+
+
 def test_auto_chooses_by_the_ratings_and_the_size_of_the_broadcast_factors(spark, params):
     train, _ = shop(spark)
     auto = replace(params, solver="auto")
