@@ -145,6 +145,8 @@ def share(spark: SparkSession, value, mapped: bool = False) -> Broadcast | Mappe
 # The MappedShare values this process has opened, by file name: the newest only.
 _MAPPED: dict[str, object] = {}
 _ALIGN = 64  # each array's bytes start at a multiple of this in the file
+# The file's header: (pickle size, arrays), then (offset, size) of each array, then the pickle.
+_PAIR = struct.Struct("<QQ")
 
 
 class MappedShare:
@@ -167,14 +169,14 @@ class MappedShare:
         self._path = os.path.join(self._dir, self.name)
         views = [b.raw() for b in buffers]
         table = []
-        at = _aligned(len(head) + 16 * len(views) + 16)
+        at = _aligned(_PAIR.size * (1 + len(views)) + len(head))
         for view in views:
             table.append((at, view.nbytes))
             at = _aligned(at + view.nbytes)
         with open(self._path, "wb") as f:
-            f.write(struct.pack("<QQ", len(head), len(views)))
+            f.write(_PAIR.pack(len(head), len(views)))
             for offset, size in table:
-                f.write(struct.pack("<QQ", offset, size))
+                f.write(_PAIR.pack(offset, size))
             f.write(head)
             for (offset, _), view in zip(table, views, strict=True):
                 f.seek(offset)
@@ -211,15 +213,15 @@ def _load_mapped(path: str):
     with open(path, "rb") as f:
         mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     view = memoryview(mapping)
-    head_size, count = struct.unpack_from("<QQ", view, 0)
-    table = [struct.unpack_from("<QQ", view, 16 + 16 * i) for i in range(count)]
-    start = 16 + 16 * count
+    head_size, count = _PAIR.unpack_from(view, 0)
+    table = [_PAIR.unpack_from(view, _PAIR.size * (1 + i)) for i in range(count)]
+    start = _PAIR.size * (1 + count)
     return pickle.loads(
         view[start : start + head_size], buffers=[view[offset : offset + size] for offset, size in table]
     )
 
 
-def unshare(shared: Broadcast) -> None:
+def unshare(shared: Broadcast | MappedShare) -> None:
     """Destroy a broadcast ``share`` made as soon as the jobs that read it are done."""
     _SHARED.remove(shared)
     shared.destroy(blocking=False)

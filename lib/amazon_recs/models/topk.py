@@ -84,10 +84,11 @@ def with_seen_items(
 
 
 def collect_columns(df: DataFrame, *cols: str) -> list[np.ndarray]:
-    """Columns of an item-sized frame as numpy arrays on the driver; an array column
+    """Columns of a frame the driver means to hold as numpy arrays; an array column
     becomes a 2-D array. Each Arrow batch becomes numpy on the executors and travels
-    as one pickled record, so neither side holds a Python object per row. Never call
-    it on a user-sized frame."""
+    as one pickled record, so neither side holds a Python object per row. It is for
+    item-sized frames and for the pairs item-kNN turns into its shared matrix; never
+    for a user-sized one (a row per user)."""
 
     def to_arrays(batches):
         for batch in batches:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
 import pytest
 
 from amazon_recs.pipeline.base import stage
@@ -125,8 +126,6 @@ def _mapped_in_worker(shared, column: str):
 
 
 def test_a_mapped_share_reaches_the_workers_as_read_only_views_of_one_file(spark):
-    import numpy as np
-
     factors = np.arange(30_000, dtype=np.float32).reshape(-1, 3)[:, 1]  # not contiguous: pickled in band
     value = {
         "ids": np.arange(10_000, dtype=np.int32),
