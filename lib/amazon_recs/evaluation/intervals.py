@@ -95,14 +95,21 @@ def bootstrap(
     replicates: int,
     segments: DataFrame | None = None,
     metrics: Sequence[str] = PER_USER_METRICS,
+    users: DataFrame | None = None,
 ) -> Replicates:
     """Replicate means of ``metrics`` per model over the users of ``per_user`` (model,
     user, metric columns at one cut-off; every model scored for every user, as
     ``metrics.per_user_metrics`` makes them), for every user and per segment of
-    ``segments`` (user, segment; users without one are in no segment)."""
+    ``segments`` (user, segment; users without one are in no segment).
+
+    With ``users`` (one column, user: every evaluated user), ``per_user`` may leave out
+    the (model, user) rows whose metrics are all 0 (``metrics.hit_user_metrics``): the
+    resampled users are those of ``users``, and a missing row counts as zeros."""
     models = list(models)
     columns = tuple(f"{m}/{metric}" for m in models for metric in metrics)
     wide = per_user.groupBy(USER).pivot(MODEL, models).agg(*[F.first(m).alias(m) for m in metrics])
+    if users is not None:
+        wide = users.select(USER).join(wide, USER, how="left")
     names = [f"{m}_{metric}" for m in models for metric in metrics]
     if segments is not None:
         wide = wide.join(segments, USER, how="left")

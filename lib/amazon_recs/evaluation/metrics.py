@@ -71,25 +71,69 @@ def per_user_metrics_at(
     per (model, evaluated user, k).
 
     Only the hits matter: a user's precision, recall, NDCG, MAP and MRR at k are sums
-    over the ranks of their relevant items within the top k. So the lists are joined
-    with the relevant pairs (an inner join: the misses, 99% of the list rows at 1M
-    users, go no further), the few hit rows get their running hit count (a window over hits
-    only), and each k is a few sums over them; users without a hit score 0."""
+    over the ranks of their relevant items within the top k. So only the list rows
+    that are hits go further (``hit_rows``), the few hit rows get their running hit
+    count, and each k is a few sums over them; users without a hit score 0."""
     ks = sorted(set(ks))
     rel = truth.select(col_user, col_item).distinct()
-    n_rel = rel.groupBy(col_user).agg(F.count(F.lit(1)).alias("_n_rel"))
-    hits = (
-        recs.filter(F.col(RANK) <= ks[-1])
-        .select(col_model, col_user, col_item, RANK)
-        .join(rel, [col_user, col_item])
-        .withColumn(
-            "_hits_so_far",
-            F.count(F.lit(1)).over(
-                Window.partitionBy(col_model, col_user)
-                .orderBy(RANK)
-                .rowsBetween(Window.unboundedPreceding, 0)
-            ),
-        )
+    hits = hit_rows(recs, rel, ks[-1], col_user, col_item, col_model)
+    scored = recs.select(col_model).distinct().crossJoin(relevant_counts(rel, col_user))
+    return metrics_at(hits, scored, ks, col_user, col_model)
+
+
+# Up to this many held-out (user, item) pairs, ``hit_rows`` broadcasts their 64-bit
+# hashes (a hash table of ~40 bytes a pair: 2M pairs at 10M reviews, ~80 MB).
+BROADCAST_PAIRS = 10_000_000
+
+
+def hit_rows(
+    recs: DataFrame,
+    rel: DataFrame,
+    max_k: int,
+    col_user: str = USER,
+    col_item: str = ITEM,
+    col_model: str = MODEL,
+) -> DataFrame:
+    """The list rows at ranks up to ``max_k`` whose item their user holds out: (model,
+    user, item, rank), from ``recs`` (model, user, item, rank) and the distinct held-out
+    pairs ``rel`` (user, item).
+
+    The lists are never exchanged: each list row's (user, item) is hashed to a long and
+    looked up in a broadcast of the held-out pairs' hashes (a semi-join: every row is
+    read once, and the ~99% that are misses stop there), and only the rows that pass
+    are joined with ``rel`` itself, which drops any hash collision. Beyond
+    ``BROADCAST_PAIRS`` held-out pairs the lists are joined with ``rel`` as Spark plans it.
+    """
+    lists = recs.filter(F.col(RANK) <= max_k).select(col_model, col_user, col_item, RANK)
+    if rel.count() <= BROADCAST_PAIRS:
+        pair = F.xxhash64(col_user, col_item)
+        keys = F.broadcast(rel.select(pair.alias("_pair")).distinct())
+        lists = lists.join(keys, pair == F.col("_pair"), how="left_semi")
+    return lists.join(rel, [col_user, col_item])
+
+
+def relevant_counts(rel: DataFrame, col_user: str = USER) -> DataFrame:
+    """(user, _n_rel): each evaluated user's number of distinct held-out items."""
+    return rel.groupBy(col_user).agg(F.count(F.lit(1)).alias("_n_rel"))
+
+
+def metrics_at(
+    hits: DataFrame, scored: DataFrame, ks: list[int], col_user: str = USER, col_model: str = MODEL
+) -> DataFrame:
+    """PER_USER_METRICS at each of ``ks`` (each at most the deepest rank of ``hits``) for
+    every row of ``scored`` (model, user, _n_rel): one row per (model, user, k), zeros
+    for a (model, user) without a hit.
+
+    Args:
+        hits: ``hit_rows``' (model, user, item, rank).
+        scored: the (model, user) pairs to score, with the user's held-out count.
+    """
+    ks = sorted(set(ks))
+    ranked = hits.withColumn(
+        "_hits_so_far",
+        F.count(F.lit(1)).over(
+            Window.partitionBy(col_model, col_user).orderBy(RANK).rowsBetween(Window.unboundedPreceding, 0)
+        ),
     )
 
     def within(k: int, value):
@@ -103,9 +147,8 @@ def per_user_metrics_at(
             F.sum(within(k, F.col("_hits_so_far") / F.col(RANK))).alias(f"_ap_sum_{k}"),
             F.min(F.when(F.col(RANK) <= k, F.col(RANK))).alias(f"_first_hit_{k}"),
         ]
-    per_user = hits.groupBy(col_model, col_user).agg(*sums)
-    models = recs.select(col_model).distinct()
-    everyone = models.crossJoin(n_rel).join(per_user, [col_model, col_user], how="left")
+    per_user = ranked.groupBy(col_model, col_user).agg(*sums)
+    everyone = scored.join(per_user, [col_model, col_user], how="left")
 
     def at(k: int):
         hit_count = F.coalesce(F.col(f"_hits_{k}"), F.lit(0))
@@ -124,6 +167,37 @@ def per_user_metrics_at(
     return everyone.select(col_model, col_user, F.explode(F.array(*[at(k) for k in ks])).alias("_m")).select(
         col_model, col_user, "_m.k", *[f"_m.{m}" for m in PER_USER_METRICS]
     )
+
+
+def hit_user_metrics(
+    hits: DataFrame, n_rel: DataFrame, ks: list[int], col_user: str = USER, col_model: str = MODEL
+) -> DataFrame:
+    """``metrics_at`` for the (model, user) pairs with at least one hit only: every
+    other evaluated user scores 0 on every metric, so sums over these rows are sums
+    over all users (``summarise_hits``, and ``intervals.bootstrap`` given the users)."""
+    scored = hits.select(col_model, col_user).distinct().join(n_rel, col_user)
+    return metrics_at(hits, scored, ks, col_user, col_model)
+
+
+def summarise_hits(
+    hit_metrics: DataFrame, models: list[str], ks: list[int], users: int, col_model: str = MODEL
+) -> list[dict]:
+    """``summarise``'s rows (model, metric, k, value, users) from ``hit_user_metrics``
+    and the number of evaluated ``users``: each mean is the exact sum over the users
+    with a hit divided by ``users``; a model without any hit scores 0 at every k."""
+    sums = hit_metrics.groupBy(col_model, "k").agg(
+        *[F.sum(F.col(m).cast(_EXACT)).cast("double").alias(m) for m in PER_USER_METRICS]
+    )
+    got = {(r[col_model], r["k"]): r for r in sums.collect()}
+    rows = []
+    for model in models:
+        for k in sorted(set(ks)):
+            row = got.get((model, k))
+            for metric in PER_USER_METRICS:
+                total = row[metric] if row is not None else 0.0
+                value = total / users if users else 0.0
+                rows.append({col_model: model, "metric": metric, "k": k, "value": value, "users": users})
+    return rows
 
 
 COLD = "cold_"  # prefix of the cold-item slice's metric names in gold/metrics
@@ -163,6 +237,15 @@ def cold_per_user(recs: DataFrame, slice_: DataFrame, k: int) -> DataFrame:
     return per_user_metrics(mine, slice_, k)
 
 
+def cold_per_user_from_hits(hits: DataFrame, slice_: DataFrame, models: DataFrame, k: int) -> DataFrame:
+    """``cold_per_user`` from the lists' hits against every held-out item (``hit_rows``:
+    the slice's hits are among them) and the ``models`` (one column, model), without
+    reading the lists again."""
+    rel = slice_.select(USER, ITEM).distinct()
+    cold_hits = hits.filter(F.col(RANK) <= k).join(rel, [USER, ITEM], how="left_semi")
+    return metrics_at(cold_hits, models.crossJoin(relevant_counts(rel)), [k]).drop("k")
+
+
 def summarise(per_user: DataFrame, k: int | None = None, col_model: str = MODEL) -> DataFrame:
     """Average per-user metrics into long form: (model, metric, k, value, users).
 
@@ -181,16 +264,35 @@ def summarise(per_user: DataFrame, k: int | None = None, col_model: str = MODEL)
     return averaged.select(col_model, stacked, k_column.alias("k"), "users")
 
 
+def listed_items(recs: DataFrame, k: int, col_item: str = ITEM, col_model: str = MODEL) -> DataFrame:
+    """(model, item, _rows, _firsts): how many top-k lists of each model hold each item,
+    and at rank 1. A list starts at rank 1, so a model's ``_firsts`` sum to its users
+    with a list. One aggregation over the lists, partial before the exchange: the
+    output grows with models x items, not with the list rows."""
+    return (
+        recs.filter(F.col(RANK) <= k)
+        .groupBy(col_model, col_item)
+        .agg(
+            F.count(F.lit(1)).alias("_rows"),
+            F.sum(F.when(F.col(RANK) == 1, 1).otherwise(0)).alias("_firsts"),
+        )
+    )
+
+
 def coverage(
     recs: DataFrame, catalogue_size: int, k: int, col_item: str = ITEM, col_model: str = MODEL
 ) -> DataFrame:
     """Share of the catalogue that appears in anyone's top-k, per model."""
+    return coverage_of(listed_items(recs, k, col_item, col_model), catalogue_size, k, col_model)
+
+
+def coverage_of(listed: DataFrame, catalogue_size: int, k: int, col_model: str = MODEL) -> DataFrame:
+    """``coverage`` from ``listed_items``."""
     return (
-        recs.filter(F.col(RANK) <= k)
-        .groupBy(col_model)
+        listed.groupBy(col_model)
         .agg(
-            (F.countDistinct(col_item) / F.lit(float(catalogue_size))).alias("value"),
-            F.countDistinct(USER).alias("users"),
+            (F.count(F.lit(1)) / F.lit(float(catalogue_size))).alias("value"),
+            F.sum("_firsts").alias("users"),
         )
         .select(col_model, F.lit("coverage").alias("metric"), "value", F.lit(k).alias("k"), "users")
     )
@@ -205,17 +307,29 @@ def novelty(
     col_model: str = MODEL,
 ) -> DataFrame:
     """Mean self-information of the recommended items, per model (see module docstring)."""
+    return novelty_of(listed_items(recs, k, col_item, col_model), train, k, col_user, col_item, col_model)
+
+
+def novelty_of(
+    listed: DataFrame,
+    train: DataFrame,
+    k: int,
+    col_user: str = USER,
+    col_item: str = ITEM,
+    col_model: str = MODEL,
+) -> DataFrame:
+    """``novelty`` from ``listed_items``: an item's information counted once per list
+    that holds it (the same long units as row by row, so the same mean)."""
     n_users = train.select(col_user).distinct().count()
     item_users = train.groupBy(col_item).agg(F.countDistinct(col_user).alias("_n"))
     information = -F.log2((F.coalesce("_n", F.lit(0)) + 1.0) / F.lit(n_users + 1.0))
     return (
-        recs.filter(F.col(RANK) <= k)
-        .join(item_users, col_item, how="left")
+        listed.join(item_users, col_item, how="left")
         .groupBy(col_model)
         .agg(
-            F.sum((information * _NOVELTY_UNITS).cast("long")).alias("_units"),
-            F.count(F.lit(1)).alias("_rows"),
-            F.countDistinct(col_user).alias("users"),
+            F.sum(F.col("_rows") * (information * _NOVELTY_UNITS).cast("long")).alias("_units"),
+            F.sum("_rows").alias("_rows"),
+            F.sum("_firsts").alias("users"),
         )
         .select(
             col_model,

@@ -41,24 +41,36 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
 
     train = interactions.filter(F.col(SPLIT) == TRAIN).select(USER, ITEM)
     ks = curve_ks(config)
-    # Every cut-off in one pass over the lists; the summary is tiny (models x ks x metrics).
-    per_user = ev.per_user_metrics_at(recs, truth.select(USER, ITEM), [k, *ks]).cache()
-    summaries = ev.summarise(per_user).cache()
+    # The lists are read twice: once for their hits (a semi-join on the held-out pairs'
+    # hashes, never an exchange of the lists), once for how often each model lists each
+    # item (coverage and novelty). Everything else is the hits (~1% of the rows) and
+    # the evaluated users: a user without a hit scores 0 on every metric.
+    rel = truth.select(USER, ITEM).distinct().cache()
+    n_rel = ev.relevant_counts(rel).cache()
+    evaluated = n_rel.count()
+    hits = ev.hit_rows(recs, rel, max(k, *ks)).cache()
+    listed = ev.listed_items(recs, k).cache()
+    models = sorted(r[MODEL] for r in listed.select(MODEL).distinct().collect())
+    model_frame = spark.createDataFrame([(m,) for m in models], f"{MODEL} string")
+    # Every cut-off in one pass over the hits; the summary is tiny (models x ks x metrics).
+    hit_users = ev.hit_user_metrics(hits, n_rel, [k, *ks]).cache()
+    summaries = ev.summarise_hits(hit_users, models, [k, *ks], evaluated)
     cold_max = config.require("evaluate.cold_item_max_train")
     cold_slice = ev.cold_truth(truth, train, cold_max).cache()
-    cold_user = ev.cold_per_user(recs, cold_slice, k).cache()  # summarised and resampled
+    # Summarised and resampled.
+    cold_user = ev.cold_per_user_from_hits(hits, cold_slice, model_frame, k).cache()
     metrics = (
-        summaries.filter(F.col("k") == k)
-        .unionByName(ev.coverage(recs, catalogue, k))
-        .unionByName(ev.novelty(recs, train, k))
+        ev.coverage_of(listed, catalogue, k)
+        .unionByName(ev.novelty_of(listed, train, k))
         .unionByName(ev.cold_summary(cold_user, k))
     )
-    rows = [r.asDict() for r in metrics.collect()]
-    models = sorted({r[MODEL] for r in rows})
-    at_k = per_user.filter(F.col("k") == k).drop("k")
+    rows = [r for r in summaries if r["k"] == k] + [r.asDict() for r in metrics.collect()]
+    at_k = hit_users.filter(F.col("k") == k).drop("k")
     seed, replicates = config.require("split.seed"), config.require("evaluate.bootstrap_replicates")
     level = config.require("evaluate.confidence")
-    everyone = intervals.bootstrap(at_k, models, seed, replicates, user_segments(train, config))
+    everyone = intervals.bootstrap(
+        at_k, models, seed, replicates, user_segments(train, config), users=n_rel.select(USER)
+    )
     cold_reps = intervals.bootstrap(cold_user, models, seed, replicates)
     rows = with_intervals(rows, everyone, cold_reps, level)
     rows += segment_rows(everyone, models, k, level)
@@ -74,7 +86,7 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
         "users": cold_slice.select(USER).distinct().count(),
         "test_interactions": truth.count(),
     }
-    curve = [r.asDict() for r in summaries.filter(F.col("k").isin(ks)).collect()]
+    curve = [r for r in summaries if r["k"] in ks]
     path = report.write_metrics_report(
         spark,
         config,

@@ -77,3 +77,21 @@ def test_segments_are_resampled_within_their_own_users(spark):
     expected = np.mean([r[2] for r in rows if r[0] == "popular" and r[1] in chosen])
     assert reps.means["light"][reps.columns.index("popular/recall")] == pytest.approx(expected)
     assert reps.draws["light"].shape == (100, len(MODELS) * len(PER_USER_METRICS))
+
+
+def test_the_users_without_a_row_resample_as_zeros(spark):
+    """Given every evaluated user, the per-user rows may leave out the all-zero ones
+    (only users with a hit are scored): the same means and draws, exactly."""
+    per_user, rows = _per_user(spark, 400, 3)
+    segments = spark.createDataFrame(
+        [(f"u{u:04d}", "light") for u in range(0, 400, 4)], "user_id string, segment string"
+    )
+    full = intervals.bootstrap(per_user, MODELS, seed=42, replicates=100, segments=segments)
+    nonzero = per_user.filter(" OR ".join(f"{m} != 0" for m in PER_USER_METRICS))
+    assert nonzero.count() < per_user.count()
+    users = spark.createDataFrame([(f"u{u:04d}",) for u in range(400)], "user_id string")
+    sparse = intervals.bootstrap(nonzero, MODELS, seed=42, replicates=100, segments=segments, users=users)
+    assert sparse.users == full.users == {intervals.ALL: 400, "light": 100}
+    for segment in full.draws:
+        assert np.array_equal(sparse.means[segment], full.means[segment])
+        assert np.array_equal(sparse.draws[segment], full.draws[segment])

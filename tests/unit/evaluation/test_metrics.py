@@ -262,3 +262,80 @@ def test_novelty_is_the_same_however_the_lists_are_partitioned(spark):
         for parts, order in ((1, "user_id"), (6, "item_id"), (9, "rank"))
     }
     assert len(answers) == 1
+
+
+def _lists_with_collisions(spark, monkeypatch):
+    """500 users x 2 models x 10 ranks, 3 held-out items each (some in the lists, some
+    not), a model ("m3") without a single hit; every hash is made to collide modulo 7 so
+    the broadcast semi-join lets through far more than the hits."""
+    rng = random.Random(11)
+    recs, truth = [], []
+    for u in range(500):
+        held = rng.sample(range(60), 3)
+        truth += [(f"u{u}", f"i{i}") for i in held] + [(f"u{u}", f"i{held[0]}")]  # a duplicate
+        for model in ("m1", "m2"):
+            for rank, item in enumerate(rng.sample(range(60), 10), start=1):
+                recs.append((model, f"u{u}", f"i{item}", rank))
+        recs.append(("m3", f"u{u}", "never-held-out", 1))
+    recs.append(("m1", "nobody", "i1", 1))  # a user with lists but nothing held out
+    real = ev.F.xxhash64
+    monkeypatch.setattr(ev.F, "xxhash64", lambda *cols: real(*cols) % 7)
+    return (
+        spark.createDataFrame(recs, "model string, user_id string, item_id string, rank int"),
+        spark.createDataFrame(truth, "user_id string, item_id string"),
+    )
+
+
+def test_hits_through_the_hashed_semi_join_are_exactly_the_joined_rows(spark, monkeypatch):
+    recs, truth = _lists_with_collisions(spark, monkeypatch)
+    rel = truth.distinct()
+    expected = {tuple(r) for r in recs.filter("rank <= 5").join(rel, ["user_id", "item_id"]).collect()}
+    assert len(expected) > 100
+    got = ev.hit_rows(recs, rel, 5)
+    assert "BroadcastHashJoin" in got._jdf.queryExecution().executedPlan().toString()
+    assert {tuple(r) for r in got.select("user_id", "item_id", "model", "rank").collect()} == expected
+    monkeypatch.setattr(ev, "BROADCAST_PAIRS", 0)  # past the cap: a plain join, the same rows
+    assert {tuple(r) for r in ev.hit_rows(recs, rel, 5).select(*got.columns).collect()} == expected
+
+
+def test_summaries_from_the_hit_users_alone_equal_those_over_every_user(spark, monkeypatch):
+    recs, truth = _lists_with_collisions(spark, monkeypatch)
+    ks = [1, 5, 10]
+    everyone = {
+        (r.model, r.metric, r.k): (r.value, r.users)
+        for r in ev.summarise(ev.per_user_metrics_at(recs, truth, ks)).collect()
+    }
+    rel = truth.distinct()
+    n_rel = ev.relevant_counts(rel)
+    hit_users = ev.hit_user_metrics(ev.hit_rows(recs, rel, 10), n_rel, ks)
+    assert hit_users.select("user_id").distinct().count() < n_rel.count()  # the zeros are left out
+    rows = ev.summarise_hits(hit_users, ["m1", "m2", "m3"], ks, n_rel.count())
+    got = {(r["model"], r["metric"], r["k"]): (r["value"], r["users"]) for r in rows}
+    assert set(got) == set(everyone)
+    assert {key: v for key, (v, _) in got.items()} == pytest.approx(
+        {key: v for key, (v, _) in everyone.items()}, abs=1e-15
+    )
+    assert {users for _, users in got.values()} == {users for _, users in everyone.values()} == {500}
+    assert got[("m3", "ndcg", 10)] == (0.0, 500)
+    assert got[("m1", "hit_rate", 10)][0] > 0.2
+
+
+def test_the_cold_slice_from_the_hits_equals_its_own_pass_over_the_lists(spark, monkeypatch):
+    recs, truth = _lists_with_collisions(spark, monkeypatch)
+    slice_ = truth.filter(ev.F.col("item_id").isin([f"i{i}" for i in range(0, 60, 4)]))
+    hits = ev.hit_rows(recs, truth.distinct(), 10)
+    models = spark.createDataFrame([("m1",), ("m2",), ("m3",)], "model string")
+    key = ("model", "user_id")
+    alone = {
+        (tuple(r[c] for c in key), m): r[m]
+        for r in ev.cold_per_user(recs, slice_, 10).collect()
+        for m in ev.PER_USER_METRICS
+    }
+    got = {
+        (tuple(r[c] for c in key), m): r[m]
+        for r in ev.cold_per_user_from_hits(hits, slice_, models, 10).collect()
+        for m in ev.PER_USER_METRICS
+    }
+    assert len(alone) > 200 * len(ev.PER_USER_METRICS) and set(alone) == set(got)
+    assert got == pytest.approx(alone, abs=1e-15)
+    assert sum(got.values()) > 10
