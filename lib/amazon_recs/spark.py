@@ -245,6 +245,23 @@ def _destroy_shared(since: int) -> None:
 
 
 @contextmanager
+def session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
+    """Spark SQL ``settings`` for the queries planned inside (a DataFrame is planned
+    when an action or a write runs), restored on the way out."""
+    before = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
+@contextmanager
 def sharing() -> Iterator[None]:
     """On the way out, destroy the broadcasts ``share`` made inside: for one turn of a
     loop whose jobs have all run by then (a tuning grid's point), so the stage

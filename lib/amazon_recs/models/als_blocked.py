@@ -45,6 +45,7 @@ from pyspark.sql import functions as F
 from amazon_recs.models.jit import njit_cached
 from amazon_recs.models.topk import collect_columns
 from amazon_recs.schemas import ITEM_IDX, USER_IDX, WEIGHT
+from amazon_recs.spark import session_conf
 
 log = logging.getLogger(__name__)
 
@@ -221,13 +222,8 @@ def _model(spark, rank: int, user_ids, users, item_ids, items) -> ALSModel:
         flat = spark.createDataFrame(data)
         return flat.select(F.col("id").cast("int"), F.array(*columns).cast("array<float>").alias("features"))
 
-    arrow = "spark.sql.execution.arrow.pyspark.enabled"
-    before = spark.conf.get(arrow, "false")
-    spark.conf.set(arrow, "true")
-    try:
+    with session_conf(spark, {"spark.sql.execution.arrow.pyspark.enabled": "true"}):
         user_frame, item_frame = frame(user_ids, users), frame(item_ids, items)
-    finally:
-        spark.conf.set(arrow, before)
 
     jvm = spark.sparkContext._jvm
     java = jvm.org.apache.spark.ml.recommendation.ALSModel(

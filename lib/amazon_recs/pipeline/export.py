@@ -18,10 +18,11 @@ from amazon_recs.config import Config
 from amazon_recs.models import lists as rc
 from amazon_recs.pipeline import versions
 from amazon_recs.pipeline.base import stage
-from amazon_recs.schemas import ITEM, ITEM_IDX, MODEL, RANK, SCORE, USER
+from amazon_recs.schemas import ITEM, ITEM_IDX, MODEL, MODEL_VERSION, RANK, SCORE, USER
 from amazon_recs.serving import dynamodb, interface, writer
 from amazon_recs.serving.gold_tables import FALLBACK_TABLE, REFRESHED_TABLE, VERSIONED_TABLES, VERSIONS_TABLE
 from amazon_recs.serving.validation import SERVED_MODELS
+from amazon_recs.spark import session_conf
 
 log = logging.getLogger(__name__)
 SERVING_TABLE = "gold/user_recommendations"
@@ -55,7 +56,8 @@ def run_export(spark: SparkSession, config: Config) -> dict:
     # The commits holding the version served until now: its DynamoDB items get their TTL
     # from these rows once the new version is live.
     before = {name: _latest_commit(spark, config, name) for name in (SERVING_TABLE, FALLBACK_TABLE)}
-    path = io.write_version(serving_rows(recs, items), config, SERVING_TABLE, version, [MODEL])
+    with session_conf(spark, SERVING_WRITE_CONF):
+        path = io.write_version(serving_rows(recs, items), config, SERVING_TABLE, version, [MODEL])
     served = io.read_version(spark, config, SERVING_TABLE, version)
     # Lists refresh wrote under this version before a re-export of it are older than these.
     io.write_version(served.limit(0), config, REFRESHED_TABLE, version, [MODEL])
@@ -95,16 +97,28 @@ def record_version(spark: SparkSession, config: Config, version: str) -> list[st
 
 def serving_rows(recs: DataFrame, items: DataFrame) -> DataFrame:
     """The serving layout of ``gold/recommendations`` rows: one row per (user, model) with
-    the ordered top-k, titles and categories from ``items`` (item_id, title, category)."""
+    the ordered top-k, titles and categories from ``items`` (item_id, title, category).
+
+    Written under ``SERVING_WRITE_CONF``: grouped by (model_version, model, user), the
+    order the table's partitions are written in."""
     return (
         with_titles(recs, items)
-        .groupBy(USER, MODEL, "model_version")
+        .groupBy(MODEL_VERSION, MODEL, USER)
         .agg(
             F.sort_array(
                 F.collect_list(F.struct("rank", ITEM, "title", "category", "score", "reason"))
             ).alias("items")
         )
+        .select(USER, MODEL, MODEL_VERSION, "items")
     )
+
+
+# The serving rows' write: the lists aggregated by sort, which keeps the order of its
+# input, that of the table's partitions, so the write does not sort again. A hash
+# aggregation of lists sorts its input anew once a task holds more than 128 users, and
+# the write then sorts its output: at 10M reviews the stage took 426 s, now 344 s.
+# (Smaller tasks, 250 instead of 16, spilled nothing but took 12% more time.)
+SERVING_WRITE_CONF = {"spark.sql.execution.useObjectHashAggregateExec": "false"}
 
 
 def with_titles(recs: DataFrame, items: DataFrame) -> DataFrame:
@@ -112,8 +126,8 @@ def with_titles(recs: DataFrame, items: DataFrame) -> DataFrame:
 
     Up to ``BROADCAST_TITLES`` items, the rows are exchanged on the user alone (all the
     grouping needs) and the titles joined after the exchange from a broadcast table, so
-    the shuffle carries ids and scores, not texts, and no partial aggregation of lists
-    spills before it. A larger catalogue is joined as Spark plans it."""
+    the shuffle carries ids and scores, not texts. A larger catalogue is joined as
+    Spark plans it."""
     if items.count() > BROADCAST_TITLES:
         return recs.join(items, ITEM, how="left")
     return recs.repartition(USER).join(F.broadcast(items), ITEM, how="left")
