@@ -82,7 +82,7 @@ def per_user_metrics_at(
 
 
 # Up to this many held-out (user, item) pairs, ``hit_rows`` broadcasts their 64-bit
-# hashes (a hash table of ~40 bytes a pair: 2M pairs at 10M reviews, ~80 MB).
+# hashes (a hash table of tens of bytes a pair; 1.48M pairs at 10M reviews).
 BROADCAST_PAIRS = 10_000_000
 
 
