@@ -57,7 +57,7 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
     summaries = ev.summarise_hits(hit_users, models, [k, *ks], evaluated)
     cold_max = config.require("evaluate.cold_item_max_train")
     cold_slice = ev.cold_truth(truth, train, cold_max).cache()
-    # Summarised and resampled.
+    # Each cold-slice user's metrics, summarised below and resampled for their intervals.
     cold_user = ev.cold_per_user_from_hits(hits, cold_slice, model_frame, k).cache()
     metrics = (
         ev.coverage_of(listed, catalogue, k)
