@@ -231,10 +231,8 @@ def cold_summary(per_user: DataFrame, k: int) -> DataFrame:
 
 def cold_per_user(recs: DataFrame, slice_: DataFrame, k: int) -> DataFrame:
     """``per_user_metrics`` at ``k`` against the cold-item slice (``cold_truth``)."""
-    # Only the lists of users with a cold item count: the rest of recs is left out
-    # before the hit join (the slice's users are few; Spark broadcasts them when so).
-    mine = recs.filter(F.col(RANK) <= k).join(slice_.select(USER).distinct(), USER, how="left_semi")
-    return per_user_metrics(mine, slice_, k)
+    hits = hit_rows(recs, slice_.select(USER, ITEM).distinct(), k)
+    return cold_per_user_from_hits(hits, slice_, recs.select(MODEL).distinct(), k)
 
 
 def cold_per_user_from_hits(hits: DataFrame, slice_: DataFrame, models: DataFrame, k: int) -> DataFrame:
