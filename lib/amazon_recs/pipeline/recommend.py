@@ -18,6 +18,13 @@ from amazon_recs.models import user_lists
 from amazon_recs.pipeline import versions
 from amazon_recs.pipeline.base import progress, stage
 from amazon_recs.schemas import ITEM_IDX, MODEL, SPLIT, USER_IDX, WEIGHT
+from amazon_recs.spark import session_conf
+
+# The lists' write keeps every shuffle's spark.shuffle_partitions tasks. Adaptive
+# execution would merge them by their bytes, but a user's cost is in Python scoring,
+# not in the bytes of their row: at 1M reviews the 16 tasks became 3 (two of 219k
+# users, one of 62k), so for the last 12 s of 57 one core was idle.
+LISTS_WRITE_CONF = {"spark.sql.adaptive.coalescePartitions.enabled": "false"}
 
 
 def hybrid_weights(spark: SparkSession, config: Config, version: str) -> dict[str, float]:
@@ -106,7 +113,8 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
     gold = rc.to_gold(rc.with_reason(lists, items), version, item_ids)
 
     started = time.perf_counter()
-    io.write_version(gold, config, "gold/recommendations", version, [MODEL])
+    with session_conf(spark, LISTS_WRITE_CONF):
+        io.write_version(gold, config, "gold/recommendations", version, [MODEL])
     seconds = round(time.perf_counter() - started, 2)
     progress(
         f"every user's lists in {seconds:.1f}s (of which ALS scores and top-{n}: "
