@@ -106,9 +106,13 @@ def run_ingest(spark: SparkSession, config: Config) -> dict:
     logs = []
     for kind, files in sources.items():
         accepted, rejects, log = ig.ingest_source(spark, config, kind, files, run_id)
+        # One row per input file, counted once: the counts number every line's key
+        # among all the others (a window over every line), which a second read repeats.
+        counted = log.collect()
+        log = spark.createDataFrame(counted, schema=log.schema)
         io.merge_table(spark, rejects, config, "bronze/rejects", ["kind", "source_file", "line_number"])
         io.merge_table(spark, log, config, "bronze/ingest_log", ["ingest_run_id", "kind", "source_file"])
-        log_rows = [r.asDict() for r in log.collect()]  # one row per input file
+        log_rows = [r.asDict() for r in counted]
         # Rejects and the log are written first, so a failed run can be inspected.
         as_one = config.require("input.events") if kind == "events" else None
         ig.check_reject_rate(log_rows, rejects, config.require("input.max_reject_rate"), as_one)
