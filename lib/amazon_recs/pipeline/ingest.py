@@ -106,8 +106,9 @@ def run_ingest(spark: SparkSession, config: Config) -> dict:
     logs = []
     for kind, files in sources.items():
         accepted, rejects, log = ig.ingest_source(spark, config, kind, files, run_id)
-        # One row per input file, counted once: the counts number every line's key
-        # among all the others (a window over every line), which a second read repeats.
+        # One row per input file. Its duplicate counts rank every accepted line's key
+        # in a window over all the lines: collected once, the rows are both written
+        # and checked (the merge and a collect would each run that window).
         counted = log.collect()
         log = spark.createDataFrame(counted, schema=log.schema)
         io.merge_table(spark, rejects, config, "bronze/rejects", ["kind", "source_file", "line_number"])
