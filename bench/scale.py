@@ -52,7 +52,12 @@ LISTS = re.compile(
 SEARCH = re.compile(
     r"ALS search: (exact|index of [\d,]+ clusters \(\d+ probed per user\) and a head of [\d,]+ items)"
 )
-RECALL = re.compile(r"ALS search recall on ([\d,]+) sampled users: ([\d.]+) at (\d+), ([\d.]+) at (\d+)")
+PROBE = re.compile(
+    r"ALS search probe: the fewest clusters whose recall at (\d+) reaches ([\d.]+) on ([\d,]+) sampled"
+)
+RECALL = re.compile(
+    r"ALS search recall on ([\d,]+) (?:other )?sampled users: ([\d.]+) at (\d+), ([\d.]+) at (\d+)"
+)
 CONTENT = re.compile(r"stage train: content model: ([\d,]+) neighbour pairs \((\w[\w ]*)\) in ([\d.]+)s")
 TABLE_ROWS = re.compile(r"^  ((?:bronze|silver|gold)/\w+)\s+(\d+|-)\s")
 NUM_THREADS = 2
@@ -328,6 +333,7 @@ def report(args, summary, gen_seconds, wall, lines, peaks, info, reference, conf
     content = next((m for m in map(CONTENT.search, lines) if m), None)
     search = next((m for m in map(SEARCH.search, lines) if m), None)
     recall = next((m for m in map(RECALL.search, lines) if m), None)
+    probe = next((m for m in map(PROBE.search, lines) if m), None)
     tables = [(m.group(1), m.group(2)) for m in map(TABLE_ROWS.match, lines) if m]
     rank, iterations = config.require("als.rank"), config.require("als.max_iter")
     fit = info.get("als_fit_seconds")
@@ -408,7 +414,14 @@ def report(args, summary, gen_seconds, wall, lines, peaks, info, reference, conf
         "reference uses 2 BLAS threads in one process. ALS search: "
         + (search.group(1) if search else "?")
         + (
-            f"; its recall against the exact search on {recall.group(1)} sampled users: "
+            f", the fewest probed clusters whose recall at {probe.group(1)} reaches {probe.group(2)} on "
+            f"{probe.group(3)} sampled users"
+            if probe
+            else ""
+        )
+        + (
+            f"; its recall against the exact search on {recall.group(1)} {'other ' if probe else ''}"
+            "sampled users: "
             f"{recall.group(2)} at {recall.group(3)}, {recall.group(4)} at {recall.group(5)}."
             if recall
             else "."

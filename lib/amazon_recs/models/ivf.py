@@ -24,7 +24,11 @@ user, found like this:
 
 What is approximate is only step 2's choice of clusters: an item of the user's
 true top-n can sit in a cluster that was not probed. ``recall`` measures that on
-sampled users against the exact search; the recommend stage reports it.
+sampled users against the exact search, and ``fewest_probes`` chooses the probe
+from it: the fewest clusters whose recall on a sample reaches a target. How many
+that takes depends on the factors, not only on the catalogue's size: on the
+generated 10M shop (696 clusters) the head alone finds 0.9997 of the top 100, and
+probing a sixteenth of the clusters costs 2.4x the scoring of probing one.
 
 Cost per user: rank x (head + probed items) multiply-adds plus the entries kept;
 per batch, one matrix product per cluster (the batch's users probing it x its items).
@@ -32,7 +36,9 @@ per batch, one matrix product per cluster (the batch's users probing it x its it
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,6 +106,27 @@ def build(
         members=rest[order],
         probe=max(1, min(len(centres), math.ceil(probe_fraction * len(centres)))),
     )
+
+
+def fewest_probes(index: ItemIndex, recall_of: Callable[[ItemIndex], float], target: float) -> ItemIndex:
+    """``index`` probing the fewest clusters for which ``recall_of`` (the recall on a
+    sample of users) reaches ``target``; every cluster when no fewer do.
+
+    Recall cannot fall when one more cluster is probed: the users' floors come from
+    the head alone, so a larger probe only scores more items, and an item of the
+    exact top-n that was found stays among the n best found. So a bisection over
+    1..clusters finds the fewest in about log2(clusters) measurements.
+    """
+    if not index.clusters:
+        return index
+    lo, hi = 1, index.clusters
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if recall_of(dataclasses.replace(index, probe=mid)) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return dataclasses.replace(index, probe=lo)
 
 
 def kmeans(points: np.ndarray, clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

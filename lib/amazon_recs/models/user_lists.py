@@ -28,6 +28,7 @@ reads the same candidates, before fusion (``candidate_arrays``).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -79,20 +80,28 @@ class AlsSearch:
     """How each user's ALS candidates are found (``recommend.als_search``).
 
     ``exact`` scores every item; ``ivf`` searches an inverted file of the item
-    factors (``models.ivf``), probing ``probe_fraction`` of its clusters; ``auto``
-    is ``ivf`` from ``ivf_min_items`` items with factors on, ``exact`` below.
+    factors (``models.ivf``); ``auto`` is ``ivf`` from ``ivf_min_items`` items with
+    factors on, ``exact`` below. The index probes the fewest clusters whose recall
+    against the exact search reaches ``recall_target`` on sampled users
+    (``calibrate_search``), or ``probe_fraction`` of them when no target is set or
+    no user has factors.
     """
 
     method: str = "auto"
     ivf_min_items: int = 20_000
     probe_fraction: float = 0.0625
     head_multiple: int = 20  # the head holds head_multiple x candidates items
+    recall_target: float | None = None
 
     def __post_init__(self):
         if self.method not in ("auto", "exact", "ivf"):
             raise ConfigError(f"recommend.als_search must be auto, exact or ivf, not {self.method!r}")
         if not 0 < self.probe_fraction <= 1:
             raise ConfigError(f"recommend.ivf_probe_fraction must be in (0, 1], not {self.probe_fraction}")
+        if self.recall_target is not None and not 0 < self.recall_target <= 1:
+            raise ConfigError(
+                f"recommend.ivf_recall_target must be in (0, 1] or null, not {self.recall_target}"
+            )
 
     def uses_index(self, items_with_factors: int) -> bool:
         return self.method == "ivf" or (self.method == "auto" and items_with_factors >= self.ivf_min_items)
@@ -282,23 +291,47 @@ def per_user(train: DataFrame, user_factors: DataFrame, user_ids: DataFrame, see
     )
 
 
-def search_recall(user_factors: DataFrame, cat: Catalogue, n: int, k: int, users: int, seed: int) -> dict:
-    """How much of the exact ALS top-``n`` (and top-``k``) the index finds, on ``users``
-    users sampled by a seeded hash of their id (seen items not excluded on either side).
-    Empty when the catalogue searches exactly."""
-    if cat.als_index is None or users <= 0:
-        return {}
-    sample = user_factors.orderBy(F.xxhash64(F.lit(seed), "id"), "id").limit(users)
-    (matrix,) = collect_columns(sample, "features")
+def calibrate_search(
+    user_factors: DataFrame,
+    cat: Catalogue,
+    n: int,
+    k: int,
+    users: int,
+    seed: int,
+    recall_target: float | None = None,
+) -> tuple[Catalogue, dict]:
+    """``cat`` with its ALS index probing the fewest clusters that reach ``recall_target``
+    (``ivf.fewest_probes``), and how much of the exact ALS top-``n`` (and top-``k``) the
+    index then finds. Users are sampled by a seeded hash of their id (seen items not
+    excluded on either side): ``users`` of them choose the probe and ``users`` others,
+    held out, measure the recall reported, so the figure is not the one the choice was
+    made on. Without a target the index keeps its probe and ``users`` users measure it.
+    Unchanged, and an empty report, when the catalogue searches exactly."""
+    index = cat.als_index
+    if index is None or users <= 0:
+        return cat, {}
+    calibrate = recall_target is not None and index.clusters > 1
+    by_hash = user_factors.orderBy(F.xxhash64(F.lit(seed), "id"), "id")
+    (matrix,) = collect_columns(by_hash.limit(2 * users if calibrate else users), "features")
     if not len(matrix):
-        return {}
+        return cat, {}
     matrix = np.asarray(matrix, np.float32)
     none = np.empty(0, np.int64)
+    report = {}
+    if calibrate and len(matrix) > 1:
+        chooser, matrix = matrix[0::2], matrix[1::2]
+        truth = als_top_n(chooser, cat.als_factors, none, none, n)
+
+        def recall_of(candidate: ivf.ItemIndex) -> float:
+            return ivf.recall(als_top_n(chooser, cat.als_factors, none, none, n, candidate), truth)
+
+        index = ivf.fewest_probes(index, recall_of, recall_target)
+        cat = dataclasses.replace(cat, als_index=index)
+        report = {"als_search_recall_target": recall_target, "als_search_calibration_users": len(chooser)}
     exact = als_top_n(matrix, cat.als_factors, none, none, n)
-    found = als_top_n(matrix, cat.als_factors, none, none, n, cat.als_index)
-    index = cat.als_index
+    found = als_top_n(matrix, cat.als_factors, none, none, n, index)
     head_k = [_ranks(r[0], len(matrix)) <= k for r in (exact, found)]
-    return {
+    return cat, {
         "als_search_users": len(matrix),
         f"als_search_recall_at_{n}": round(ivf.recall(found, exact), 4),
         f"als_search_recall_at_{k}": round(
@@ -307,6 +340,7 @@ def search_recall(user_factors: DataFrame, cat: Catalogue, n: int, k: int, users
         "als_search_clusters": index.clusters,
         "als_search_probe": index.probe,
         "als_search_head": len(index.head),
+        **report,
     }
 
 

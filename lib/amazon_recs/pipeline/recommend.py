@@ -55,6 +55,7 @@ def als_search(config: Config) -> user_lists.AlsSearch:
         method=config.require("recommend.als_search"),
         ivf_min_items=config.require("recommend.ivf_min_items"),
         probe_fraction=config.require("recommend.ivf_probe_fraction"),
+        recall_target=config.get("recommend.ivf_recall_target"),
     )
 
 
@@ -70,6 +71,7 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
     train = interactions.filter(F.col(SPLIT) == TRAIN).select(USER_IDX, ITEM_IDX, WEIGHT)
     als = ALSModel.load(f"{src}/als")
 
+    search = als_search(config)
     started = time.perf_counter()
     catalogue = user_lists.catalogue(
         items,
@@ -78,13 +80,23 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
         spark.read.format("delta").load(f"{src}/popularity"),
         seed,
         als_half_trust(spark, config, version),
-        als_search(config),
+        search,
         n,
         item_knn_neighbours(spark, src),
     )
+    collected = time.perf_counter() - started
+    catalogue, recall = user_lists.calibrate_search(
+        als.userFactors,
+        catalogue,
+        n,
+        k,
+        config.require("recommend.als_search_recall_users"),
+        seed,
+        search.recall_target,
+    )
     index = catalogue.als_index
     progress(
-        f"catalogue of {catalogue.size:,} items collected in {time.perf_counter() - started:.1f}s "
+        f"catalogue of {catalogue.size:,} items collected in {collected:.1f}s "
         f"({catalogue.als_factors.nbytes / 2**20:.0f} MiB of ALS factors, "
         f"{len(catalogue.content):,} content and {len(catalogue.item_knn):,} item-kNN neighbours); "
         "ALS search: "
@@ -95,12 +107,17 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
             else "exact"
         )
     )
-    recall = user_lists.search_recall(
-        als.userFactors, catalogue, n, k, config.require("recommend.als_search_recall_users"), seed
-    )
+    calibrated = "als_search_recall_target" in recall
+    if calibrated:
+        progress(
+            f"ALS search probe: the fewest clusters whose recall at {n} reaches "
+            f"{recall['als_search_recall_target']} on {recall['als_search_calibration_users']:,} "
+            f"sampled users (chosen and measured in {time.perf_counter() - started - collected:.1f}s)"
+        )
     if recall:
         progress(
-            f"ALS search recall on {recall['als_search_users']:,} sampled users: "
+            f"ALS search recall on {recall['als_search_users']:,} {'other ' if calibrated else ''}"
+            "sampled users: "
             f"{recall[f'als_search_recall_at_{n}']:.4f} at {n}, "
             f"{recall[f'als_search_recall_at_{k}']:.4f} at {k}"
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -69,6 +71,35 @@ def test_a_partial_probe_finds_most_of_the_top_n_and_only_true_unseen_scores():
         assert (np.diff(mine) <= 0).all()
 
 
+def test_the_fewest_probes_reaching_the_target_are_chosen():
+    rng = np.random.default_rng(7)
+    users, items = clustered_factors(rng, 300, 3000)
+    none = np.empty(0, np.int64)
+    index = ivf.build(items, 20, probe_fraction=1.0, seed=2, head_multiple=2)
+    exact = ul.als_top_n(users, items, none, none, 20)
+    measured = {}
+
+    def recall_of(candidate):
+        measured[candidate.probe] = ivf.recall(ul.als_top_n(users, items, none, none, 20, candidate), exact)
+        return measured[candidate.probe]
+
+    recalls = [recall_of(dataclasses.replace(index, probe=p)) for p in range(1, index.clusters + 1)]
+    assert recalls[0] < 0.99 < recalls[-1] == 1.0  # a weak head: one cluster is not enough
+    assert all(a <= b for a, b in zip(recalls, recalls[1:], strict=False))  # never falls with the probe
+    for target in (0.9, 0.99, 1.0):
+        measured.clear()
+        chosen = ivf.fewest_probes(index, recall_of, target)
+        assert recalls[chosen.probe - 1] >= target
+        assert chosen.probe == 1 or recalls[chosen.probe - 2] < target
+        assert len(measured) <= int(np.ceil(np.log2(index.clusters))) + 1  # a bisection, not a scan
+        assert (chosen.head is index.head) and (chosen.members is index.members)
+    # Unreachable (recall is at most 1): every cluster.
+    assert ivf.fewest_probes(index, recall_of, 1.5).probe == index.clusters
+    # A catalogue that fits in the head has no clusters to choose from.
+    small = ivf.build(items[:30], 20, 0.5, seed=0)
+    assert small.clusters == 0 and ivf.fewest_probes(small, recall_of, 1.0) is small
+
+
 def test_kmeans_assigns_each_point_its_nearest_centre():
     rng = np.random.default_rng(5)
     points = np.vstack([rng.normal(c, 0.1, size=(50, 2)) for c in (-5, 0, 5)]).astype(np.float32)
@@ -98,3 +129,7 @@ def test_the_search_setting_is_checked_and_auto_switches_on_size():
         ul.AlsSearch("annoy")
     with pytest.raises(ConfigError, match="ivf_probe_fraction"):
         ul.AlsSearch("ivf", probe_fraction=0.0)
+    for target in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="ivf_recall_target"):
+            ul.AlsSearch("ivf", recall_target=target)
+    assert ul.AlsSearch("ivf", recall_target=1.0).recall_target == 1.0

@@ -9,6 +9,7 @@ a duplicated interaction), every list must be the same item by item.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -17,9 +18,9 @@ from pyspark.sql import functions as F
 
 from amazon_recs.models import baseline as m_baseline
 from amazon_recs.models import item_knn as m_item_knn
+from amazon_recs.models import ivf, training
 from amazon_recs.models import lists as rc
 from amazon_recs.models import popular as m_popular
-from amazon_recs.models import training
 from amazon_recs.models import user_lists as ul
 from amazon_recs.models.als import AlsParams, fit_als
 
@@ -181,16 +182,45 @@ def test_search_recall_is_measured_only_for_an_index(fitted):
     spark, train, items, neighbours, user_ids, models = fitted
     args = (items, models.als.itemFactors, neighbours, models.popularity, SEED, 0.0)
     exact = ul.catalogue(*args, ul.AlsSearch("exact"), N)
-    assert ul.search_recall(models.als.userFactors, exact, N, K, 100, SEED) == {}
+    assert ul.calibrate_search(models.als.userFactors, exact, N, K, 100, SEED, 0.99) == (exact, {})
     indexed = ul.catalogue(*args, EVERY_CLUSTER, N)
-    recall = ul.search_recall(models.als.userFactors, indexed, N, K, 10, SEED)
-    assert recall["als_search_users"] == 10
+    same, recall = ul.calibrate_search(models.als.userFactors, indexed, N, K, 10, SEED)
+    assert same is indexed and recall["als_search_users"] == 10
     assert recall[f"als_search_recall_at_{N}"] == recall[f"als_search_recall_at_{K}"] == 1.0
+    assert "als_search_recall_target" not in recall
     # Probing one cluster of several can only lose items, and the recall says how many.
     one = ul.catalogue(*args, ul.AlsSearch("ivf", probe_fraction=0.01, head_multiple=1), N)
     assert one.als_index.probe == 1
-    partial = ul.search_recall(models.als.userFactors, one, N, K, N_USERS, SEED)
+    _, partial = ul.calibrate_search(models.als.userFactors, one, N, K, N_USERS, SEED)
     assert 0 < partial[f"als_search_recall_at_{N}"] < 1
+
+
+def test_the_probe_is_calibrated_on_some_users_and_measured_on_others(fitted):
+    spark, train, items, neighbours, user_ids, models = fitted
+    args = (items, models.als.itemFactors, neighbours, models.popularity, SEED, 0.0)
+    one = ul.catalogue(*args, ul.AlsSearch("ivf", probe_fraction=0.01, head_multiple=1), N)
+    half = N_USERS // 2
+    calibrated, recall = ul.calibrate_search(models.als.userFactors, one, N, K, half, SEED, 1.0)
+    index = calibrated.als_index
+    assert recall["als_search_recall_target"] == 1.0
+    assert recall["als_search_calibration_users"] == recall["als_search_users"] == half
+    assert recall["als_search_probe"] == index.probe > one.als_index.probe == 1
+    assert index.clusters == one.als_index.clusters and calibrated.items is one.items
+    # The choice is the fewest probes reaching the target on the calibration half: the
+    # users sampled first, every other one, by the seeded hash recall_users orders by.
+    sample = models.als.userFactors.orderBy(F.xxhash64(F.lit(SEED), "id"), "id").limit(2 * half)
+    chooser = np.asarray([r.features for r in sample.collect()], np.float32)[0::2]
+    none = np.empty(0, np.int64)
+    exact = ul.als_top_n(chooser, one.als_factors, none, none, N)
+
+    def recall_at(probe):
+        found = ul.als_top_n(chooser, one.als_factors, none, none, N, dataclasses.replace(index, probe=probe))
+        return ivf.recall(found, exact)
+
+    assert recall_at(index.probe) == 1.0 > recall_at(index.probe - 1)
+    # A target the probe of one already meets keeps one.
+    low, _ = ul.calibrate_search(models.als.userFactors, one, N, K, half, SEED, 0.01)
+    assert low.als_index.probe == 1
 
 
 def test_walk_is_the_first_unseen_steps_of_each_row():
