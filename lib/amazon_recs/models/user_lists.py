@@ -83,8 +83,8 @@ class AlsSearch:
     factors (``models.ivf``); ``auto`` is ``ivf`` from ``ivf_min_items`` items with
     factors on, ``exact`` below. The index probes the fewest clusters whose recall
     against the exact search reaches ``recall_target`` on sampled users
-    (``calibrate_search``), or ``probe_fraction`` of them when no target is set or
-    no user has factors.
+    (``calibrate_search``), or ``probe_fraction`` of them when no target is set, no
+    users are sampled (``recommend.als_search_recall_users`` 0) or none has factors.
     """
 
     method: str = "auto"
@@ -302,11 +302,12 @@ def calibrate_search(
 ) -> tuple[Catalogue, dict]:
     """``cat`` with its ALS index probing the fewest clusters that reach ``recall_target``
     (``ivf.fewest_probes``), and how much of the exact ALS top-``n`` (and top-``k``) the
-    index then finds. Users are sampled by a seeded hash of their id (seen items not
-    excluded on either side): ``users`` of them choose the probe and ``users`` others,
-    held out, measure the recall reported, so the figure is not the one the choice was
-    made on. Without a target the index keeps its probe and ``users`` users measure it.
-    Unchanged, and an empty report, when the catalogue searches exactly."""
+    index then finds. ``2 x users`` users are sampled in the order of a seeded hash of
+    their id (seen items not excluded on either side) and taken alternately: the first,
+    third, ... choose the probe, and the others, held out, measure the recall reported,
+    so the figure is not the one the choice was made on. Without a target the index
+    keeps its probe and ``users`` users measure it. Unchanged, and an empty report,
+    when the catalogue searches exactly."""
     index = cat.als_index
     if index is None or users <= 0:
         return cat, {}
