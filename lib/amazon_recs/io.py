@@ -361,6 +361,38 @@ def write_bytes(spark: SparkSession, path: str, data: bytes) -> None:
         out.close()
 
 
+def upload(spark: SparkSession, local: str, path: str) -> None:
+    """Copy the local file ``local`` to ``path`` (any Hadoop file system), replacing it."""
+    _copy(spark, f"file://{os.path.abspath(local)}", path)
+
+
+def download(spark: SparkSession, path: str, local: str) -> bool:
+    """Copy ``path`` (any Hadoop file system) to the local file ``local``; False when
+    there is no such file."""
+    return _copy(spark, path, f"file://{os.path.abspath(local)}")
+
+
+def _copy(spark: SparkSession, source: str, target: str) -> bool:
+    """One file copied by the JVM, streamed between any two Hadoop file systems (S3A's
+    own copyFromLocalFile fails for a file in hadoop-aws 3.3.4); the local one raw, so
+    no .crc file is written beside it. False when ``source`` does not exist."""
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    fs = jvm.org.apache.hadoop.fs
+
+    def located(uri: str):
+        path = fs.Path(uri)
+        return (
+            fs.FileSystem.getLocal(conf).getRaw() if uri.startswith("file:") else path.getFileSystem(conf)
+        ), path
+
+    (source_fs, source_path), (target_fs, target_path) = located(source), located(target)
+    if not source_fs.exists(source_path):
+        return False
+    fs.FileUtil.copy(source_fs, source_path, target_fs, target_path, False, True, conf)
+    return True
+
+
 def write_text(spark: SparkSession, path: str, text: str) -> None:
     write_bytes(spark, path, text.encode("utf-8"))
 

@@ -142,6 +142,16 @@ def share(spark: SparkSession, value, mapped: bool = False) -> Broadcast | Mappe
     return shared
 
 
+def share_file(spark: SparkSession, path: str, own: bool = False) -> MappedShare:
+    """``share(mapped=True)`` of a value already in a local file ``dump_mapped`` wrote:
+    the tasks map that file, and nothing is pickled again. The file is left in place
+    when the share is destroyed, unless ``own``: then it is moved into the share and
+    deleted with it (a copy made for it)."""
+    shared = MappedShare(spark, path=path, own=own)
+    _SHARED.append(shared)
+    return shared
+
+
 # The MappedShare values this process has opened, by file name: the newest only.
 _MAPPED: dict[str, object] = {}
 _ALIGN = 64  # each array's bytes start at a multiple of this in the file
@@ -149,38 +159,72 @@ _ALIGN = 64  # each array's bytes start at a multiple of this in the file
 _PAIR = struct.Struct("<QQ")
 
 
+def dump_mapped(value, path: str) -> None:
+    """Write ``value`` to ``path`` in the layout ``load_mapped`` maps: pickled with its
+    numpy arrays out of band (pickle protocol 5), the file holding the small pickle,
+    then each array's bytes at an aligned offset."""
+    buffers: list[pickle.PickleBuffer] = []
+    head = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    views = [b.raw() for b in buffers]
+    table = []
+    at = _aligned(_PAIR.size * (1 + len(views)) + len(head))
+    for view in views:
+        table.append((at, view.nbytes))
+        at = _aligned(at + view.nbytes)
+    with open(path, "wb") as f:
+        f.write(_PAIR.pack(len(head), len(views)))
+        for offset, size in table:
+            f.write(_PAIR.pack(offset, size))
+        f.write(head)
+        for (offset, _), view in zip(table, views, strict=True):
+            f.seek(offset)
+            f.write(view)
+
+
+def load_mapped(path: str):
+    """The value ``dump_mapped`` wrote to ``path``, its arrays read-only views of the
+    file mapped into memory (pages are read as they are touched)."""
+    with open(path, "rb") as f:
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    view = memoryview(mapping)
+    head_size, count = _PAIR.unpack_from(view, 0)
+    table = [_PAIR.unpack_from(view, _PAIR.size * (1 + i)) for i in range(count)]
+    start = _PAIR.size * (1 + count)
+    return pickle.loads(
+        view[start : start + head_size], buffers=[view[offset : offset + size] for offset, size in table]
+    )
+
+
 class MappedShare:
     """A value shared with the tasks through one file per machine that every Python
     worker maps into memory, instead of a broadcast each worker unpickles.
 
-    The value is pickled with its numpy arrays out of band (pickle protocol 5):
-    the file holds the small pickle, then each array's bytes. A worker maps the
-    file and unpickles the arrays as read-only views of it, so the two workers of
-    a 2-core machine share one copy of the pages (at 500k items, the recommend
-    stage's catalogue is 0.75 GB: a broadcast put one copy in each worker). The
-    file reaches the executors through ``SparkContext.addFile``.
+    The file (``dump_mapped``) holds the value's small pickle, then each of its
+    numpy arrays' bytes. A worker maps the file and unpickles the arrays as
+    read-only views of it, so the two workers of a 2-core machine share one copy
+    of the pages (at 500k items, the recommend stage's catalogue is 0.75 GB: a
+    broadcast put one copy in each worker). The file reaches the executors
+    through ``SparkContext.addFile``. Given a ``path``, that file is shared as it
+    is (kept, or with ``own`` moved in); else ``value`` is written to a file of the
+    share's own. The share's own file is deleted with it.
     """
 
-    def __init__(self, spark: SparkSession, value):
-        buffers: list[pickle.PickleBuffer] = []
-        head = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    def __init__(self, spark: SparkSession, value=None, path: str | None = None, own: bool = False):
+        # addFile knows a file by its name: each share's name is its own.
         self.name = f"amazon-recs-shared-{uuid.uuid4().hex}.bin"
         self._dir = tempfile.mkdtemp(prefix="amazon-recs-shared-")
         self._path = os.path.join(self._dir, self.name)
-        views = [b.raw() for b in buffers]
-        table = []
-        at = _aligned(_PAIR.size * (1 + len(views)) + len(head))
-        for view in views:
-            table.append((at, view.nbytes))
-            at = _aligned(at + view.nbytes)
-        with open(self._path, "wb") as f:
-            f.write(_PAIR.pack(len(head), len(views)))
-            for offset, size in table:
-                f.write(_PAIR.pack(offset, size))
-            f.write(head)
-            for (offset, _), view in zip(table, views, strict=True):
-                f.seek(offset)
-                f.write(view)
+        if path is None:
+            dump_mapped(value, self._path)
+        elif own:
+            shutil.move(path, self._path)
+        else:
+            # A name of its own for the same file (Spark would add a symbolic link under
+            # its target's name): a hard link, or a copy across file systems.
+            try:
+                os.link(path, self._path)
+            except OSError:
+                shutil.copyfile(path, self._path)
         spark.sparkContext.addFile(self._path)
         self._local = spark.sparkContext.master.startswith("local")
 
@@ -192,12 +236,12 @@ class MappedShare:
         value = _MAPPED.get(self.name)
         if value is None:
             _MAPPED.clear()  # a worker keeps the newest value mapped, not every stage's
-            value = _MAPPED[self.name] = _load_mapped(SparkFiles.get(self.name))
+            value = _MAPPED[self.name] = load_mapped(SparkFiles.get(self.name))
         return value
 
     def destroy(self, blocking: bool = False) -> None:
-        """Delete the driver's file (and, in local mode, the executors' copy of it:
-        a worker that still maps it keeps its pages until it lets go)."""
+        """Delete the driver's file or link (and, in local mode, the executors' copy of
+        it: a worker that still maps it keeps its pages until it lets go)."""
         _MAPPED.pop(self.name, None)
         shutil.rmtree(self._dir, ignore_errors=True)
         if self._local:
@@ -207,18 +251,6 @@ class MappedShare:
 
 def _aligned(at: int) -> int:
     return -(-at // _ALIGN) * _ALIGN
-
-
-def _load_mapped(path: str):
-    with open(path, "rb") as f:
-        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    view = memoryview(mapping)
-    head_size, count = _PAIR.unpack_from(view, 0)
-    table = [_PAIR.unpack_from(view, _PAIR.size * (1 + i)) for i in range(count)]
-    start = _PAIR.size * (1 + count)
-    return pickle.loads(
-        view[start : start + head_size], buffers=[view[offset : offset + size] for offset, size in table]
-    )
 
 
 def unshare(shared: Broadcast | MappedShare) -> None:

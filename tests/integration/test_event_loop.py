@@ -183,6 +183,43 @@ def test_readers_of_the_gold_tables_get_the_refreshed_lists_too(loop):
     )
 
 
+def _refreshed_lists(spark, config, version: str) -> dict:
+    rows = io.read_table(spark, config, "gold/refreshed_recommendations")
+    rows = rows.filter(F.col("model_version") == version).collect()
+    return {(r["user_id"], r["model"]): [i.asDict() for i in r["items"]] for r in rows}
+
+
+def test_without_the_saved_catalogue_refresh_collects_the_same_from_the_models(loop):
+    """refresh maps the catalogue the recommend stage saved beside the version (on the
+    local S3 server here); a version without one is collected from its model parts,
+    and the lists are the same."""
+    spark, config, first = loop["spark"], loop["config"], loop["summary"]
+    version = first["model_version"]
+    assert first["catalogue"] == "saved"
+    before = _refreshed_lists(spark, config, version)
+    assert {user for user, _ in before} == {NEW_USER, loop["user"]}
+    jvm = spark.sparkContext._jvm
+    saved = jvm.org.apache.hadoop.fs.Path(f"{versions.model_dir(config, version)}/{versions.CATALOGUE_FILE}")
+    fs = saved.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    hidden = jvm.org.apache.hadoop.fs.Path(f"{saved.toString()}.hidden")
+    assert fs.rename(saved, hidden)
+    try:
+        again = stage_function("refresh")(spark, config)
+    finally:
+        assert fs.rename(hidden, saved)
+    assert again["catalogue"] == "collected"
+    assert (again["users"], again["new_users"], again["lists"]) == (
+        first["users"],
+        first["new_users"],
+        first["lists"],
+    )
+    after = _refreshed_lists(spark, config, version)
+    assert after.keys() == before.keys()
+    for key, items in before.items():
+        assert [i["item_id"] for i in after[key]] == [i["item_id"] for i in items], key
+        assert [i["score"] for i in after[key]] == pytest.approx([i["score"] for i in items], abs=1e-9), key
+
+
 def test_the_next_run_ingests_the_events_exactly_once_and_leaves_nothing_to_refresh(loop):
     spark, config = loop["spark"], loop["config"]
     stage_function("ingest")(spark, config)
@@ -228,4 +265,4 @@ def test_the_next_run_ingests_the_events_exactly_once_and_leaves_nothing_to_refr
     assert (third["event_files"], third["event_files_read"], third["events_new"]) == (7, 1, 1)
     assert (third["users"], third["new_users"]) == (1, 0)  # no longer new: the last run gave them an id
     log = io.read_table(spark, config, "gold/refresh_log").orderBy("refreshed_at").collect()
-    assert [r["event_files_read"] for r in log] == [6, 0, 1]
+    assert [r["event_files_read"] for r in log] == [6, 6, 0, 1]  # the second: without the saved catalogue

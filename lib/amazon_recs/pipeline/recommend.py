@@ -94,6 +94,7 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
         seed,
         search.recall_target,
     )
+    calibrated_in = time.perf_counter() - started - collected
     index = catalogue.als_index
     progress(
         f"catalogue of {catalogue.size:,} items collected in {collected:.1f}s "
@@ -112,7 +113,7 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
         progress(
             f"ALS search probe: the fewest clusters whose recall at {n} reaches "
             f"{recall['als_search_recall_target']} on {recall['als_search_calibration_users']:,} "
-            f"sampled users (chosen and measured in {time.perf_counter() - started - collected:.1f}s)"
+            f"sampled users (chosen and measured in {calibrated_in:.1f}s)"
         )
     if recall:
         progress(
@@ -121,6 +122,9 @@ def run_recommend(spark: SparkSession, config: Config) -> dict:
             f"{recall[f'als_search_recall_at_{n}']:.4f} at {n}, "
             f"{recall[f'als_search_recall_at_{k}']:.4f} at {k}"
         )
+    saving = time.perf_counter()
+    versions.save_catalogue(spark, config, version, catalogue)  # refresh maps it
+    progress(f"catalogue saved beside the version's models in {time.perf_counter() - saving:.1f}s")
     user_ids = versions.read_input(spark, config, version, "silver/user_ids", info)
     users = user_lists.per_user(train, als.userFactors, user_ids, seed)
     timer = spark.sparkContext.accumulator(0.0)

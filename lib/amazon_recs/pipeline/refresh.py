@@ -15,6 +15,11 @@ and recomputes every model's list for only the users they name:
 - content, popularity, the random floor and the hybrid: their usual scoring
   (``models.user_lists``), with the version's tuned weights.
 
+The item-sized parts of every model (``user_lists.Catalogue``) are the recommend
+stage's, saved beside the version's models (``versions.save_catalogue``) and mapped
+by the tasks as they are; only for a version whose recommend stage saved none are
+they collected again from the model parts (five Spark queries, ~10 s at 1M reviews).
+
 The lists are published under the current version: into ``gold/refreshed_recommendations``
 (one MERGE into a table of the refreshed lists alone, which readers of the gold tables
 consult before ``gold/user_recommendations``: rewriting every user's lists for a
@@ -35,6 +40,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
+from pyspark import Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -68,11 +74,12 @@ from amazon_recs.schemas import (
 from amazon_recs.serving import dynamodb
 from amazon_recs.serving.gold_tables import REFRESHED_TABLE, VERSIONS_TABLE
 from amazon_recs.serving.validation import SERVED_MODELS
-from amazon_recs.spark import share
+from amazon_recs.spark import MappedShare, share
 
 REFRESH_LOG = "gold/refresh_log"
 # Up to this many acting users, ALS scores every item (an exact search) instead of
-# going through the inverted file: 100k users x 50k items is a second of BLAS.
+# going through the inverted file: 100k users x 50k items is a second of BLAS. Above,
+# the saved catalogue's index (the probe the batch run calibrated) is searched.
 REFRESH_EXACT_MAX_USERS = 100_000
 NEW_USER = -1  # the user_idx of a user the version does not know (never written to a table)
 
@@ -103,10 +110,14 @@ def run_refresh(spark: SparkSession, config: Config) -> dict:
         f"their histories in {time.perf_counter() - step:.1f}s"
     )
     step = time.perf_counter()
-    catalogue = _catalogue(spark, config, version, items, seed, n, users, counts[0])
-    progress(f"catalogue collected in {time.perf_counter() - step:.1f}s")
+    exact = counts[0] <= REFRESH_EXACT_MAX_USERS
+    catalogue = versions.share_catalogue(spark, config, version)
+    summary["catalogue"] = "saved" if catalogue is not None else "collected"
+    if catalogue is None:  # a version whose recommend stage saved none
+        catalogue = share(spark, _catalogue(spark, config, version, items, seed, n, users, exact))
+    progress(f"catalogue ({summary['catalogue']}) in {time.perf_counter() - step:.1f}s")
     als = _als_params(spark, config, version, info)
-    lists = refreshed_lists(users, catalogue, k, n, hybrid_weights(spark, config, version), als)
+    lists = refreshed_lists(users, catalogue, k, n, hybrid_weights(spark, config, version), als, exact)
 
     step = time.perf_counter()
     recs = rc.to_gold(rc.with_reason(lists, items), version, item_ids)
@@ -265,15 +276,23 @@ def acting_users(
 
 
 def refreshed_lists(
-    users: DataFrame, cat: user_lists.Catalogue, k: int, n: int, weights: dict, als: dict
+    users: DataFrame,
+    catalogue: Broadcast | MappedShare,
+    k: int,
+    n: int,
+    weights: dict,
+    als: dict,
+    exact: bool = True,
 ) -> DataFrame:
-    """Every model's list for ``users`` (``acting_users``), ALS factors folded in per batch."""
-    broadcast = share(users.sparkSession, cat)
+    """Every model's list for ``users`` (``acting_users``), ALS factors folded in per batch,
+    from the shared ``catalogue``; ``exact``: ALS scores every item, whatever index it has."""
     weights = {m: float(weights.get(m, 0.0)) for m in user_lists.COMPONENTS}
     reg_param, alpha = float(als["reg_param"]), float(als["alpha"])
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        shared = broadcast.value
+        shared = catalogue.value
+        if exact:
+            shared = dataclasses.replace(shared, als_index=None)
         factors64 = shared.als_factors.astype(np.float64)
         gram = factors64.T @ factors64
         for batch in batches:
@@ -311,17 +330,18 @@ def publish_lists(config: Config, rows: DataFrame, version: str) -> int:
 
 
 def _catalogue(
-    spark, config, version, items: DataFrame, seed, n, users: DataFrame, count: int
+    spark, config, version, items: DataFrame, seed, n, users: DataFrame, exact: bool
 ) -> user_lists.Catalogue:
-    """The version's catalogue for the acting ``users``: the content and item-kNN
-    neighbours of the items they have seen only (a user's scores come from those alone;
-    1.5M content rows at 1M reviews otherwise), and ALS scores of every item for up to
-    REFRESH_EXACT_MAX_USERS users (cheaper than building the batch run's index)."""
+    """The version's catalogue for the acting ``users``, collected, for a version whose
+    recommend stage saved none: the content and item-kNN neighbours of the items they
+    have seen only (a user's scores come from those alone; 1.5M content rows at 1M
+    reviews otherwise), and, when ``exact``, no ALS index (cheaper than building the
+    batch run's)."""
     from pyspark.ml.recommendation import ALSModel
 
     src = versions.model_dir(config, version)
     search = als_search(config)
-    if count <= REFRESH_EXACT_MAX_USERS:
+    if exact:
         search = dataclasses.replace(search, method="exact")
     seen = users.select(F.explode(user_lists.SEEN_ITEMS).alias(ITEM_IDX)).distinct()
     neighbours = spark.read.format("delta").load(f"{src}/item_neighbours")

@@ -8,7 +8,10 @@ Versions are immutable. A version is written whole before anyone can see it:
 locally into a hidden staging directory beside the others, renamed into place at
 the end; on S3 (no atomic rename of a prefix) into its own prefix, complete once
 its ``_COMPLETE`` marker, written last, exists. A complete version is never
-written again: the train stage finds it and reuses it instead of refitting.
+written again: the train stage finds it and reuses it instead of refitting. The
+one file added later is derived from it: the recommend stage's item catalogue
+(``catalogue.bin``, ``save_catalogue``), which ``refresh`` maps instead of
+collecting the models again; a re-run writes it whole, with the same content.
 
 A version's ``model_info.json`` records the Delta commit of each silver table it
 was trained on (``inputs``); the stages after training read those commits (time
@@ -23,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 
 from pyspark.sql import DataFrame, SparkSession
@@ -32,6 +36,7 @@ from amazon_recs import __version__, io
 from amazon_recs.config import Config
 from amazon_recs.errors import StageOrderError
 from amazon_recs.schemas import ITEM_IDX, TS, USER_IDX, WEIGHT
+from amazon_recs.spark import MappedShare, dump_mapped, share_file
 
 log = logging.getLogger(__name__)
 CURRENT_POINTER = "CURRENT"
@@ -50,6 +55,9 @@ INPUT_TABLES = (
 OPTIONAL_INPUTS = ("silver/events", "silver/event_files")
 # A version directory's table of item-kNN's neighbours (item_idx, neighbour_idx, similarity, rank).
 ITEM_KNN_NEIGHBOURS = "item_knn_neighbours"
+# The recommend stage's catalogue of the version (models.user_lists.Catalogue), in
+# spark.dump_mapped's layout.
+CATALOGUE_FILE = "catalogue.bin"
 VERSION_SECTIONS = ("split", "als", "content", "item_knn", "popular", "recommend", "tune")
 
 
@@ -111,6 +119,38 @@ def read_lists(spark: SparkSession, config: Config, version: str, reader: str) -
 
 def model_dir(config: Config, version: str) -> str:
     return f"{config.require('paths.models').rstrip('/')}/{version}"
+
+
+def save_catalogue(spark: SparkSession, config: Config, version: str, catalogue) -> str:
+    """Keep the recommend stage's ``catalogue`` of ``version`` beside its models (its
+    ALS index included), so ``refresh`` maps it instead of collecting every model
+    part again. Replaced whole: a reader finds the old file or the new one. Returns
+    its path."""
+    path = f"{model_dir(config, version)}/{CATALOGUE_FILE}"
+    local = io.local_path(path)
+    if local is not None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
+        dump_mapped(catalogue, str(tmp))
+        os.replace(tmp, local)
+        return path
+    with tempfile.TemporaryDirectory(prefix="amazon-recs-catalogue-") as tmp:
+        dump_mapped(catalogue, os.path.join(tmp, CATALOGUE_FILE))
+        io.upload(spark, os.path.join(tmp, CATALOGUE_FILE), path)  # one PUT: whole or absent
+    return path
+
+
+def share_catalogue(spark: SparkSession, config: Config, version: str) -> MappedShare | None:
+    """``version``'s saved catalogue shared with the tasks as it is (``spark.share_file``:
+    mapped, never unpickled in the driver; from a remote store, copied here first), or
+    None for a version whose recommend stage saved none."""
+    path = f"{model_dir(config, version)}/{CATALOGUE_FILE}"
+    local = io.local_path(path)
+    if local is not None:
+        return share_file(spark, str(local)) if local.is_file() else None
+    with tempfile.TemporaryDirectory(prefix="amazon-recs-catalogue-") as tmp:
+        copy = os.path.join(tmp, CATALOGUE_FILE)
+        return share_file(spark, copy, own=True) if io.download(spark, path, copy) else None
 
 
 def pointer_path(config: Config) -> str:

@@ -161,3 +161,39 @@ def test_a_mapped_share_reaches_the_workers_as_read_only_views_of_one_file(spark
         assert seen[key].dtype == value[key].dtype and np.array_equal(seen[key], value[key])
     # The stage's end destroyed it: the driver's file is gone.
     assert not os.path.exists(inside["shared"]._path)
+
+
+def test_a_saved_catalogue_is_shared_as_it_is_and_outlives_the_share(spark, config):
+    """What the recommend stage saves beside a version's models reaches the workers as
+    views of that very file, which stays when the share goes; a version without one
+    has none to share."""
+    from amazon_recs.pipeline import versions
+
+    value = {"ids": np.arange(5_000, dtype=np.int32), "text": "the recommend stage's"}
+    saved = versions.save_catalogue(spark, config, "v1", value)
+    assert saved == f"{versions.model_dir(config, 'v1')}/{versions.CATALOGUE_FILE}"
+    versions.save_catalogue(spark, config, "v1", value)  # a re-run replaces it whole
+    assert sorted(os.listdir(versions.model_dir(config, "v1"))) == [versions.CATALOGUE_FILE]
+    inside = {}
+
+    @stage
+    def mapping(spark, config):
+        shared = versions.share_catalogue(spark, config, "v1")
+        rows = (
+            spark.range(4, numPartitions=2)
+            .mapInPandas(
+                _mapped_in_worker(shared, "ids"), "sum double, writeable boolean, mapped boolean, text string"
+            )
+            .collect()
+        )
+        inside.update(shared=shared, rows=rows, missing=versions.share_catalogue(spark, config, "v2"))
+        return {}
+
+    mapping(spark, config)
+    rows = inside["rows"]
+    assert {r.sum for r in rows} == {float(np.arange(5_000).sum())}
+    assert all(r.mapped for r in rows) and not any(r.writeable for r in rows)
+    assert {r.text for r in rows} == {"the recommend stage's"}
+    assert inside["missing"] is None
+    assert not os.path.exists(inside["shared"]._path)  # the share's link is gone
+    assert os.path.isfile(saved)  # the version's file is not
