@@ -164,7 +164,7 @@ def publish(
     config: Config,
     served: DataFrame,
     version: str,
-    client_factory=dynamodb.make_client,
+    client_factory=dynamodb.make_writer_client,
     before: dict[str, int | None] | None = None,
 ) -> dict:
     """Write ``version``'s lists of the served models to DynamoDB from the executors, then
@@ -284,7 +284,7 @@ def expire_version(
     generated_at: str,
     before: dict[str, int | None],
     expires_at: int,
-    client_factory=dynamodb.make_client,
+    client_factory=dynamodb.make_writer_client,
 ) -> int:
     """Give the DynamoDB items of a replaced ``version`` their TTL, by writing them again
     from the serving tables' commits that held it. Returns the lists written (0 with a

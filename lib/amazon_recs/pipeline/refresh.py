@@ -326,7 +326,9 @@ def publish_lists(config: Config, rows: DataFrame, version: str) -> int:
     settings = dynamodb.StoreSettings.from_config(config)
     generated_at = datetime.now(tz=UTC).isoformat(timespec="seconds")
     served = rows.filter(F.col(MODEL).isin(*SERVED_MODELS))
-    return write_lists(config, served, settings, version, generated_at, None, dynamodb.make_client).items
+    return write_lists(
+        config, served, settings, version, generated_at, None, dynamodb.make_writer_client
+    ).items
 
 
 def _catalogue(

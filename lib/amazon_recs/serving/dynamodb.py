@@ -70,18 +70,32 @@ class StoreSettings:
         )
 
 
-def make_client(settings: StoreSettings):
+def make_client(settings: StoreSettings, validate: bool = True):
     """A DynamoDB client; credentials come from the AWS default chain, never from config.
 
     botocore's own retries are off: throttling and UnprocessedItems are retried
-    here, once, with a bound the run reports.
+    here, once, with a bound the run reports. ``validate``: botocore checks every
+    request's parameters against the API's model before sending it.
     """
     return boto3.client(
         "dynamodb",
         region_name=settings.region,
         endpoint_url=settings.endpoint_url,
-        config=BotoConfig(retries={"total_max_attempts": 1}, connect_timeout=5, read_timeout=30),
+        config=BotoConfig(
+            retries={"total_max_attempts": 1},
+            connect_timeout=5,
+            read_timeout=30,
+            parameter_validation=validate,
+        ),
     )
+
+
+def make_writer_client(settings: StoreSettings):
+    """``make_client`` for the bulk writers (export, refresh), without botocore's
+    parameter validation: their items are built by ``typed`` alone, and checking
+    each BatchWriteItem against the API's model took a third of a writer's time
+    (2.6 of 7.5 s for 5,000 lists; DynamoDB still validates every request)."""
+    return make_client(settings, validate=False)
 
 
 def typed(value: Any) -> dict:
