@@ -398,7 +398,7 @@ def report(args, summary, gen_seconds, wall, lines, peaks, info, reference, conf
         f"| ALS fit vs `implicit` Cholesky | {fit:.1f} | {chol:.1f} | {fit / chol:.1f}x |",
         f"| ALS fit vs `implicit` CG | {fit:.1f} | {cg:.1f} | {fit / cg:.1f}x |",
         f"| ALS all-user top-{als_n} (ours) vs numpy top-10 | {als_topk:.1f} | {topk:.1f} "
-        f"| {als_topk / topk:.1f}x |",
+        f"| {als_topk / topk:.2g}x |",  # often far below 0.1: one decimal printed 0.0x
         *(
             [
                 "",
