@@ -10,7 +10,7 @@ the end; on S3 (no atomic rename of a prefix) into its own prefix, complete once
 its ``_COMPLETE`` marker, written last, exists. A complete version is never
 written again: the train stage finds it and reuses it instead of refitting. The
 one file added later is derived from it: the recommend stage's item catalogue
-(``catalogue.bin``, ``save_catalogue``), which ``refresh`` maps instead of
+(``CATALOGUE_FILE``, ``save_catalogue``), which ``refresh`` maps instead of
 collecting the models again; a re-run writes it whole, with the same content.
 
 A version's ``model_info.json`` records the Delta commit of each silver table it
@@ -56,8 +56,9 @@ OPTIONAL_INPUTS = ("silver/events", "silver/event_files")
 # A version directory's table of item-kNN's neighbours (item_idx, neighbour_idx, similarity, rank).
 ITEM_KNN_NEIGHBOURS = "item_knn_neighbours"
 # The recommend stage's catalogue of the version (models.user_lists.Catalogue), in
-# spark.dump_mapped's layout.
-CATALOGUE_FILE = "catalogue.bin"
+# spark.dump_mapped's layout: pickled classes, so named by the package that wrote it
+# (another package's is not read; refresh collects the catalogue instead).
+CATALOGUE_FILE = f"catalogue-{__version__}.bin"
 VERSION_SECTIONS = ("split", "als", "content", "item_knn", "popular", "recommend", "tune")
 
 
