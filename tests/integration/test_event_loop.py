@@ -199,7 +199,7 @@ def test_without_the_saved_catalogue_refresh_collects_the_same_from_the_models(l
     before = _refreshed_lists(spark, config, version)
     assert {user for user, _ in before} == {NEW_USER, loop["user"]}
     jvm = spark.sparkContext._jvm
-    saved = jvm.org.apache.hadoop.fs.Path(f"{versions.model_dir(config, version)}/{versions.CATALOGUE_FILE}")
+    saved = jvm.org.apache.hadoop.fs.Path(versions.catalogue_path(config, version))
     fs = saved.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     hidden = jvm.org.apache.hadoop.fs.Path(f"{saved.toString()}.hidden")
     assert fs.rename(saved, hidden)

@@ -122,12 +122,17 @@ def model_dir(config: Config, version: str) -> str:
     return f"{config.require('paths.models').rstrip('/')}/{version}"
 
 
+def catalogue_path(config: Config, version: str) -> str:
+    """Where the recommend stage saves ``version``'s catalogue: beside its models."""
+    return f"{model_dir(config, version)}/{CATALOGUE_FILE}"
+
+
 def save_catalogue(spark: SparkSession, config: Config, version: str, catalogue) -> str:
     """Keep the recommend stage's ``catalogue`` of ``version`` beside its models (its
     ALS index included), so ``refresh`` maps it instead of collecting every model
     part again. Replaced whole: a reader finds the old file or the new one. Returns
     its path."""
-    path = f"{model_dir(config, version)}/{CATALOGUE_FILE}"
+    path = catalogue_path(config, version)
     local = io.local_path(path)
     if local is not None:
         local.parent.mkdir(parents=True, exist_ok=True)
@@ -136,8 +141,9 @@ def save_catalogue(spark: SparkSession, config: Config, version: str, catalogue)
         os.replace(tmp, local)
         return path
     with tempfile.TemporaryDirectory(prefix="amazon-recs-catalogue-") as tmp:
-        dump_mapped(catalogue, os.path.join(tmp, CATALOGUE_FILE))
-        io.upload(spark, os.path.join(tmp, CATALOGUE_FILE), path)  # one PUT: whole or absent
+        written = os.path.join(tmp, CATALOGUE_FILE)
+        dump_mapped(catalogue, written)
+        io.upload(spark, written, path)  # one PUT: whole or absent
     return path
 
 
@@ -145,7 +151,7 @@ def share_catalogue(spark: SparkSession, config: Config, version: str) -> Mapped
     """``version``'s saved catalogue shared with the tasks as it is (``spark.share_file``:
     mapped, never unpickled in the driver; from a remote store, copied here first), or
     None for a version whose recommend stage saved none."""
-    path = f"{model_dir(config, version)}/{CATALOGUE_FILE}"
+    path = catalogue_path(config, version)
     local = io.local_path(path)
     if local is not None:
         return share_file(spark, str(local)) if local.is_file() else None
