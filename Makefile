@@ -67,8 +67,8 @@ $(IVY_DIR)/resolved.json: $(VENV)/.installed conf/local.yaml lib/amazon_recs/lau
 run: setup ## run the whole pipeline (DATA=gift_cards|all_beauty|ml-latest-small, SET="als.rank=64 ...")
 	$(SPARK_SUBMIT) jobs/pipeline.py --config $(CONFIG) $(SET_ARGS)
 
-test: setup lint ## lint, then run the whole test suite
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: setup lint ## lint, then run the whole test suite (its 30 slowest tests listed at the end)
+	$(PY) -m pytest --durations=30 $(PYTEST_ARGS)
 
 up: setup ## start local S3 (gofakes3, on disk) and DynamoDB (dynalite) on 127.0.0.1:9000 and :8000
 	$(SERVICES) up
