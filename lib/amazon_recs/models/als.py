@@ -44,7 +44,7 @@ class AlsParams:
     # local_max_ratings ratings, blocked while the larger side's factors are at most
     # blocked_max_factors_mb, MLlib above.
     solver: str = "auto"
-    local_max_ratings: int = 500_000
+    local_max_ratings: int = 2_000_000
     blocked_max_factors_mb: int = 1024
 
 

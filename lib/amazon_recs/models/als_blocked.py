@@ -11,8 +11,9 @@ driver (they are users x rank and items x rank floats: 250k users at rank 32
 are 32 MB). That broadcast is what bounds this solver: ``als.solver: auto``
 uses it while the larger side's factors stay under ``als.blocked_max_factors_mb``
 and MLlib's shuffle-based ALS above. Below ``als.local_max_ratings`` the same
-kernel runs in the driver on one block per side (``local``), where the two
-Spark jobs per iteration would cost more than the solves.
+kernel runs in the driver on one block per side (``local``), in a thread per
+core (the kernel releases the GIL), where the two Spark jobs per iteration
+would cost more than the solves.
 
 The model is MLlib's (Hu, Koren and Volinsky 2008, as ``pyspark.ml.recommendation.ALS``
 with ``implicitPrefs``): for a rating r, confidence - 1 is c1 = alpha * |r| and the
@@ -32,7 +33,9 @@ same ratings give the same factors whatever the partitioning.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,9 +77,10 @@ def fit_blocked(
     """Implicit ALS on (user_idx, item_idx, weight), as an MLlib ``ALSModel``.
 
     ``local``: the ratings are collected and solved in the driver process, one
-    block per side, with the same kernel: for a small input, where the two Spark
-    jobs of each half-iteration would cost more than the solves (the caller
-    decides what is small: ``als.local_max_ratings``).
+    block per side, with the same kernel in as many threads as Spark's default
+    parallelism and the driver's machine both allow: for an input whose ratings the
+    driver holds easily, where the two Spark jobs of each half-iteration would
+    cost more than the solves (the caller decides: ``als.local_max_ratings``).
     """
     spark = train.sparkSession
     sc = spark.sparkContext
@@ -85,7 +89,9 @@ def fit_blocked(
         frame = pd.DataFrame({USER_IDX: u, ITEM_IDX: i, WEIGHT: w})
         by_user = [_block(frame, USER_IDX, ITEM_IDX)] if len(frame) else []
         by_item = [_block(frame, ITEM_IDX, USER_IDX)] if len(frame) else []
+        threads = max(1, min(sc.defaultParallelism, os.cpu_count() or 1))
     else:
+        threads = 1
         largest = train.agg(F.max(USER_IDX), F.max(ITEM_IDX)).first()
         user_parts, item_parts = (_parts((v or 0) + 1, rank, sc.defaultParallelism) for v in largest)
         by_user = _blocks(train, USER_IDX, ITEM_IDX, user_parts)
@@ -98,8 +104,8 @@ def fit_blocked(
         started = time.perf_counter()
         for iteration in range(1, max_iter + 1):
             began = time.perf_counter()
-            items = _half(sc, by_item, users, len(items), rank, reg_param, alpha)
-            users = _half(sc, by_user, items, len(users), rank, reg_param, alpha)
+            items = _half(sc, by_item, users, len(items), rank, reg_param, alpha, threads)
+            users = _half(sc, by_user, items, len(users), rank, reg_param, alpha, threads)
             seconds = time.perf_counter() - began
             (log.info if seconds >= 5 else log.debug)(
                 "ALS iteration %d of %d: %.1fs", iteration, max_iter, seconds
@@ -184,15 +190,18 @@ def _initial(ids: np.ndarray, rank: int, seed: int) -> np.ndarray:
     return factors
 
 
-def _half(sc, blocks, other: np.ndarray, size: int, rank: int, reg_param: float, alpha: float) -> np.ndarray:
+def _half(
+    sc, blocks, other: np.ndarray, size: int, rank: int, reg_param: float, alpha: float, threads: int = 1
+) -> np.ndarray:
     """Every row of ``blocks`` solved against the ``other`` side's factors: in this
-    process for a list of blocks, on the executors (``other`` broadcast) for an RDD."""
+    process for a list of blocks (in ``threads`` threads), on the executors (``other``
+    broadcast) for an RDD."""
     wide = other.astype(np.float64)  # one copy, not two: the Gram matrix in half the time
     gram = wide.T @ wide
     factors = np.zeros((size, rank), np.float32)
     if isinstance(blocks, list):
         for block in blocks:
-            factors[block.ids] = _solve(block, other, gram, rank, reg_param, alpha)
+            factors[block.ids] = _solve(block, other, gram, rank, reg_param, alpha, threads)
         return factors
     shared = sc.broadcast(other)
     try:
@@ -206,9 +215,27 @@ def _half(sc, blocks, other: np.ndarray, size: int, rank: int, reg_param: float,
     return factors
 
 
-def _solve(block: Block, other: np.ndarray, gram: np.ndarray, rank: int, reg_param: float, alpha: float):
+def _solve(
+    block: Block, other: np.ndarray, gram: np.ndarray, rank: int, reg_param: float, alpha: float, threads=1
+) -> np.ndarray:
+    """The block's rows solved, split into ``threads`` runs of consecutive rows with
+    about as many ratings each, solved at once (the kernel releases the GIL). Each
+    row's solve is its own, so the split does not change a bit of the result."""
     out = np.empty((len(block.ids), rank), np.float32)
-    solve_rows(block.indptr, block.cols, block.vals, other, gram, alpha, reg_param, out)
+    cuts = np.searchsorted(block.indptr, np.linspace(0, block.indptr[-1], threads + 1)[1:-1])
+    bounds = [0, *sorted({int(c) for c in cuts} - {0, len(block.ids)}), len(block.ids)]
+    runs = list(zip(bounds[:-1], bounds[1:], strict=True))
+
+    def solve(run):
+        lo, hi = run
+        indptr = block.indptr[lo : hi + 1]  # offsets into the whole block's cols and vals
+        solve_rows(indptr, block.cols, block.vals, other, gram, alpha, reg_param, out[lo:hi])
+
+    if len(runs) == 1:
+        solve(runs[0])
+    else:
+        with ThreadPoolExecutor(len(runs)) as pool:
+            list(pool.map(solve, runs))
     return out
 
 
@@ -240,7 +267,7 @@ def _model(spark, rank: int, user_ids, users, item_ids, items) -> ALSModel:
 # --- kernel ---------------------------------------------------------------------------------------
 
 
-@njit_cached(fastmath=True)
+@njit_cached(fastmath=True, nogil=True)
 def solve_rows(indptr, cols, vals, other, gram, alpha, reg_param, out):
     """Row r's factors into ``out[r]``: the normal equations of the module docstring,
     in double precision. A row with few ratings (most users) is solved through the

@@ -64,6 +64,26 @@ def test_kernel_solves_the_normal_equations_row_by_row(rank, alpha):
     assert not out[4].any()
 
 
+def test_a_block_solved_in_threads_gives_the_same_bits_as_in_one():
+    # Runs of consecutive rows with about as many ratings each: a heavy row first
+    # (one run may hold it alone), rows without ratings, more threads than rows.
+    rng = np.random.default_rng(8)
+    other = rng.standard_normal((40, 12)).astype(np.float32)
+    lengths = [40, 0, 1, 3, 0, 7, 2, 1, 1, 5, 12, 2]
+    indptr = np.cumsum([0, *lengths]).astype(np.int64)
+    cols = rng.integers(0, 40, indptr[-1]).astype(np.int32)
+    vals = rng.integers(-1, 6, indptr[-1]).astype(np.float32)
+    block = ab.Block(np.arange(len(lengths), dtype=np.int32), indptr, cols, vals)
+    gram = other.astype(np.float64).T @ other.astype(np.float64)
+    one = ab._solve(block, other, gram, 12, REG, ALPHA, threads=1)
+    assert one.any()
+    for threads in (2, 3, 20):
+        assert np.array_equal(ab._solve(block, other, gram, 12, REG, ALPHA, threads=threads), one), threads
+    none = np.empty(0, np.int32)
+    empty = ab.Block(none, np.zeros(1, np.int64), none, np.empty(0, np.float32))
+    assert ab._solve(empty, other, gram, 12, REG, ALPHA, threads=2).shape == (0, 12)
+
+
 def shop(spark, seed=5, n_users=60, n_items=30):
     """Two tastes (even and odd items), a heavy user who rated almost everything,
     users with one rating, a duplicated row."""
