@@ -216,7 +216,13 @@ def _half(
 
 
 def _solve(
-    block: Block, other: np.ndarray, gram: np.ndarray, rank: int, reg_param: float, alpha: float, threads=1
+    block: Block,
+    other: np.ndarray,
+    gram: np.ndarray,
+    rank: int,
+    reg_param: float,
+    alpha: float,
+    threads: int = 1,
 ) -> np.ndarray:
     """The block's rows solved, split into ``threads`` runs of consecutive rows with
     about as many ratings each, solved at once (the kernel releases the GIL). Each
