@@ -109,8 +109,8 @@ TUNE ?=
 bench-scale: setup $(VENV)/.installed-bench ## the whole pipeline on a generated shop (SIZE=100k|1m|10m, TUNE=1), implicit's ALS beside it (BENCHMARKS.md)
 	$(PY) bench/scale.py --size $(SIZE) $(if $(TUNE),--tune) --out BENCHMARKS.md $(SET_ARGS)
 
-bench-refresh: setup $(VENV)/.installed-bench ## refresh for USERS (1000) acting users on the SIZE shop's published version, and fold-in parity (BENCHMARKS.md)
-	$(PY) bench/refresh.py --size $(SIZE) --users $(or $(USERS),1000) --out BENCHMARKS.md $(SET_ARGS)
+bench-refresh: setup $(VENV)/.installed-bench ## refresh for USERS (1000) acting users on the SIZE shop's published version, ROUNDS (3) times in one session, and fold-in parity (BENCHMARKS.md)
+	$(PY) bench/refresh.py --size $(SIZE) --users $(or $(USERS),1000) --rounds $(or $(ROUNDS),3) --out BENCHMARKS.md $(SET_ARGS)
 
 bench-content: setup ## the content model's neighbour search, LSH beside exact, at 10k, 100k and 1M products (BENCHMARKS.md)
 	bin/spark-submit bench/content.py --config conf/scale.yaml --sizes $(or $(SIZES),10k,100k,1m) --out BENCHMARKS.md $(SET_ARGS)

@@ -11,7 +11,10 @@
    to the version, the rest known; each buys one product, rates another and views a
    third. ``jobs/refresh.py`` then runs as a spark-submit job and is timed: the
    stage's own seconds (its summary), users per second and lists written per second
-   to DynamoDB; the command's wall time includes the JVM's start.
+   to DynamoDB; the command's wall time includes the JVM's start. With ``--rounds``
+   N > 1 it runs as ``--every 0 --rounds N``: the same refresh N times in one Spark
+   session, the first round in a new JVM, the others as a scheduled refresh loop runs
+   them (each refreshes the same users: they acted since the version).
 4. Fold-in parity: for users the version was trained on (all of them up to
    ``--parity-users``, else a seeded sample), their factors solved again from their
    training history against the fixed item factors, and each user's top-10 (seen
@@ -21,7 +24,7 @@
 BENCHMARKS.md gets a section with the command, the machine and, from the same
 warehouse, the batch recommend stage's time per user beside refresh's.
 
-    python bench/refresh.py --size 1m [--users 1000] [--out BENCHMARKS.md]
+    python bench/refresh.py --size 1m [--users 1000] [--rounds 3] [--out BENCHMARKS.md]
     python bench/refresh.py --parity-only --config conf/local.yaml   # the default sample (make run)
 """
 
@@ -188,7 +191,10 @@ def write_events(warehouse: Path, models: Path, events_dir: Path, n_users: int, 
     return {"users": n_users, "new_users": n_new, "events": count, "version": version}
 
 
-def run_refresh(data: Path, events_glob: str, overrides: list[str]) -> tuple[float, dict]:
+def run_refresh(
+    data: Path, events_glob: str, overrides: list[str], rounds: int = 1
+) -> tuple[float, list[dict]]:
+    """The refresh job's wall seconds and its rounds' rows of gold/refresh_log, in order."""
     endpoint = f"http://127.0.0.1:{DYNAMODB_PORT}"
     sets = [
         *folder_settings(data),
@@ -200,6 +206,8 @@ def run_refresh(data: Path, events_glob: str, overrides: list[str]) -> tuple[flo
     ]
     command = [str(ROOT / "bin" / "spark-submit"), "jobs/refresh.py", "--config", "conf/scale.yaml"]
     command += [a for s in sets for a in ("--set", s)]
+    if rounds > 1:
+        command += ["--every", "0", "--rounds", str(rounds)]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)  # LOCAL_AWS is set
     wall = time.perf_counter() - started
@@ -209,7 +217,7 @@ def run_refresh(data: Path, events_glob: str, overrides: list[str]) -> tuple[flo
             f"refresh failed (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
         )
     log = DeltaTable(str(data / "warehouse" / "gold" / "refresh_log")).to_pyarrow_table().to_pylist()
-    return wall, max(log, key=lambda r: r["refreshed_at"])
+    return wall, sorted(log, key=lambda r: r["refreshed_at"])[-rounds:]
 
 
 def publish_pointer(version: str) -> None:
@@ -240,12 +248,13 @@ def batch_recommend_seconds(data: Path) -> tuple[float | None, int | None]:
     return (float(done["recommend"]) if "recommend" in done else None), users
 
 
-def report(args, parity, refresh, wall, events, batch) -> str:
+def report(args, parity, rounds, wall, events, batch) -> str:
+    refresh = rounds[0]
     lines = [
         f"### refresh on the {args.size} shop, and fold-in parity",
         "",
         f"`make bench-refresh SIZE={args.size}` "
-        f"(`python bench/refresh.py --size {args.size} --users {args.users}`), "
+        f"(`python bench/refresh.py --size {args.size} --users {args.users} --rounds {args.rounds}`), "
         f"{datetime.now(tz=UTC):%Y-%m-%d %H:%M} UTC, commit {git_commit()}, {machine()}.",
         "",
         f"Version {events['version']}, published to the local DynamoDB server; {events['users']:,} users act "
@@ -253,8 +262,8 @@ def report(args, parity, refresh, wall, events, batch) -> str:
         "",
         "| | value |",
         "|---|---:|",
-        f"| refresh stage (its summary) | {refresh['seconds']:.1f} s |",
-        f"| spark-submit wall (JVM start included) | {wall:.1f} s |",
+        f"| refresh stage (its summary), first round: a new JVM | {refresh['seconds']:.1f} s |",
+        f"| spark-submit wall (JVM start included), all {len(rounds)} round(s) | {wall:.1f} s |",
         f"| event files listed / read (the others the version had seen) | {refresh['event_files']:,} / "
         f"{refresh['event_files_read']:,} |",
         f"| events read / new / rejected / duplicate | {refresh['events_read']:,} / "
@@ -265,6 +274,15 @@ def report(args, parity, refresh, wall, events, batch) -> str:
         f"| DynamoDB lists per second (of the stage's time) | "
         f"{refresh['dynamodb_lists'] / refresh['seconds']:.1f} |",
     ]
+    if len(rounds) > 1:
+        later = [r["seconds"] for r in rounds[1:]]
+        lines += [
+            f"| later rounds in the same session (`--every 0`): each | "
+            f"{', '.join(f'{x:.1f}' for x in later)} s |",
+            f"| later rounds: mean, and against the first | {np.mean(later):.1f} s, "
+            f"{np.mean(later) / refresh['seconds']:.2f}x |",
+            f"| later rounds: users per second | {refresh['users'] / np.mean(later):.1f} |",
+        ]
     recommend_s, all_users = batch
     if recommend_s and all_users:
         per_user_batch = recommend_s / all_users * 1000
@@ -294,6 +312,12 @@ def main(argv=None) -> int:
     parser.add_argument("--size", default="1m")
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="refresh rounds in one Spark session (--every 0); the first is cold",
+    )
     parser.add_argument("--parity-users", type=int, default=20_000)
     parser.add_argument(
         "--parity-only", action="store_true", help="only fold-in parity, on --config's warehouse"
@@ -341,10 +365,10 @@ def main(argv=None) -> int:
         services("up", home)
         try:
             publish_pointer(events["version"])
-            wall, refresh = run_refresh(data, f"{events_dir}/dt=*/*.json", args.overrides)
+            wall, rounds = run_refresh(data, f"{events_dir}/dt=*/*.json", args.overrides, args.rounds)
         finally:
             services("down", home)
-    body = report(args, parity, refresh, wall, events, batch_recommend_seconds(data))
+    body = report(args, parity, rounds, wall, events, batch_recommend_seconds(data))
     write_block(args.out, f"refresh:{args.size}", body)
     print(f"\n{body}\n\nwritten to {args.out} (block refresh:{args.size})")
     return 0

@@ -78,6 +78,65 @@ def job_main(stages: Sequence[str], argv: Sequence[str] | None = None) -> int:
     return run_job(list(stages), parser.parse_args(argv))
 
 
+def refresh_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``jobs/refresh.py``: one refresh, or with ``--every`` one a round in
+    the same Spark session, so that every round after the first finds the JVM started,
+    its code compiled and the Delta logs read (the round's own work is what is left)."""
+    parser = argparse.ArgumentParser(description="run stage(s): refresh")
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--every",
+        type=float,
+        metavar="SECONDS",
+        help="refresh in rounds this many seconds apart (start to start), in one Spark session",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --every: stop after N rounds (0: until stopped)",
+    )
+    args = parser.parse_args(argv)
+    if args.every is None:
+        return run_job(["refresh"], args)
+    if args.every < 0 or args.rounds < 0:
+        parser.error("--every and --rounds take a number of at least 0")
+    return _guarded(
+        lambda: refresh_rounds(lambda: _run_stages(["refresh"], args), args.every, args.rounds), args.debug
+    )
+
+
+def refresh_rounds(
+    round_: Callable[[], object],
+    every: float,
+    rounds: int = 0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Call ``round_`` every ``every`` seconds, start to start (at once after a round that
+    took longer), ``rounds`` times (0: until stopped). A round that finds the warehouse
+    held by another run, or the current version not exported yet (a full run between its
+    train and export stages), is skipped with one line: the next round catches up. Any
+    other error ends the rounds, as it ends a single refresh."""
+    from amazon_recs.errors import StageOrderError
+    from amazon_recs.pipeline.run_lock import WarehouseLocked
+
+    done = 0
+    next_at = clock()
+    try:
+        while not rounds or done < rounds:
+            sleep(max(0.0, next_at - clock()))
+            next_at = clock() + every
+            done += 1
+            try:
+                round_()
+            except (WarehouseLocked, StageOrderError) as exc:
+                log.warning("refresh round %d skipped: %s", done, exc)
+    except KeyboardInterrupt:
+        log.info("refresh stopped after %d round(s)", done)
+
+
 def run_job(stages: list[str], args: argparse.Namespace) -> int:
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
