@@ -22,14 +22,15 @@ import pytest
 from pyspark.ml.recommendation import ALSModel
 from pyspark.sql import functions as F
 
-from amazon_recs import io
+from amazon_recs import cli, io
 from amazon_recs.errors import StageOrderError
 from amazon_recs.pipeline import versions
 from amazon_recs.pipeline.registry import STAGE_ORDER, stage_function
 from amazon_recs.serving import api, dynamodb
 from amazon_recs.serving.gold_tables import GoldTableStore
 from amazon_recs.serving.validation import SERVED_MODELS
-from tests.integration.test_aws import aws_config, first_run  # noqa: F401 (fixtures)
+from tests.conftest import ROOT
+from tests.integration.test_aws import FAST, aws_config, first_run  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
 
@@ -266,3 +267,35 @@ def test_the_next_run_ingests_the_events_exactly_once_and_leaves_nothing_to_refr
     assert (third["users"], third["new_users"]) == (1, 0)  # no longer new: the last run gave them an id
     log = io.read_table(spark, config, "gold/refresh_log").orderBy("refreshed_at").collect()
     assert [r["event_files_read"] for r in log] == [6, 6, 0, 1]  # the second: without the saved catalogue
+
+
+def test_refresh_in_rounds_refreshes_once_a_round_in_this_session(loop):
+    """``jobs/refresh.py --every 0 --rounds 2`` (after the test above: one event since the
+    version): each round is a whole refresh that takes the warehouse's lease and gives it
+    back (the second round would otherwise be refused and skipped), and logs its row."""
+    spark, config = loop["spark"], loop["config"]
+
+    def log_rows() -> list:
+        return io.read_table(spark, config, "gold/refresh_log").orderBy("refreshed_at").collect()
+
+    before = len(log_rows())
+    same_config = [
+        f"{key}={config.require(key)}"
+        for key in (
+            "aws.bucket",
+            "aws.s3_endpoint",
+            "aws.dynamodb_endpoint",
+            "export.dynamodb.table",
+            "spark.checkpoint_dir",
+        )
+    ]
+    args = ["--config", str(ROOT / "conf" / "local-aws.yaml")]
+    for setting in [*same_config, *FAST]:
+        args += ["--set", setting]
+    assert cli.refresh_main([*args, "--every", "0", "--rounds", "2"]) == 0
+    rounds = log_rows()[before:]
+    assert len(rounds) == 2
+    version = versions.current_version(spark, config)
+    for r in rounds:
+        assert (r["model_version"], r["event_files_read"], r["events_new"], r["users"]) == (version, 1, 1, 1)
+    assert rounds[0]["refresh_id"] != rounds[1]["refresh_id"]
