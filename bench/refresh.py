@@ -276,12 +276,12 @@ def report(args, parity, rounds, wall, events, batch) -> str:
     ]
     if len(rounds) > 1:
         later = [r["seconds"] for r in rounds[1:]]
+        mean = float(np.mean(later))
         lines += [
             f"| later rounds in the same session (`--every 0`): each | "
             f"{', '.join(f'{x:.1f}' for x in later)} s |",
-            f"| later rounds: mean, and against the first | {np.mean(later):.1f} s, "
-            f"{np.mean(later) / refresh['seconds']:.2f}x |",
-            f"| later rounds: users per second | {refresh['users'] / np.mean(later):.1f} |",
+            f"| later rounds: mean, and against the first | {mean:.1f} s, {mean / refresh['seconds']:.2f}x |",
+            f"| later rounds: users per second | {refresh['users'] / mean:.1f} |",
         ]
     recommend_s, all_users = batch
     if recommend_s and all_users:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 from amazon_recs.aws import commands as emr_commands
 from amazon_recs.config import DEFAULT_CONFIG, Config, add_config_arguments, load_config
-from amazon_recs.errors import ConfigError, RecsError, out_of_memory
+from amazon_recs.errors import ConfigError, RecsError, StageOrderError, out_of_memory
 from amazon_recs.models import MODELS
 from amazon_recs.pipeline.registry import STAGE_ORDER, STAGES, stage_function
 
@@ -119,8 +119,7 @@ def refresh_rounds(
     held by another run, or the current version not exported yet (a full run between its
     train and export stages), is skipped with one line: the next round catches up. Any
     other error ends the rounds, as it ends a single refresh."""
-    from amazon_recs.errors import StageOrderError
-    from amazon_recs.pipeline.run_lock import WarehouseLocked
+    from amazon_recs.pipeline.run_lock import WarehouseLocked  # botocore: imported when rounds run
 
     done = 0
     next_at = clock()
