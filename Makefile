@@ -18,6 +18,10 @@ IVY_DIR     := $(CURDIR)/.cache/ivy
 PACKAGES    := io.delta:delta-spark_2.12:3.3.2,org.apache.hadoop:hadoop-aws:3.3.4
 SERVICES    := bootstrap/local/services.sh
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` (0: all in this process). Two on two cores: a
+# whole-pipeline run keeps one and a half busy at most (its driver's planning is one
+# thread), so two workers overlap what one leaves idle.
+TEST_WORKERS ?= 2
 # `make deploy`: the config naming the bucket, and more `amazon-recs emr deploy`
 # options (DEPLOY_ARGS=--create-bucket).
 EMR_CONFIG  ?= conf/emr.yaml
@@ -68,7 +72,7 @@ run: setup ## run the whole pipeline (DATA=gift_cards|all_beauty|ml-latest-small
 	$(SPARK_SUBMIT) jobs/pipeline.py --config $(CONFIG) $(SET_ARGS)
 
 test: setup lint ## lint, then run the whole test suite (its 30 slowest tests listed at the end)
-	$(PY) -m pytest --durations=30 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=30 $(PYTEST_ARGS)
 
 up: setup ## start local S3 (gofakes3, on disk) and DynamoDB (dynalite) on 127.0.0.1:9000 and :8000
 	$(SERVICES) up

@@ -34,7 +34,7 @@ setup(
         # An independent Delta reader (deltalake, no Spark) used by the AWS
         # integration tests; the local S3 server is Go (bootstrap/local/s3server).
         "dev": SPARK_PINS
-        + ["pytest>=8", "chispa>=0.10", "ruff>=0.6", "deltalake>=1"]
+        + ["pytest>=8", "pytest-xdist>=3.5", "chispa>=0.10", "ruff>=0.6", "deltalake>=1"]
         + ["streamlit>=1.50,<2", "selenium>=4.20,<5"]
         # Validates the Lambda functions' CloudFormation template.
         + ["cfn-lint>=1.20,<2"],

@@ -93,10 +93,13 @@ def shared_data(*parts: str) -> Path:
 
 
 SERVICES = ROOT / "bootstrap" / "local" / "services.sh"
-# Ports of their own, so a `make up` on the defaults (9000, 8000) is left alone.
-# Overridable, so two checkouts can run their suites side by side.
-TEST_S3_PORT = int(os.environ.get("AMAZON_RECS_TEST_S3_PORT", "19100"))
-TEST_DYNAMODB_PORT = int(os.environ.get("AMAZON_RECS_TEST_DYNAMODB_PORT", "18100"))
+# pytest-xdist's worker of this process (gw0, gw1, ...): each worker runs its own
+# servers, since a test may kill and restart them (test_crash_s3).
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+# Ports of their own, so a `make up` on the defaults (9000, 8000) is left alone, one
+# pair per worker. Overridable, so two checkouts can run their suites side by side.
+TEST_S3_PORT = int(os.environ.get("AMAZON_RECS_TEST_S3_PORT", "19100")) + WORKER
+TEST_DYNAMODB_PORT = int(os.environ.get("AMAZON_RECS_TEST_DYNAMODB_PORT", "18100")) + WORKER
 
 
 @pytest.fixture(scope="session")
