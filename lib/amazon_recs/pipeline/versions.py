@@ -1,8 +1,9 @@
 """Model versions: how a version is named, where it is stored, which one is current.
 
 A version is derived from the model settings, the training rows, the items and
-the package version, so the same inputs give the same version; ``models/CURRENT``
-names the one later stages use.
+the package's code, so the same inputs give the same version, and a checkout that
+pulled a change to the models or their tuning trains anew instead of reusing a
+version the old code made; ``models/CURRENT`` names the one later stages use.
 
 Versions are immutable. A version is written whole before anyone can see it:
 locally into a hidden staging directory beside the others, renamed into place at
@@ -21,6 +22,7 @@ under a trained model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -28,10 +30,12 @@ import os
 import shutil
 import tempfile
 import uuid
+from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+import amazon_recs
 from amazon_recs import __version__, io
 from amazon_recs.config import Config
 from amazon_recs.errors import StageOrderError
@@ -62,9 +66,22 @@ CATALOGUE_FILE = f"catalogue-{__version__}.bin"
 VERSION_SECTIONS = ("split", "als", "content", "item_knn", "popular", "recommend", "tune")
 
 
+@functools.cache
+def code_digest() -> str:
+    """SHA-256 of this package's Python sources (relative path and bytes of each, in
+    order): the same in a checkout and in the wheel built from it. The package version
+    alone does not move between releases, when the code does."""
+    package = Path(amazon_recs.__file__).parent
+    digest = hashlib.sha256()
+    for source in sorted(package.rglob("*.py")):
+        digest.update(source.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(source.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def model_version(config: Config, train: DataFrame, items: DataFrame | None = None) -> str:
     """Derived from the model settings, the training rows, the items (their text feeds the
-    content model) and the package version: same inputs, same version."""
+    content model) and the package's code: same inputs, same version."""
     configured = config.require("run.model_version")
     if configured != "auto":
         return configured
@@ -76,7 +93,7 @@ def model_version(config: Config, train: DataFrame, items: DataFrame | None = No
         every_column = F.xxhash64(*[F.col(c) for c in sorted(items.columns)])
         item_hash = items.select(F.sum(every_column.cast("decimal(38,0)"))).first()[0]
     settings = {s: config.require(s) for s in VERSION_SECTIONS}
-    fingerprint = [settings, str(data_hash), str(item_hash), __version__]
+    fingerprint = [settings, str(data_hash), str(item_hash), __version__, code_digest()]
     digest = hashlib.sha1(json.dumps(fingerprint, sort_keys=True).encode())
     return digest.hexdigest()[:12]
 
