@@ -1,4 +1,5 @@
-"""One SparkSession for the whole test session; each test writes under tmp_path."""
+"""One SparkSession for each test process (`make test` runs two, pytest-xdist's
+workers, each a file at a time); each test writes under tmp_path."""
 
 from __future__ import annotations
 
