@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.resources
 import json
 import logging
 import os
 import shutil
 import tempfile
 import uuid
-from pathlib import Path
+from importlib.resources.abc import Traversable
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -68,14 +69,27 @@ VERSION_SECTIONS = ("split", "als", "content", "item_knn", "popular", "recommend
 
 @functools.cache
 def code_digest() -> str:
-    """SHA-256 of this package's Python sources (relative path and bytes of each, in
-    order): the same in a checkout and in the wheel built from it. The package version
-    alone does not move between releases, when the code does."""
-    package = Path(amazon_recs.__file__).parent
+    """``sources_digest`` of this package as imported: from a checkout, from an installed
+    wheel, or from the wheel itself on ``--py-files`` (a zip import, as on EMR)."""
+    return sources_digest(importlib.resources.files(amazon_recs))
+
+
+def sources_digest(package: Traversable) -> str:
+    """SHA-256 of the Python sources under ``package`` (relative path and bytes of each,
+    in path order): the same for a checkout and the wheel built from it. The package
+    version alone does not move between releases, when the code does."""
+    sources: dict[str, Traversable] = {}
+    folders = [("", package)]
+    while folders:
+        prefix, folder = folders.pop()
+        for entry in folder.iterdir():
+            if entry.is_dir() and entry.name != "__pycache__":
+                folders.append((f"{prefix}{entry.name}/", entry))
+            elif entry.is_file() and entry.name.endswith(".py"):
+                sources[f"{prefix}{entry.name}"] = entry
     digest = hashlib.sha256()
-    for source in sorted(package.rglob("*.py")):
-        digest.update(source.relative_to(package).as_posix().encode() + b"\0")
-        digest.update(source.read_bytes() + b"\0")
+    for name in sorted(sources):
+        digest.update(name.encode() + b"\0" + sources[name].read_bytes() + b"\0")
     return digest.hexdigest()
 
 

@@ -4,6 +4,7 @@ package's code: new model code never reuses a version the old code saved."""
 from __future__ import annotations
 
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -13,33 +14,38 @@ from amazon_recs.pipeline import versions
 
 
 @pytest.fixture
-def package_copy(tmp_path, monkeypatch):
-    """A copy of the package's sources, which code_digest reads instead of the real ones."""
+def package_copy(tmp_path):
+    """A copy of the package's sources."""
     copy = tmp_path / "amazon_recs"
     shutil.copytree(Path(amazon_recs.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    versions.code_digest.cache_clear()
-    monkeypatch.setattr(amazon_recs, "__file__", str(copy / "__init__.py"))
-    yield copy
-    versions.code_digest.cache_clear()
+    return copy
 
 
 def test_the_code_digest_follows_every_source_and_nothing_else(package_copy):
     real = versions.code_digest()
-    versions.code_digest.cache_clear()
+    assert versions.sources_digest(package_copy) == real
     (package_copy / "__pycache__").mkdir(exist_ok=True)
-    (package_copy / "__pycache__" / "stale.pyc").write_bytes(b"not a source")
+    (package_copy / "__pycache__" / "stale.py").write_text("# not a source")
     (package_copy / "notes.txt").write_text("not a source")
-    assert versions.code_digest() == real  # compiled files and other files do not count
+    assert versions.sources_digest(package_copy) == real  # compiled and other files do not count
 
     blend = package_copy / "models" / "lists.py"
     blend.write_text(blend.read_text() + "\n# a changed blend\n")
-    versions.code_digest.cache_clear()
-    changed = versions.code_digest()
+    changed = versions.sources_digest(package_copy)
     assert changed != real
-
     (package_copy / "models" / "new_model.py").write_text("")
-    versions.code_digest.cache_clear()
-    assert versions.code_digest() not in (real, changed)
+    assert versions.sources_digest(package_copy) not in (real, changed)
+
+
+def test_the_package_in_a_zip_has_the_digest_of_its_checkout(package_copy, tmp_path):
+    """An EMR step imports the package from the wheel on --py-files (a zip): the same
+    code must give the same versions there."""
+    wheel = tmp_path / "package.zip"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path in sorted(package_copy.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(package_copy.parent).as_posix())
+    assert versions.sources_digest(zipfile.Path(wheel, "amazon_recs/")) == versions.code_digest()
 
 
 def test_the_same_inputs_give_the_same_version_and_other_code_another(spark, config, monkeypatch):
