@@ -35,6 +35,7 @@ from amazon_recs.serving import dynamodb
 from tests.conftest import LOCAL_AWS_ENV, shared_data
 from tests.integration.test_aws import FAST, GIFT_CARDS
 from tests.integration.test_run_lock import spark_submit
+from tests.tables import assert_same_rows
 
 pytestmark = pytest.mark.integration
 
@@ -169,7 +170,8 @@ def shops(local_aws, tmp_path_factory):
 def test_the_tables_equal_those_of_an_uninterrupted_run(shops, table):
     uninterrupted, restarted = shops
     expected = uninterrupted.rows(table)
-    assert expected and restarted.rows(table) == expected
+    assert expected
+    assert_same_rows(restarted.rows(table), expected, table)
 
 
 def test_the_model_was_saved_across_the_outage(shops):
