@@ -140,7 +140,35 @@ def tuning_section(tuning: dict | None) -> str:
     if tuning.get("popular_grid"):  # versions tuned before popularity's half-life have none
         title = f"Popularity {tuning['popular']} (half_life_days 0: no decay):"
         lines += _grid_table(title, tuning["popular_grid"])
+    lines += _cold_tradeoff(tuning.get("cold_validation"))
     return "\n".join(lines) + "\n"
+
+
+def _cold_tradeoff(cold: dict | None) -> list[str]:
+    """What the hybrid's settings did for validation's cold items (``tuning.cold_tradeoff``),
+    for versions tuned with it: the choice, ALS alone, and the price of matching ALS."""
+    if not cold:
+        return []
+    head = (
+        f"On validation's cold items (their item had at most {cold['max_train']} fit interactions: "
+        f"{cold['interactions']} interactions of {cold['users']} users)"
+    )
+    if "chosen" not in cold:
+        return ["", f"{head}: none, so no setting was scored on them."]
+    chosen, als, matching = cold["chosen"], cold["als"], cold["matching_als"]
+    text = f"{head}, the chosen setting scores NDCG@k {chosen['cold_ndcg']:.4f}"
+    if als is None:
+        return ["", f"{text} (ALS alone, trust off, was not among the settings tried)."]
+    text += f" and ALS alone {als['cold_ndcg']:.4f} ({als['ndcg']:.4f} on all validation items)."
+    if matching is None:
+        return ["", f"{text} No setting scores as much as ALS alone on them."]
+    weights = {name: w for name, w in matching.items() if name not in ("ndcg", "cold_ndcg", "als_half_trust")}
+    text += (
+        f" The best on all validation items of the settings scoring at least that on them: weights "
+        f"{weights}{_trust(matching)}, NDCG@k {matching['ndcg']:.4f} on all items (the chosen: "
+        f"{chosen['ndcg']:.4f}) and {matching['cold_ndcg']:.4f} on the cold ones."
+    )
+    return ["", text]
 
 
 def _grid_table(title: str, points: list[dict]) -> list[str]:

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -70,6 +71,9 @@ class TuneParams:
     max_validation_users: int = 20000
     # The hybrid's trust in ALS per item (lists.item_trust) tried with the weights; 0: off.
     als_half_trust: tuple[float, ...] = (0.0, 1.0, 5.0)
+    # Validation's cold items (evaluate.cold_item_max_train): every weight vector is also
+    # scored on them, for the report; the choice stays by NDCG@k on all validation items.
+    cold_item_max_train: int = 5
     split: sp.SplitParams = field(default_factory=sp.SplitParams)
 
 
@@ -454,11 +458,11 @@ def candidates_per_user(lists: Mapping[str, DataFrame], validation: DataFrame) -
 def sampled_candidates(
     models: Models, fit: DataFrame, items: DataFrame, sample: DataFrame, params: TuneParams
 ) -> DataFrame:
-    """``candidates_per_user``'s rows for the sampled validation users, from ``models``
-    fitted on ``fit``: each user's candidates made in one pass by
-    ``user_lists.candidate_arrays``, as the recommend stage makes them (ALS scored
-    exactly), instead of one Spark job of rows per model (at 1M, 97 s for 20k users,
-    item-kNN's 53 s of it)."""
+    """The sampled validation users' candidates (``user_idx``, and aligned ``items``,
+    ``scores``, ``models``: see ``with_truth``), from ``models`` fitted on ``fit``: each
+    user's candidates made in one pass by ``user_lists.candidate_arrays``, as the
+    recommend stage makes them (ALS scored exactly), instead of one Spark job of rows
+    per model (at 1M, 97 s for 20k users, item-kNN's 53 s of it)."""
     users = sample.select(USER_IDX).distinct()
     scored = fit.join(users, USER_IDX, how="left_semi")
     cat = user_lists.catalogue(
@@ -473,9 +477,15 @@ def sampled_candidates(
     per_user = user_lists.per_user(
         scored, models.als.userFactors, scored.select(USER, USER_IDX).distinct(), params.split.seed
     )
-    candidates = user_lists.candidate_arrays(per_user, cat, params.candidates)
-    truth = sample.groupBy(USER_IDX).agg(F.collect_set(ITEM_IDX).alias("truth"))
-    return truth.join(candidates, USER_IDX, how="left").select("truth", "items", "scores", "models")
+    return user_lists.candidate_arrays(per_user, cat, params.candidates)
+
+
+def with_truth(candidates: DataFrame, truth: DataFrame) -> DataFrame:
+    """``candidates_per_user``'s rows: each user of ``truth`` (user_idx, item_idx rows)
+    with the distinct items as ``truth`` and their ``candidates`` (``sampled_candidates``),
+    null for a user without any."""
+    per_user = truth.groupBy(USER_IDX).agg(F.collect_set(ITEM_IDX).alias("truth"))
+    return per_user.join(candidates, USER_IDX, how="left").select("truth", "items", "scores", "models")
 
 
 def interactions_by_item(popularity: DataFrame) -> np.ndarray:
@@ -539,6 +549,25 @@ def search_weights(
     return {name: best[name] for name in COMPONENTS}, results
 
 
+def cold_tradeoff(results: list[dict], half_trust: float, weights: Mapping[str, float]) -> dict:
+    """What the hybrid's settings (``results``: every trust setting and weight vector,
+    with ``ndcg`` and ``cold_ndcg``) do for validation's cold items: the ``chosen``
+    setting's row, ALS alone's (all weight on ALS, trust off; None when off was not
+    tried), and ``matching_als``: the best overall among the settings scoring at least
+    ALS alone on the cold items (None when none does), the price of serving new
+    products as well as ALS does."""
+
+    def point(r: Mapping) -> tuple:
+        return (r["als_half_trust"], *(r[n] for n in COMPONENTS))
+
+    chosen = next(r for r in results if point(r) == (half_trust, *(weights[n] for n in COMPONENTS)))
+    als = next((r for r in results if r["als_half_trust"] == 0 and r["als"] == 1), None)
+    matching = [r for r in results if als is not None and r["cold_ndcg"] >= als["cold_ndcg"]]
+    # On a tie, the first in the search's order (trust ascending, then the grid's).
+    best = max(matching, key=lambda r: round(r["ndcg"], 12), default=None)
+    return {"chosen": chosen, "als": als, "matching_als": best}
+
+
 def tune(
     spark: SparkSession,
     train: DataFrame,
@@ -581,13 +610,24 @@ def tune(
     )
     # Candidates for the sampled users only, made as the recommend stage makes them (one
     # pass, numpy per user); the models saw every fit row. Searched under every setting.
-    per_user = sampled_candidates(fitted, fit, items, sample, params).cache()
+    candidates = sampled_candidates(fitted, fit, items, sample, params).cache()
+    per_user = with_truth(candidates, sample).cache()
+    # The same users scored on their cold validation items alone (the item had at most
+    # cold_item_max_train fit interactions), to report what each setting does for new products.
+    cold_sample = ev.cold_truth(sample, fit, params.cold_item_max_train, USER_IDX, ITEM_IDX).cache()
+    cold_per_user = with_truth(candidates, cold_sample).cache()
+    has_cold, cold_seconds = not cold_sample.isEmpty(), 0.0
     # Each trust setting with its best weights; on a tie the one moving less weight wins.
     best, weight_results = None, []
     interactions = interactions_by_item(fitted.popularity)  # collected once for every setting
     for half_trust in sorted(params.als_half_trust):
         trust = rc.item_trust(interactions, half_trust) if half_trust > 0 else None
         weights, results = search_weights(per_user, k, params.weight_step, trust)
+        if has_cold:
+            started = time.perf_counter()
+            cold_results = search_weights(cold_per_user, k, params.weight_step, trust)[1]
+            cold_seconds += time.perf_counter() - started
+            results = [{**r, "cold_ndcg": c["ndcg"]} for r, c in zip(results, cold_results, strict=True)]
         top = max(r["ndcg"] for r in results)
         log.info(
             "tune hybrid als_half_trust %g: weights %s, validation ndcg@%d = %.4f",
@@ -599,8 +639,28 @@ def tune(
         weight_results += [{**r, "als_half_trust": half_trust} for r in results]
         if best is None or round(top, 12) > round(best[2], 12):
             best = (half_trust, weights, top)
-    per_user.unpersist()
     half_trust, weights, top = best
+    cold = {
+        "max_train": params.cold_item_max_train,
+        "interactions": cold_sample.count(),
+        "users": cold_sample.select(USER_IDX).distinct().count(),
+        **(cold_tradeoff(weight_results, half_trust, weights) if has_cold else {}),
+    }
+    for frame in (candidates, per_user, cold_sample, cold_per_user):
+        frame.unpersist()
+    if has_cold:
+        chosen, als, matching = cold["chosen"], cold["als"], cold["matching_als"]
+        log.info(
+            "tune cold items (%d validation interactions of %d users, scored in %.1fs): validation "
+            "ndcg@%d %.4f chosen, %s ALS alone, %s the best setting matching ALS on them",
+            cold["interactions"],
+            cold["users"],
+            cold_seconds,
+            k,
+            chosen["cold_ndcg"],
+            "-" if als is None else f"{als['cold_ndcg']:.4f}",
+            "-" if matching is None else f"{matching['cold_ndcg']:.4f} ({matching['ndcg']:.4f} overall)",
+        )
     log.info(
         "tuned als %s, item_knn %s, popular half_life_days %g, hybrid weights %s and als_half_trust %g "
         "(validation ndcg@%d %.4f)",
@@ -624,6 +684,8 @@ def tune(
         "popular_grid": popular_results,
         # every (trust setting, weight vector) scored, with its validation ndcg
         "weight_grid": weight_results,
+        # what the settings do for validation's cold items (cold_tradeoff)
+        "cold_validation": cold,
         "validation_users": validation.select(USER_IDX).distinct().count(),
         # the users tuning scored: a sample of at most tune.max_validation_users
         "validation_users_scored": sample.select(USER_IDX).distinct().count(),

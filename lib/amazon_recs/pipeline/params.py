@@ -90,5 +90,6 @@ def tune_params(config: Config) -> TuneParams:
         candidates=config.require("recommend.candidates"),
         max_validation_users=config.require("tune.max_validation_users"),
         als_half_trust=tuple(float(v) for v in config.require("tune.als_half_trust")),
+        cold_item_max_train=config.require("evaluate.cold_item_max_train"),
         split=split_params(config),
     )

@@ -469,3 +469,36 @@ def test_tune_fits_als_once_per_grid_point_and_reuses_the_best(spark, monkeypatc
     assert summary["als_half_trust"] in params.als_half_trust
     assert summary["validation_ndcg"] == pytest.approx(max(r["ndcg"] for r in summary["weight_grid"]))
     assert {r["als_half_trust"] for r in summary["weight_grid"]} == set(params.als_half_trust)
+    # Every setting was also scored on validation's cold items: the users' latest items
+    # include item 13, which nobody has in the fit rows.
+    cold = summary["cold_validation"]
+    assert cold["max_train"] == params.cold_item_max_train
+    assert 0 < cold["users"] <= cold["interactions"]
+    assert cold["users"] <= summary["validation_users_scored"]
+    assert all(0 <= r["cold_ndcg"] <= 1 for r in summary["weight_grid"])
+    chosen = cold["chosen"]
+    assert chosen["als_half_trust"] == summary["als_half_trust"]
+    assert {n: chosen[n] for n in COMPONENTS} == summary["hybrid_weights"]
+    assert chosen["ndcg"] == summary["validation_ndcg"]
+    assert (cold["als"]["als"], cold["als"]["als_half_trust"]) == (1.0, 0.0)
+    assert cold["matching_als"]["cold_ndcg"] >= cold["als"]["cold_ndcg"]
+
+
+def test_the_cold_tradeoff_is_the_best_overall_of_the_settings_matching_als_on_cold_items():
+    def row(trust, als, content, ndcg, cold):
+        weights = {"als": als, "content": content, "item_knn": 1 - als - content, "popular": 0.0}
+        return {**weights, "als_half_trust": trust, "ndcg": ndcg, "cold_ndcg": cold}
+
+    results = [
+        row(0.0, 1.0, 0.0, 0.12, 0.039),  # ALS alone
+        row(0.0, 0.1, 0.1, 0.178, 0.015),  # the best overall: chosen
+        row(0.0, 0.4, 0.3, 0.157, 0.045),
+        row(5.0, 0.4, 0.1, 0.158, 0.040),  # the best overall of those at least ALS's on cold
+        row(5.0, 0.3, 0.0, 0.170, 0.0389),  # just under ALS on cold
+    ]
+    chosen = {"als": 0.1, "content": 0.1, "item_knn": 0.8, "popular": 0.0}
+    tradeoff = tuning.cold_tradeoff(results, 0.0, chosen)
+    assert tradeoff == {"chosen": results[1], "als": results[0], "matching_als": results[3]}
+    # Without ALS alone among the settings (trust off not tried) there is nothing to match.
+    without = tuning.cold_tradeoff(results[1:], 0.0, chosen)
+    assert (without["als"], without["matching_als"]) == (None, None)
