@@ -651,8 +651,8 @@ def tune(
     if has_cold:
         chosen, als, matching = cold["chosen"], cold["als"], cold["matching_als"]
         log.info(
-            "tune cold items (%d validation interactions of %d users, scored in %.1fs): validation "
-            "ndcg@%d %.4f chosen, %s ALS alone, %s the best setting matching ALS on them",
+            "tune cold items (%d validation interactions of %d users, scored in %.1fs): ndcg@%d on "
+            "them %.4f for the chosen setting, %s for ALS alone, %s for the best setting matching ALS",
             cold["interactions"],
             cold["users"],
             cold_seconds,
