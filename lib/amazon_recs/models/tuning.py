@@ -451,8 +451,7 @@ def candidates_per_user(lists: Mapping[str, DataFrame], validation: DataFrame) -
             F.col("_c.model").alias("models"),
         )
     )
-    truth = validation.groupBy(USER_IDX).agg(F.collect_set(ITEM_IDX).alias("truth"))
-    return truth.join(per_user, USER_IDX, how="left").select("truth", "items", "scores", "models")
+    return with_truth(per_user, validation)
 
 
 def sampled_candidates(
@@ -482,8 +481,8 @@ def sampled_candidates(
 
 def with_truth(candidates: DataFrame, truth: DataFrame) -> DataFrame:
     """``candidates_per_user``'s rows: each user of ``truth`` (user_idx, item_idx rows)
-    with the distinct items as ``truth`` and their ``candidates`` (``sampled_candidates``),
-    null for a user without any."""
+    with the distinct items as ``truth`` and the user's ``candidates`` row (user_idx and
+    aligned ``items``, ``scores``, ``models``), null for a user without one."""
     per_user = truth.groupBy(USER_IDX).agg(F.collect_set(ITEM_IDX).alias("truth"))
     return per_user.join(candidates, USER_IDX, how="left").select("truth", "items", "scores", "models")
 
@@ -616,7 +615,8 @@ def tune(
     # cold_item_max_train fit interactions), to report what each setting does for new products.
     cold_sample = ev.cold_truth(sample, fit, params.cold_item_max_train, USER_IDX, ITEM_IDX).cache()
     cold_per_user = with_truth(candidates, cold_sample).cache()
-    has_cold, cold_seconds = not cold_sample.isEmpty(), 0.0
+    cold_interactions = cold_sample.count()
+    has_cold, cold_seconds = cold_interactions > 0, 0.0
     # Each trust setting with its best weights; on a tie the one moving less weight wins.
     best, weight_results = None, []
     interactions = interactions_by_item(fitted.popularity)  # collected once for every setting
@@ -642,7 +642,7 @@ def tune(
     half_trust, weights, top = best
     cold = {
         "max_train": params.cold_item_max_train,
-        "interactions": cold_sample.count(),
+        "interactions": cold_interactions,
         "users": cold_sample.select(USER_IDX).distinct().count(),
         **(cold_tradeoff(weight_results, half_trust, weights) if has_cold else {}),
     }
