@@ -11,8 +11,15 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+from amazon_recs import io
+
 SHOWN = 5  # rows shown from each side of a mismatch
 WIDTH = 400  # characters shown of each row
+
+
+def sorted_rows(spark, config, name: str) -> list[tuple]:
+    """Every row of the Delta table ``name`` as a tuple, sorted: one side of ``assert_same_rows``."""
+    return sorted(tuple(r) for r in io.read_table(spark, config, name).collect())
 
 
 def _shown(rows: list[str]) -> str:

@@ -28,13 +28,13 @@ import boto3
 import pytest
 from botocore.validate import ParamValidator
 
-from amazon_recs import cli, io
+from amazon_recs import cli
 from amazon_recs.aws import artifacts, emr
 from amazon_recs.config import load_config
 from amazon_recs.ingest.sample import generate_sample
 from amazon_recs.pipeline.registry import STAGE_ORDER, stage_function
 from tests.conftest import ROOT, TEST_CONFIG
-from tests.tables import assert_same_rows
+from tests.tables import assert_same_rows, sorted_rows
 
 pytestmark = pytest.mark.integration
 
@@ -332,10 +332,6 @@ def localize(args: list[str], rel: emr.Release, local_root: Path, ivy: Path) -> 
             rest[i] = str(local_root / arg.removeprefix(f"{rel.root}/"))
     submit = [str(ROOT / ".venv" / "bin" / "spark-submit"), "--packages", PACKAGES]
     return [*submit, "--conf", f"spark.jars.ivy={ivy}", "--driver-memory", "2g", *rest]
-
-
-def sorted_rows(spark, config, name):
-    return sorted(tuple(r) for r in io.read_table(spark, config, name).collect())
 
 
 def paths_under(root: Path) -> list[str]:

@@ -19,7 +19,7 @@ from amazon_recs.pipeline.registry import STAGE_ORDER, stage_function
 from amazon_recs.schemas import MODELS
 from amazon_recs.spark import persisted_rdd_ids
 from tests.conftest import ROOT, TEST_CONFIG
-from tests.tables import assert_same_rows
+from tests.tables import assert_same_rows, sorted_rows
 
 pytestmark = pytest.mark.integration
 
@@ -29,11 +29,6 @@ REPORT_FILES = ("metrics.md", "metrics_by_model.png", "metrics_at_k.png")
 
 def run_all(spark, config) -> dict:
     return {stage: stage_function(stage)(spark, config) for stage in STAGE_ORDER}
-
-
-def sorted_rows(spark, config, name):
-    df = io.read_table(spark, config, name)
-    return sorted(tuple(r) for r in df.collect())
 
 
 @pytest.fixture(scope="module")
