@@ -327,14 +327,41 @@ def stage_detail(name: str, content, lists_s: float, fit: float | None, knn_fit:
     return ""
 
 
+@dataclass
+class Progress:
+    """What a run's output says about where its time went, as the report reads it.
+    A figure whose line is missing is None (the report prints what it has)."""
+
+    stages: list[tuple[str, float]]  # (stage, seconds) in the order they ran
+    lists: re.Match | None
+    content: re.Match | None
+    search: re.Match | None
+    recall: re.Match | None
+    probe: re.Match | None
+    tables: list[tuple[str, str]]  # (table, rows) from the run summary
+
+
+def read_progress(lines: list[str]) -> Progress:
+    """The figures in the output of ``bin/spark-submit jobs/pipeline.py`` (stderr in stdout)."""
+
+    def first(pattern: re.Pattern) -> re.Match | None:
+        return next((m for m in map(pattern.search, lines) if m), None)
+
+    return Progress(
+        stages=[(m.group(1), float(m.group(2))) for m in map(STAGE_DONE.search, lines) if m],
+        lists=first(LISTS),
+        content=first(CONTENT),
+        search=first(SEARCH),
+        recall=first(RECALL),
+        probe=first(PROBE),
+        tables=[(m.group(1), m.group(2)) for m in map(TABLE_ROWS.match, lines) if m],
+    )
+
+
 def report(args, summary, gen_seconds, wall, lines, peaks, info, reference, config) -> str:
-    stages = [(m.group(1), float(m.group(2))) for m in map(STAGE_DONE.search, lines) if m]
-    lists = next((m for m in map(LISTS.search, lines) if m), None)
-    content = next((m for m in map(CONTENT.search, lines) if m), None)
-    search = next((m for m in map(SEARCH.search, lines) if m), None)
-    recall = next((m for m in map(RECALL.search, lines) if m), None)
-    probe = next((m for m in map(PROBE.search, lines) if m), None)
-    tables = [(m.group(1), m.group(2)) for m in map(TABLE_ROWS.match, lines) if m]
+    progress = read_progress(lines)
+    stages, lists, content, tables = progress.stages, progress.lists, progress.content, progress.tables
+    search, recall, probe = progress.search, progress.recall, progress.probe
     rank, iterations = config.require("als.rank"), config.require("als.max_iter")
     fit = info.get("als_fit_seconds")
     knn_fit = info.get("item_knn_fit_seconds")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 
@@ -14,6 +16,8 @@ import pytest
 
 from amazon_recs.failpoints import ENV as FAILPOINT_ENV
 from amazon_recs.pipeline import run_lock as rl
+from amazon_recs.pipeline.registry import STAGE_ORDER
+from amazon_recs.pipeline.summary import SUMMARY_TABLES
 from amazon_recs.serving import dynamodb
 from tests.conftest import LOCAL_AWS_ENV, ROOT, shared_data
 from tests.tables import assert_same_rows
@@ -129,6 +133,26 @@ def test_a_run_killed_while_saving_its_model_is_recovered_and_a_concurrent_run_r
     assert reference.returncode == 0, reference_log[-3000:]
     assert_same_rows(gold(crashed), gold(clean), "gold/recommendations")
     assert (crashed / "models" / "CURRENT").read_text() == (clean / "models" / "CURRENT").read_text()
+    assert_bench_reads_every_figure(reference_log)
+
+
+def assert_bench_reads_every_figure(output: str) -> None:
+    """``make bench-scale`` runs the pipeline as this test does and reads its figures from
+    the output's progress lines (bench/scale.py): a reworded line must fail here, not
+    leave a blank in BENCHMARKS.md after a 10-minute run."""
+    spec = importlib.util.spec_from_file_location("bench_scale", ROOT / "bench" / "scale.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclasses look their module up while it loads
+    spec.loader.exec_module(bench)
+    progress = bench.read_progress(output.splitlines())
+    assert [stage for stage, _ in progress.stages] == list(STAGE_ORDER), output[-3000:]
+    assert all(seconds > 0 for _, seconds in progress.stages)
+    assert progress.lists and float(progress.lists.group(1)) > 0 and int(progress.lists.group(4)) >= 1
+    assert progress.content and progress.content.group(2) == "exact"  # 80 products: below exact_max_items
+    assert progress.search and progress.search.group(1) == "exact"  # below recommend.ivf_min_items
+    assert progress.probe is None and progress.recall is None  # printed for the index only
+    tables = dict(progress.tables)
+    assert set(tables) == set(SUMMARY_TABLES) and int(tables["silver/interactions"]) > 0, tables
 
 
 def test_runs_on_an_s3_warehouse_exclude_each_other_through_the_dynamodb_lease(tmp_path, local_aws):
