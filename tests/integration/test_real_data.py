@@ -167,6 +167,18 @@ def test_cold_item_slice_is_measured(spark, dataset):
     got = {(r["model"], r["metric"]): r for r in rows}
     for model in MODELS:
         assert got[(model, "cold_ndcg")]["users"] == cold["users"]
+    # What the slice holds decides what a model can do on it, and the report says it.
+    report = (Path(dataset["config"].require("paths.reports")) / "metrics.md").read_text()
+    assert f"from {cold['users']} users, with {cold['items']} products" in report
+    new = cold["new_item_interactions"]
+    if dataset["name"] == "gift_cards":
+        # 1,547 products in the metadata, 148 of them reviewed, all before the test split.
+        assert new == 0 and "None of these products is new" in report
+    elif dataset["name"] == "all_beauty":
+        # Reviews only, and most of the slice is products first reviewed in the test split.
+        assert new > cold["interactions"] / 2
+        assert f"{new} of these interactions are with products that had no training interaction" in report
+        assert "no model here has a signal for those, since no product has text" in report
 
 
 MARKUP = r"<[a-zA-Z/!]|&[a-zA-Z]+;|&#[0-9]+;|&#[xX][0-9a-fA-F]+;"

@@ -203,18 +203,42 @@ def summarise_hits(
 COLD = "cold_"  # prefix of the cold-item slice's metric names in gold/metrics
 
 
+TRAIN_N = "train_interactions"  # a cold-slice row's item's training interactions
+
+
 def cold_truth(
-    truth: DataFrame, train: DataFrame, max_train: int, col_user: str = USER, col_item: str = ITEM
+    truth: DataFrame,
+    train: DataFrame,
+    max_train: int,
+    col_user: str = USER,
+    col_item: str = ITEM,
+    with_counts: bool = False,
 ):
     """The held-out interactions whose item had at most ``max_train`` training
-    interactions (0: items nobody interacted with in training)."""
+    interactions (0: items nobody interacted with in training); ``with_counts``
+    keeps that number of each row's item as TRAIN_N (for ``slice_composition``)."""
     counts = train.groupBy(col_item).agg(F.count(F.lit(1)).alias("_train_n"))
-    return (
+    sliced = (
         truth.select(col_user, col_item)
         .join(counts, col_item, how="left")
-        .filter(F.coalesce(F.col("_train_n"), F.lit(0)) <= max_train)
-        .select(col_user, col_item)
+        .withColumn(TRAIN_N, F.coalesce(F.col("_train_n"), F.lit(0)))
+        .filter(F.col(TRAIN_N) <= max_train)
     )
+    return sliced.select(col_user, col_item, *([TRAIN_N] if with_counts else []))
+
+
+def slice_composition(slice_: DataFrame, col_user: str = USER, col_item: str = ITEM) -> dict:
+    """What a cold slice (``cold_truth`` with counts) holds, in one aggregation: its
+    interactions, users and items, and how many of its interactions are with items
+    nobody interacted with in training (``new_item_interactions``), which no
+    collaborative model can rank and only product text can."""
+    row = slice_.agg(
+        F.count(F.lit(1)).alias("interactions"),
+        F.countDistinct(col_user).alias("users"),
+        F.countDistinct(col_item).alias("items"),
+        F.count(F.when(F.col(TRAIN_N) == 0, 1)).alias("new_item_interactions"),
+    ).first()
+    return row.asDict()
 
 
 def cold_metrics(recs: DataFrame, truth: DataFrame, train: DataFrame, k: int, max_train: int) -> DataFrame:

@@ -96,17 +96,30 @@ def _metric_order(metric: str) -> tuple[int, str]:
     return (order.index(metric) if metric in order else len(order), metric)
 
 
-def cold_section(rows: list[dict], cold: dict) -> str:
-    """The cold-item slice: what it holds, and every model's metrics on it."""
+def cold_section(rows: list[dict], cold: dict, has_text: bool = True) -> str:
+    """The cold-item slice: what it holds (``metrics.slice_composition``), and every
+    model's metrics on it. ``has_text``: whether any product has text, i.e. whether
+    the content model can rank a product nobody interacted with in training."""
     share = cold["interactions"] / cold["test_interactions"] if cold["test_interactions"] else 0.0
     head = (
         f"Test interactions whose item had at most {cold['max_train']} training interactions "
         f"(`evaluate.cold_item_max_train`): {cold['interactions']} of {cold['test_interactions']} "
-        f"({share:.1%}), from {cold['users']} users. Each model's usual top-k list, scored against "
-        "these items alone."
+        f"({share:.1%}), from {cold['users']} users"
     )
     if not cold["interactions"]:
-        return head
+        return f"{head}."
+    new = cold["new_item_interactions"]
+    head += f", with {cold['items']} products. " + (
+        "None of these products is new: each had a training interaction."
+        if not new
+        else f"{new} of these interactions are with products that had no training interaction at all: "
+        + (
+            "only the content model can rank those, from their text."
+            if has_text
+            else "no model here has a signal for those, since no product has text for the content model."
+        )
+    )
+    head += " Each model's usual top-k list, scored against these items alone."
     return f"{head}\n\n{metrics_table(rows, cold=True)}"
 
 
@@ -266,7 +279,7 @@ def write_metrics_report(
     if segments is not None:
         sections.append(f"## Light and heavy users\n\n{segments_section(rows, segments)}")
     if cold is not None:
-        sections.append(f"## Cold items\n\n{cold_section(rows, cold)}\n")
+        sections.append(f"## Cold items\n\n{cold_section(rows, cold, neighbour_method is not None)}\n")
     sections.append(f"## Tuning\n\n{tuning_section(tuning)}")
     sections.append(f"## Content neighbours\n\n{recall_line(lsh_recall, neighbour_method)}\n")
     path = f"{reports}/metrics.md"

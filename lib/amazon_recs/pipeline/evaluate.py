@@ -56,7 +56,7 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
     hit_users = ev.hit_user_metrics(hits, n_rel, [k, *ks]).cache()
     summaries = ev.summarise_hits(hit_users, models, [k, *ks], evaluated)
     cold_max = config.require("evaluate.cold_item_max_train")
-    cold_slice = ev.cold_truth(truth, train, cold_max).cache()
+    cold_slice = ev.cold_truth(truth, train, cold_max, with_counts=True).cache()
     # Each cold-slice user's metrics, summarised below and resampled for their intervals.
     cold_user = ev.cold_per_user_from_hits(hits, cold_slice, model_frame, k).cache()
     metrics = (
@@ -80,12 +80,7 @@ def run_evaluate(spark: SparkSession, config: Config) -> dict:
     )
     io.write_version(frame, config, "gold/metrics", version)
     paired = paired_differences(everyone, models, level)
-    cold = {
-        "max_train": cold_max,
-        "interactions": cold_slice.count(),
-        "users": cold_slice.select(USER).distinct().count(),
-        "test_interactions": truth.count(),
-    }
+    cold = {"max_train": cold_max, **ev.slice_composition(cold_slice), "test_interactions": truth.count()}
     curve = [r for r in summaries if r["k"] in ks]
     path = report.write_metrics_report(
         spark,

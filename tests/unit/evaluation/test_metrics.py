@@ -221,6 +221,14 @@ def test_cold_slice_keeps_held_out_items_with_few_training_interactions(spark, r
         ("u2", "f"),
         ("u3", "g"),
     }
+    counted = ev.cold_truth(truth, train, 1, with_counts=True)
+    assert {(r.item_id, r[ev.TRAIN_N]) for r in counted.collect()} == {("b", 1), ("c", 0), ("f", 0), ("g", 0)}
+    assert ev.slice_composition(counted) == {
+        "interactions": 4,
+        "users": 3,
+        "items": 4,
+        "new_item_interactions": 3,  # c, f and g: nobody's in training
+    }
 
     got = {
         (r.model, r.metric): (r.value, r.users) for r in ev.cold_metrics(recs, truth, train, K, 1).collect()

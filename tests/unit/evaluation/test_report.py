@@ -67,15 +67,20 @@ def test_cold_rows_have_their_own_table_and_section():
     cold_table = report.metrics_table(rows, cold=True).splitlines()
     assert cold_table[0] == "| model | users | precision@10 | ndcg@10 |"
     assert cold_table[3] == "| hybrid | 3 | 0.0300 | 0.0500 |"
-    section = report.cold_section(
-        rows, {"max_train": 5, "interactions": 12, "users": 9, "test_interactions": 48}
-    )
-    assert "at most 5 training interactions" in section and "12 of 48 (25.0%), from 9 users" in section
+    cold = {"max_train": 5, "interactions": 12, "users": 9, "items": 4, "test_interactions": 48}
+    section = report.cold_section(rows, {**cold, "new_item_interactions": 0})
+    assert "at most 5 training interactions" in section
+    assert "12 of 48 (25.0%), from 9 users, with 4 products. None of these products is new" in section
     assert section.endswith("\n".join(cold_table))
+    new = report.cold_section(rows, {**cold, "new_item_interactions": 7})
+    assert "7 of these interactions are with products that had no training interaction at all: " in new
+    assert "only the content model can rank those, from their text." in new
+    no_text = report.cold_section(rows, {**cold, "new_item_interactions": 7}, has_text=False)
+    assert "no model here has a signal for those, since no product has text" in no_text
     empty = report.cold_section(
-        rows, {"max_train": 0, "interactions": 0, "users": 0, "test_interactions": 48}
+        rows, {"max_train": 0, "interactions": 0, "users": 0, "items": 0, "test_interactions": 48}
     )
-    assert "|" not in empty
+    assert empty.endswith("from 0 users.") and "|" not in empty
 
 
 def test_tuning_section_says_what_was_chosen_with_the_trust_setting():
