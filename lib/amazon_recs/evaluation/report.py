@@ -109,18 +109,18 @@ def cold_section(rows: list[dict], cold: dict, has_text: bool = True) -> str:
     if not cold["interactions"]:
         return f"{head}."
     new = cold["new_item_interactions"]
-    head += f", with {cold['items']} products. " + (
-        "None of these products is new: each had a training interaction."
-        if not new
-        else f"{new} of these interactions are with products that had no training interaction at all: "
-        + (
+    if not new:
+        holds = "None of these products is new: each had a training interaction."
+    else:
+        holds = f"{new} of these interactions are with products that had no training interaction at all: " + (
             "only the content model can rank those, from their text."
             if has_text
             else "no model here has a signal for those, since no product has text for the content model."
         )
+    return (
+        f"{head}, with {cold['items']} products. {holds} Each model's usual top-k list, scored against "
+        f"these items alone.\n\n{metrics_table(rows, cold=True)}"
     )
-    head += " Each model's usual top-k list, scored against these items alone."
-    return f"{head}\n\n{metrics_table(rows, cold=True)}"
 
 
 def _trust(tuning: dict) -> str:

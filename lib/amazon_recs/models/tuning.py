@@ -613,10 +613,12 @@ def tune(
     per_user = with_truth(candidates, sample).cache()
     # The same users scored on their cold validation items alone (the item had at most
     # cold_item_max_train fit interactions), to report what each setting does for new products.
-    cold_sample = ev.cold_truth(sample, fit, params.cold_item_max_train, USER_IDX, ITEM_IDX).cache()
+    cold_sample = ev.cold_truth(
+        sample, fit, params.cold_item_max_train, USER_IDX, ITEM_IDX, with_counts=True
+    ).cache()
     cold_per_user = with_truth(candidates, cold_sample).cache()
-    cold_interactions = cold_sample.count()
-    has_cold, cold_seconds = cold_interactions > 0, 0.0
+    cold_slice = ev.slice_composition(cold_sample, USER_IDX, ITEM_IDX)
+    has_cold, cold_seconds = cold_slice["interactions"] > 0, 0.0
     # Each trust setting with its best weights; on a tie the one moving less weight wins.
     best, weight_results = None, []
     interactions = interactions_by_item(fitted.popularity)  # collected once for every setting
@@ -642,8 +644,8 @@ def tune(
     half_trust, weights, top = best
     cold = {
         "max_train": params.cold_item_max_train,
-        "interactions": cold_interactions,
-        "users": cold_sample.select(USER_IDX).distinct().count(),
+        "interactions": cold_slice["interactions"],
+        "users": cold_slice["users"],
         **(cold_tradeoff(weight_results, half_trust, weights) if has_cold else {}),
     }
     for frame in (candidates, per_user, cold_sample, cold_per_user):
